@@ -1,0 +1,195 @@
+"""The learned dynamics model: a probabilistic ensemble of Gaussian MLPs (PETS, Chua et al. 2018).
+
+Shapes: E ensemble members, B batch, S observation, A action, F preprocessed observation features,
+O outputs (S state-delta coordinates, plus 1 if the reward is predicted).
+
+Each member maps (obs, act) to a Gaussian over the state delta (and reward). All members run in
+one batched matmul per layer: weights are shaped [E, in, out]. Observation preprocessing, input
+normalization and output de-normalization are part of the module (buffers), so the exported
+graph takes raw observations and actions and returns the next-state mean and log-variance in raw
+units.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.preprocess import make_preprocessor
+
+MAX_MEMBERS = 64
+MAX_LAYERS = 16
+MAX_UNITS = 4096
+MAX_DIM = 4096
+STD_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Architecture of a :class:`GaussianEnsemble`. Validated at construction."""
+
+    obs_dim: int
+    """S: raw observation size (1..MAX_DIM)."""
+    act_dim: int
+    """A: action size (1..MAX_DIM)."""
+    members: int = 5
+    """E: ensemble members (1..MAX_MEMBERS)."""
+    hidden_layers: int = 4
+    """Hidden layers per member (1..MAX_LAYERS)."""
+    hidden_units: int = 200
+    """Units per hidden layer (1..MAX_UNITS)."""
+    predict_reward: bool = False
+    """Also predict the reward as one extra Gaussian output."""
+    preprocess: Mapping[str, Any] = field(default_factory=dict)
+    """Observation preprocessing spec (see models.preprocess); empty means identity."""
+    init_max_logvar: float = 0.5
+    """Initial learned upper bound of the normalized log-variance (PETS soft bound)."""
+    init_min_logvar: float = -10.0
+    """Initial learned lower bound of the normalized log-variance."""
+
+    def __post_init__(self) -> None:
+        _check_range("obs_dim", self.obs_dim, 1, MAX_DIM)
+        _check_range("act_dim", self.act_dim, 1, MAX_DIM)
+        _check_range("members", self.members, 1, MAX_MEMBERS)
+        _check_range("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        _check_range("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        if not self.init_min_logvar < self.init_max_logvar:
+            raise ValueError(
+                f"init_min_logvar ({self.init_min_logvar}) must be below "
+                f"init_max_logvar ({self.init_max_logvar})"
+            )
+        spec = dict(self.preprocess) or {"kind": "identity"}
+        if spec.setdefault("obs_dim", self.obs_dim) != self.obs_dim:
+            raise ValueError(f"preprocess obs_dim {spec['obs_dim']} != obs_dim {self.obs_dim}")
+        # Store the spec in one canonical form so equal models compare equal after a round trip.
+        object.__setattr__(self, "preprocess", spec)
+
+    @property
+    def out_dim(self) -> int:
+        """O: outputs per member (state delta, plus reward if predicted)."""
+        return self.obs_dim + int(self.predict_reward)
+
+    def preprocess_spec(self) -> dict[str, Any]:
+        return dict(self.preprocess)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "members": self.members,
+            "hidden_layers": self.hidden_layers,
+            "hidden_units": self.hidden_units,
+            "predict_reward": self.predict_reward,
+            "preprocess": self.preprocess_spec(),
+            "init_max_logvar": self.init_max_logvar,
+            "init_min_logvar": self.init_min_logvar,
+        }
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+class EnsembleLinear(nn.Module):
+    """E independent affine maps applied in one batched matmul: [E, B, in] -> [E, B, out]."""
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, out_features))
+        # Truncated normal with std 1/(2 sqrt(in)), the initialization of the PETS code.
+        nn.init.trunc_normal_(self.weight, std=1.0 / (2.0 * math.sqrt(in_features)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class GaussianEnsemble(nn.Module):
+    """Probabilistic ensemble predicting next-state (and reward) Gaussians from raw inputs."""
+
+    def __init__(self, config: EnsembleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.preprocess = make_preprocessor(config.preprocess_spec())
+        feat_dim = int(self.preprocess.out_dim) + config.act_dim
+        e, h, o = config.members, config.hidden_units, config.out_dim
+        sizes = [feat_dim] + [h] * config.hidden_layers
+        self.hidden = nn.ModuleList(EnsembleLinear(e, i, j) for i, j in itertools.pairwise(sizes))
+        self.head = EnsembleLinear(e, h, 2 * o)
+        # Per member, so early stopping can restore each member's best bounds with its weights.
+        self.max_logvar = nn.Parameter(torch.full((e, 1, o), config.init_max_logvar))
+        self.min_logvar = nn.Parameter(torch.full((e, 1, o), config.init_min_logvar))
+        self.register_buffer("in_mean", torch.zeros(1, feat_dim))
+        self.register_buffer("in_std", torch.ones(1, feat_dim))
+        self.register_buffer("out_mean", torch.zeros(1, o))
+        self.register_buffer("out_std", torch.ones(1, o))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.in_mean.shape[-1])
+
+    def features(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Un-normalized network inputs: [..., S], [..., A] -> [..., F + A]."""
+        return torch.cat([self.preprocess(obs), act], dim=-1)
+
+    def set_normalization(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        """Fit input and output normalization to training data: [N, F + A] and [N, O]."""
+        with torch.no_grad():
+            self.in_mean.copy_(features.mean(0, keepdim=True))
+            self.in_std.copy_(features.std(0, keepdim=True).clamp_min(STD_FLOOR))
+            self.out_mean.copy_(targets.mean(0, keepdim=True))
+            self.out_std.copy_(targets.std(0, keepdim=True).clamp_min(STD_FLOOR))
+
+    def forward_normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized inputs [E, B, F + A] -> normalized (mean, log-variance), each [E, B, O]."""
+        for layer in self.hidden:
+            x = F.silu(layer(x))
+        mean, logvar = self.head(x).chunk(2, dim=-1)
+        # PETS soft bounds: smooth clamp into [min_logvar, max_logvar], both learned.
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def predict_delta(
+        self, obs: torch.Tensor, act: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw-unit (mean, log-variance) of the target [E, B, O] (delta, then reward if any).
+
+        ``obs`` [B, S] and ``act`` [B, A] go to every member; [E, B, S] and [E, B, A] give each
+        member its own batch.
+        """
+        x = (self.features(obs, act) - self.in_mean) / self.in_std
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.config.members, -1, -1)
+        mean, logvar = self.forward_normalized(x)
+        return mean * self.out_std + self.out_mean, logvar + 2.0 * torch.log(self.out_std)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Next-state Gaussian per member in raw units.
+
+        Returns ``(next_obs_mean [E, B, S], next_obs_logvar [E, B, S])``, followed by
+        ``(reward_mean [E, B, 1], reward_logvar [E, B, 1])`` when the reward is predicted.
+        """
+        mean, logvar = self.predict_delta(obs, act)
+        s = self.config.obs_dim
+        next_mean = obs + mean[..., :s]
+        if not self.config.predict_reward:
+            return next_mean, logvar[..., :s]
+        return next_mean, logvar[..., :s], mean[..., s:], logvar[..., s:]
+
+    def logvar_bound_penalty(self) -> torch.Tensor:
+        """The small loss term that keeps the learned log-variance bounds tight (PETS)."""
+        return self.max_logvar.sum() - self.min_logvar.sum()
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-member Gaussian negative log-likelihood (constant dropped): [E, B, O] -> [E]."""
+    return (((mean - target) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2))

@@ -1,0 +1,221 @@
+"""Export a trained :class:`GaussianEnsemble` to ONNX with its metadata.
+
+The graph takes raw ``obs [B, S]`` and ``act [B, A]`` (dynamic B), or with ``member_batched``
+``obs [E, B, S]`` and ``act [E, B, A]``, and returns per-member ``next_obs_mean [E, B, S]`` and
+``next_obs_logvar [E, B, S]`` (then ``reward_mean``/``reward_logvar [E, B, 1]`` if the model
+predicts the reward). Preprocessing and normalization are inside the graph.
+
+Metadata (ONNX ``metadata_props``, all strings, keys prefixed ``tickmpc.``) records the dims, the
+member count, the training data size and holdout metrics, the creation time, a hash of the model
+code, the format version and ``graph_sha256``: a hash of the serialized graph that
+:mod:`models.runtime` recomputes to refuse a corrupted file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from models import ensemble as _ensemble_module
+from models import preprocess as _preprocess_module
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+
+FORMAT_VERSION = 1
+PREFIX = "tickmpc."
+OPSET = 20
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, or does not match what the caller expects."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported model file says about itself."""
+
+    format_version: int
+    config: EnsembleConfig
+    member_batched: bool
+    train_rows: int
+    holdout: Mapping[str, Any]
+    created_unix: float
+    code_sha256: str
+    graph_sha256: str
+    extra: Mapping[str, Any]
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        return ("obs", "act")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        names = ("next_obs_mean", "next_obs_logvar")
+        if self.config.predict_reward:
+            names += ("reward_mean", "reward_logvar")
+        return names
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            PREFIX + "format_version": str(self.format_version),
+            PREFIX + "obs_dim": str(self.config.obs_dim),
+            PREFIX + "act_dim": str(self.config.act_dim),
+            PREFIX + "members": str(self.config.members),
+            PREFIX + "predict_reward": json.dumps(self.config.predict_reward),
+            PREFIX + "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            PREFIX + "member_batched": json.dumps(self.member_batched),
+            PREFIX + "train_rows": str(self.train_rows),
+            PREFIX + "holdout": json.dumps(dict(self.holdout), sort_keys=True),
+            PREFIX + "created_unix": repr(self.created_unix),
+            PREFIX + "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_unix)),
+            PREFIX + "code_sha256": self.code_sha256,
+            PREFIX + "graph_sha256": self.graph_sha256,
+            PREFIX + "extra": json.dumps(dict(self.extra), sort_keys=True),
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str) -> ModelMetadata:
+        """Parse and validate metadata properties; ``source`` names the file in errors."""
+        if PREFIX + "format_version" not in props:
+            raise ModelFileError(f"{source}: not a tickmpc model (no {PREFIX}format_version)")
+        try:
+            version = int(props[PREFIX + "format_version"])
+            if version != FORMAT_VERSION:
+                raise ModelFileError(
+                    f"{source}: format version {version}, this tickmpc reads {FORMAT_VERSION}"
+                )
+            config_dict = json.loads(props[PREFIX + "config"])
+            config = EnsembleConfig(**config_dict)
+            return cls(
+                format_version=version,
+                config=config,
+                member_batched=bool(json.loads(props[PREFIX + "member_batched"])),
+                train_rows=int(props[PREFIX + "train_rows"]),
+                holdout=json.loads(props[PREFIX + "holdout"]),
+                created_unix=float(props[PREFIX + "created_unix"]),
+                code_sha256=props[PREFIX + "code_sha256"],
+                graph_sha256=props[PREFIX + "graph_sha256"],
+                extra=json.loads(props.get(PREFIX + "extra", "{}")),
+            )
+        except ModelFileError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelFileError(f"{source}: bad tickmpc metadata: {exc!r}") from exc
+
+
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """Hash of the serialized graph (nodes and weights), independent of the metadata."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def code_sha256() -> str:
+    """Hash of the source that defines the exported computation."""
+    digest = hashlib.sha256()
+    for module in (_ensemble_module, _preprocess_module):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()
+
+
+def to_onnx(model: GaussianEnsemble, *, member_batched: bool = False) -> onnx.ModelProto:
+    """Trace ``model`` into an ONNX graph with a dynamic batch dimension."""
+    cfg = model.config
+    lead = (cfg.members, 2) if member_batched else (2,)
+    obs = torch.zeros(*lead, cfg.obs_dim)
+    act = torch.zeros(*lead, cfg.act_dim)
+    batch = torch.export.Dim("B", min=1, max=1 << 24)
+    axis = 1 if member_batched else 0
+    names = ["next_obs_mean", "next_obs_logvar"]
+    if cfg.predict_reward:
+        names += ["reward_mean", "reward_logvar"]
+    was_training = model.training
+    model.eval()
+    # The exporter logs and warns about optional packages (torchvision) it does not need.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (obs, act),
+                None,
+                input_names=["obs", "act"],
+                output_names=names,
+                dynamic_shapes=({axis: batch}, {axis: batch}),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+        model.train(was_training)
+    assert program is not None
+    return program.model_proto
+
+
+def export_ensemble(
+    model: GaussianEnsemble,
+    path: str | os.PathLike[str],
+    *,
+    train_rows: int = 0,
+    holdout: Mapping[str, Any] | None = None,
+    member_batched: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelMetadata:
+    """Export ``model`` to ``path`` atomically (temporary file, then rename); return metadata."""
+    proto = to_onnx(model, member_batched=member_batched)
+    meta = ModelMetadata(
+        format_version=FORMAT_VERSION,
+        config=model.config,
+        member_batched=member_batched,
+        train_rows=int(train_rows),
+        holdout=dict(holdout or {}),
+        created_unix=time.time(),
+        code_sha256=code_sha256(),
+        graph_sha256=graph_sha256(proto),
+        extra=dict(extra or {}),
+    )
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "tickmpc"
+    write_atomic(Path(path), proto.SerializeToString())
+    return meta
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,147 @@
+"""ONNX Runtime session over an exported ensemble, checked before it serves.
+
+Loading verifies, off the hot path, that the file parses, carries tickmpc metadata of a known
+format, that its graph hash matches the one recorded at export (a flipped byte in the weights is
+caught here, not as odd predictions later) and that its dims match what the caller expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from models.export import ModelFileError, ModelMetadata, graph_sha256
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda", "auto")
+MAX_THREADS = 256
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run a model in ONNX Runtime."""
+
+    device: str = "cpu"
+    """"cpu"; "cuda" (CUDA execution provider, CPU with a warning when unavailable); "auto"."""
+    intra_op_threads: int = 0
+    """Threads inside one operator (0: ONNX Runtime's default, one per core)."""
+    inter_op_threads: int = 1
+    """Threads across independent operators (0..MAX_THREADS); the ensemble graph is a chain."""
+    cuda_device_id: int = 0
+    """Which GPU, when running on CUDA."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+                raise ValueError(f"{name} must be an integer in [0, {MAX_THREADS}], got {value!r}")
+
+
+def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, object]]]:
+    """Execution providers in preference order for ``options.device``."""
+    available = ort.get_available_providers()
+    wants_cuda = options.device in ("cuda", "auto")
+    if wants_cuda and "CUDAExecutionProvider" in available:
+        cuda = ("CUDAExecutionProvider", {"device_id": options.cuda_device_id})
+        return [cuda, "CPUExecutionProvider"]
+    if options.device == "cuda":
+        log.warning("CUDA asked for but onnxruntime offers only %s; using CPU", available)
+    return ["CPUExecutionProvider"]
+
+
+def read_model(path: str | os.PathLike[str]) -> tuple[bytes, ModelMetadata]:
+    """Read and verify a model file: returns its bytes and metadata or raises ModelFileError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read model file: {exc.strerror}") from exc
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises its own DecodeError types
+        raise ModelFileError(f"{path}: not a valid ONNX file ({exc})") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = ModelMetadata.from_props(props, str(path))
+    actual = graph_sha256(proto)
+    if actual != meta.graph_sha256:
+        raise ModelFileError(
+            f"{path}: corrupt model: graph hash {actual[:12]} != recorded {meta.graph_sha256[:12]}"
+        )
+    return data, meta
+
+
+class OnnxEnsemble:
+    """An exported ensemble ready to predict.
+
+    ``predict(obs [B, S], act [B, A])`` returns the graph's outputs as float32 arrays
+    (``next_obs_mean [E, B, S]``, ``next_obs_logvar [E, B, S]``, then reward outputs if any).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        options: RuntimeOptions | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.options = options or RuntimeOptions()
+        data, self.metadata = read_model(self.path)
+        cfg = self.metadata.config
+        checks = (("obs_dim", obs_dim, cfg.obs_dim), ("act_dim", act_dim, cfg.act_dim))
+        for name, expected, actual in checks:
+            if expected is not None and expected != actual:
+                raise ModelFileError(f"{self.path}: model has {name}={actual}, expected {expected}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options.intra_op_threads
+        so.inter_op_num_threads = self.options.inter_op_threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                data, sess_options=so, providers=select_providers(self.options)
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFileError(f"{self.path}: onnxruntime refused the model: {exc}") from exc
+        self.providers: list[str] = self.session.get_providers()
+        self._output_names = list(self.metadata.output_names)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.metadata.config.obs_dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.metadata.config.act_dim
+
+    @property
+    def members(self) -> int:
+        return self.metadata.config.members
+
+    def predict(self, obs: np.ndarray, act: np.ndarray) -> list[np.ndarray]:
+        """Run the model; shapes are checked and inputs converted to contiguous float32."""
+        lead = 2 if self.metadata.member_batched else 1
+        obs = np.ascontiguousarray(obs, dtype=np.float32)
+        act = np.ascontiguousarray(act, dtype=np.float32)
+        for name, arr, dim in (("obs", obs, self.obs_dim), ("act", act, self.act_dim)):
+            if arr.ndim != lead + 1 or arr.shape[-1] != dim:
+                want = f"[E, B, {dim}]" if lead == 2 else f"[B, {dim}]"
+                raise ValueError(f"{name} must have shape {want}, got {list(arr.shape)}")
+        if obs.shape[:-1] != act.shape[:-1]:
+            raise ValueError(
+                f"obs and act batch shapes differ: {obs.shape[:-1]} vs {act.shape[:-1]}"
+            )
+        if lead == 2 and obs.shape[0] != self.members:
+            raise ValueError(f"member-batched obs needs {self.members} members, got {obs.shape[0]}")
+        outputs = self.session.run(self._output_names, {"obs": obs, "act": act})
+        return [np.asarray(o) for o in outputs]

@@ -1,0 +1,204 @@
+"""ONNX export, the versioned model directory and the runtime wrapper, on real files and ORT."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.export import ModelFileError, export_ensemble
+from models.registry import ModelDirectory
+from models.runtime import OnnxEnsemble, RuntimeOptions
+
+CFG = EnsembleConfig(
+    obs_dim=4,
+    act_dim=2,
+    members=3,
+    hidden_layers=2,
+    hidden_units=32,
+    preprocess={"kind": "sincos", "angle_indices": [1]},
+)
+
+
+def _model(cfg: EnsembleConfig = CFG, seed: int = 0) -> GaussianEnsemble:
+    torch.manual_seed(seed)
+    model = GaussianEnsemble(cfg)
+    # Non-trivial normalization, so the test sees it baked into the graph.
+    feats = torch.randn(256, model.feature_dim) * 3 + 1
+    model.set_normalization(feats, torch.randn(256, cfg.out_dim) * 0.1 + 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianEnsemble, Path]:
+    model = _model()
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    export_ensemble(model, path, train_rows=123, holdout={"holdout_nll": -1.5})
+    return model, path
+
+
+@pytest.mark.parametrize("batch", [1, 2, 17, 1000])
+def test_onnx_matches_torch(exported: tuple[GaussianEnsemble, Path], batch: int) -> None:
+    model, path = exported
+    runtime = OnnxEnsemble(path, obs_dim=4, act_dim=2)
+    rng = np.random.default_rng(batch)
+    obs = rng.normal(size=(batch, 4)).astype(np.float32) * 2
+    act = rng.uniform(-1, 1, size=(batch, 2)).astype(np.float32)
+    got = runtime.predict(obs, act)
+    with torch.no_grad():
+        want = [t.numpy() for t in model(torch.from_numpy(obs), torch.from_numpy(act))]
+    assert [g.shape for g in got] == [(3, batch, 4), (3, batch, 4)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_member_batched_export_and_reward_outputs(tmp_path: Path) -> None:
+    cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=2, hidden_units=16, predict_reward=True)
+    model = _model(cfg)
+    export_ensemble(model, tmp_path / "m.onnx", member_batched=True)
+    runtime = OnnxEnsemble(tmp_path / "m.onnx")
+    obs = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    act = np.ones((2, 5, 1), np.float32)
+    got = runtime.predict(obs, act)
+    with torch.no_grad():
+        want = model(torch.from_numpy(obs), torch.from_numpy(act))
+    assert runtime.metadata.output_names == (
+        "next_obs_mean",
+        "next_obs_logvar",
+        "reward_mean",
+        "reward_logvar",
+    )
+    assert [g.shape for g in got] == [(2, 5, 3), (2, 5, 3), (2, 5, 1), (2, 5, 1)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"obs must have shape \[E, B, 3\]"):
+        runtime.predict(obs[0], act[0])
+
+
+def test_metadata_round_trip(exported: tuple[GaussianEnsemble, Path]) -> None:
+    _, path = exported
+    meta = OnnxEnsemble(path).metadata
+    assert meta.config == CFG
+    assert meta.train_rows == 123
+    assert meta.holdout == {"holdout_nll": -1.5}
+    assert meta.format_version == 1
+    assert len(meta.code_sha256) == 64 and len(meta.graph_sha256) == 64
+    props = {p.key for p in onnx.load(str(path)).metadata_props}
+    for key in ("obs_dim", "act_dim", "members", "train_rows", "created", "format_version"):
+        assert "tickmpc." + key in props
+
+
+def test_refuses_wrong_dims(exported: tuple[GaussianEnsemble, Path]) -> None:
+    _, path = exported
+    with pytest.raises(ModelFileError, match="obs_dim=4, expected 5"):
+        OnnxEnsemble(path, obs_dim=5)
+    with pytest.raises(ModelFileError, match="act_dim=2, expected 1"):
+        OnnxEnsemble(path, act_dim=1)
+
+
+def test_refuses_corrupt_files(exported: tuple[GaussianEnsemble, Path], tmp_path: Path) -> None:
+    _, path = exported
+    data = bytearray(path.read_bytes())
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=r"truncated\.onnx"):
+        OnnxEnsemble(truncated)
+
+    # Flip bytes inside the largest weight tensor: still parses, but the graph hash catches it.
+    proto = onnx.load(str(path))
+    biggest = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    offset = data.find(biggest.raw_data) + len(biggest.raw_data) // 2
+    data[offset : offset + 4] = b"\x00\x00\xc0\x7f"
+    flipped = tmp_path / "flipped.onnx"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="corrupt model: graph hash"):
+        OnnxEnsemble(flipped)
+
+    foreign = tmp_path / "foreign.onnx"
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(ModelFileError, match="not a tickmpc model"):
+        OnnxEnsemble(foreign)
+
+    with pytest.raises(ModelFileError, match="cannot read"):
+        OnnxEnsemble(tmp_path / "missing.onnx")
+
+
+def test_predict_checks_shapes(exported: tuple[GaussianEnsemble, Path]) -> None:
+    runtime = OnnxEnsemble(exported[1])
+    with pytest.raises(ValueError, match=r"obs must have shape \[B, 4\]"):
+        runtime.predict(np.zeros((3, 5)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="batch shapes differ"):
+        runtime.predict(np.zeros((3, 4)), np.zeros((2, 2)))
+
+
+def test_runtime_options_validated_and_cpu_fallback(
+    exported: tuple[GaussianEnsemble, Path],
+) -> None:
+    with pytest.raises(ValueError, match="device must be one of"):
+        RuntimeOptions(device="tpu")
+    with pytest.raises(ValueError, match="intra_op_threads"):
+        RuntimeOptions(intra_op_threads=-1)
+    runtime = OnnxEnsemble(exported[1], options=RuntimeOptions(device="auto", intra_op_threads=1))
+    assert runtime.providers[-1] == "CPUExecutionProvider"
+
+
+def test_model_directory_versions_and_latest(tmp_path: Path) -> None:
+    models = ModelDirectory(tmp_path / "models")
+    assert models.latest() is None
+    first, _ = models.publish(_model(seed=1), train_rows=10)
+    second, meta = models.publish(_model(seed=2), train_rows=20)
+    assert (first.version, second.version) == (1, 2)
+    assert models.versions() == [1, 2]
+    latest = models.latest()
+    assert latest is not None and latest.version == 2
+    assert OnnxEnsemble(latest.path).metadata.train_rows == 20
+    assert meta.train_rows == 20
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".tmp")]
+    models.mark_latest(1)
+    assert models.latest() == first
+    with pytest.raises(FileNotFoundError):
+        models.mark_latest(7)
+
+
+def test_reader_never_sees_partial_model(tmp_path: Path) -> None:
+    """Publish repeatedly while another process loads whatever LATEST names."""
+    root = tmp_path / "models"
+    models = ModelDirectory(root)
+    models.publish(_model(seed=0))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER_SCRIPT, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for seed in range(1, 4):
+            models.publish(_model(seed=seed))
+    finally:
+        out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0, out
+    loads = int(out.split()[-1])
+    assert loads > 0
+
+
+_READER_SCRIPT = """
+import sys, time
+from models.registry import ModelDirectory
+from models.runtime import OnnxEnsemble
+models = ModelDirectory(sys.argv[1])
+loads, deadline = 0, time.time() + 8
+while time.time() < deadline:
+    latest = models.latest()
+    OnnxEnsemble(latest.path)  # raises on a partial or corrupt file
+    loads += 1
+    if latest.version >= 4:
+        break
+print("loads", loads)
+"""
