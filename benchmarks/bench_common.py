@@ -1,0 +1,33 @@
+"""Timing helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def time_call(fn: Callable[[], object], *, min_seconds: float, min_calls: int = 3) -> np.ndarray:
+    """Call ``fn`` repeatedly (after one warm-up) until both minimums are met; seconds per call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def gemm_gflops(size: int = 1024, min_seconds: float = 0.5) -> dict[str, float]:
+    """Float32 matrix-multiply rate of this machine, through numpy's BLAS and through torch."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flops = 2.0 * size**3
+    np_t = float(np.median(time_call(lambda: a @ b, min_seconds=min_seconds)))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    torch_t = float(np.median(time_call(lambda: torch.mm(ta, tb), min_seconds=min_seconds)))
+    return {"numpy": flops / np_t / 1e9, "torch": flops / torch_t / 1e9}
