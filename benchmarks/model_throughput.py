@@ -35,6 +35,25 @@ def flops_per_row(model: GaussianEnsemble) -> int:
     return sum(2 * int(layer.weight.shape[1]) * int(layer.weight.shape[2]) for layer in layers)
 
 
+def measure(
+    runtime: OnnxEnsemble, model: GaussianEnsemble, batch: int, min_s: float
+) -> tuple[float, float]:
+    """Member-rows per second of one batch through ONNX Runtime and through torch eager."""
+    rng = np.random.default_rng(batch)
+    obs = rng.standard_normal((batch, 4), dtype=np.float32)
+    act = rng.uniform(-1, 1, (batch, 1)).astype(np.float32)
+    t_obs, t_act = torch.from_numpy(obs), torch.from_numpy(act)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(t_obs, t_act)
+
+    ort_t = float(np.median(time_call(lambda: runtime.predict(obs, act), min_seconds=min_s)))
+    torch_t = float(np.median(time_call(eager, min_seconds=min_s)))
+    rows = batch * model.config.members
+    return rows / ort_t, rows / torch_t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timing")
@@ -67,19 +86,7 @@ def main() -> None:
             print(f"{'batch':>7} {'ort rows/s':>12} {'torch rows/s':>13} {'ort/torch':>9} "
                   f"{'ort GFLOP/s':>11} {'of GEMM':>8}")  # fmt: skip
             for batch in batches:
-                rng = np.random.default_rng(batch)
-                obs = rng.standard_normal((batch, 4), dtype=np.float32)
-                act = rng.uniform(-1, 1, (batch, 1)).astype(np.float32)
-                t_obs, t_act = torch.from_numpy(obs), torch.from_numpy(act)
-                ort_t = float(np.median(time_call(lambda: runtime.predict(obs, act), min_seconds=min_s)))  # noqa: B023, E501
-
-                def eager() -> None:
-                    with torch.inference_mode():
-                        model(t_obs, t_act)  # noqa: B023
-
-                torch_t = float(np.median(time_call(eager, min_seconds=min_s)))
-                rows = batch * cfg.members
-                ort_rps, torch_rps = rows / ort_t, rows / torch_t
+                ort_rps, torch_rps = measure(runtime, model, batch, min_s)
                 ort_gflops = ort_rps * fpr / 1e9
                 results.append({
                     "model": f"E5_{layers}x200",
@@ -89,8 +96,11 @@ def main() -> None:
                     "ort_gflops": round(ort_gflops, 2),
                     "gemm_fraction": round(ort_gflops / gemm_best, 3),
                 })  # fmt: skip
-                print(f"{batch:>7} {ort_rps:>12,.0f} {torch_rps:>13,.0f} {ort_rps / torch_rps:>9.2f} "
-                      f"{ort_gflops:>11.1f} {ort_gflops / gemm_best:>8.1%}")  # fmt: skip
+                fraction = ort_gflops / gemm_best
+                print(
+                    f"{batch:>7} {ort_rps:>12,.0f} {torch_rps:>13,.0f} "
+                    f"{ort_rps / torch_rps:>9.2f} {ort_gflops:>11.1f} {fraction:>8.1%}"
+                )
     summary = {
         "benchmark": "model_throughput",
         "quick": args.quick,

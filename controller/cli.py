@@ -52,7 +52,7 @@ def model_info(
     try:
         runtime = OnnxEnsemble(path, options=RuntimeOptions(device=device))
     except (ModelFileError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     meta = runtime.metadata
     obs = np.zeros((4, meta.config.obs_dim), np.float32)
@@ -84,7 +84,7 @@ def model_info(
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         console.print(table)
     if not finite:
-        console.print("[red]error:[/red] the model predicts non-finite values on a zero batch")
+        typer.echo("error: the model predicts non-finite values on a zero batch", err=True)
         raise typer.Exit(code=1)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.preprocess import make_preprocessor
+from models.preprocess import feature_dim, make_preprocessor
 
 MAX_MEMBERS = 64
 MAX_LAYERS = 16
@@ -51,7 +51,7 @@ class EnsembleConfig:
     """Observation preprocessing spec (see models.preprocess); empty means identity."""
     init_max_logvar: float = 0.5
     """Initial learned upper bound of the normalized log-variance (PETS soft bound)."""
-    init_min_logvar: float = -10.0
+    init_min_logvar: float = -20.0
     """Initial learned lower bound of the normalized log-variance."""
 
     def __post_init__(self) -> None:
@@ -115,11 +115,17 @@ class EnsembleLinear(nn.Module):
 class GaussianEnsemble(nn.Module):
     """Probabilistic ensemble predicting next-state (and reward) Gaussians from raw inputs."""
 
+    in_mean: torch.Tensor
+    in_std: torch.Tensor
+    out_mean: torch.Tensor
+    out_std: torch.Tensor
+    logvar_shift: torch.Tensor
+
     def __init__(self, config: EnsembleConfig) -> None:
         super().__init__()
         self.config = config
         self.preprocess = make_preprocessor(config.preprocess_spec())
-        feat_dim = int(self.preprocess.out_dim) + config.act_dim
+        feat_dim = feature_dim(self.preprocess) + config.act_dim
         e, h, o = config.members, config.hidden_units, config.out_dim
         sizes = [feat_dim] + [h] * config.hidden_layers
         self.hidden = nn.ModuleList(EnsembleLinear(e, i, j) for i, j in itertools.pairwise(sizes))
@@ -131,6 +137,9 @@ class GaussianEnsemble(nn.Module):
         self.register_buffer("in_std", torch.ones(1, feat_dim))
         self.register_buffer("out_mean", torch.zeros(1, o))
         self.register_buffer("out_std", torch.ones(1, o))
+        # Post-hoc variance calibration per member and output, fit on holdout data after
+        # training (see models.train); zero while training.
+        self.register_buffer("logvar_shift", torch.zeros(e, 1, o))
 
     @property
     def feature_dim(self) -> int:
@@ -156,7 +165,7 @@ class GaussianEnsemble(nn.Module):
         # PETS soft bounds: smooth clamp into [min_logvar, max_logvar], both learned.
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
+        return mean, logvar + self.logvar_shift
 
     def predict_delta(
         self, obs: torch.Tensor, act: torch.Tensor

@@ -61,7 +61,7 @@ class ModelMetadata:
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        names = ("next_obs_mean", "next_obs_logvar")
+        names: tuple[str, ...] = ("next_obs_mean", "next_obs_logvar")
         if self.config.predict_reward:
             names += ("reward_mean", "reward_logvar")
         return names

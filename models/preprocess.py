@@ -36,6 +36,9 @@ class AngleToSinCos(nn.Module):
     Output layout: [non-angle coordinates in order, sin(angles)..., cos(angles)...].
     """
 
+    _keep: torch.Tensor
+    _angles: torch.Tensor
+
     def __init__(self, obs_dim: int, angle_indices: Sequence[int]) -> None:
         super().__init__()
         angles = sorted(set(int(i) for i in angle_indices))
@@ -72,6 +75,15 @@ def register_preprocessor(kind: str, factory: Callable[..., nn.Module]) -> None:
     if kind in _FACTORIES:
         raise ValueError(f"preprocessor kind {kind!r} is already registered")
     _FACTORIES[kind] = factory
+
+
+def feature_dim(preprocessor: nn.Module) -> int:
+    """F: the preprocessor's output size, checked, since user-registered hooks declare it."""
+    out_dim = preprocessor.__dict__.get("out_dim")
+    if not isinstance(out_dim, int) or out_dim < 1:
+        name = type(preprocessor).__name__
+        raise ValueError(f"preprocessor {name} must set an integer out_dim >= 1, got {out_dim!r}")
+    return out_dim
 
 
 def make_preprocessor(spec: dict[str, Any]) -> nn.Module:

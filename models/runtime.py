@@ -51,7 +51,10 @@ def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str,
     available = ort.get_available_providers()
     wants_cuda = options.device in ("cuda", "auto")
     if wants_cuda and "CUDAExecutionProvider" in available:
-        cuda = ("CUDAExecutionProvider", {"device_id": options.cuda_device_id})
+        cuda: tuple[str, dict[str, object]] = (
+            "CUDAExecutionProvider",
+            {"device_id": options.cuda_device_id},
+        )
         return [cuda, "CPUExecutionProvider"]
     if options.device == "cuda":
         log.warning("CUDA asked for but onnxruntime offers only %s; using CPU", available)

@@ -51,6 +51,11 @@ class TrainConfig:
     """Each member trains on its own resample with replacement (False: all on the same rows)."""
     max_seconds: float = math.inf
     """Wall-clock cap on training; the best weights so far are kept (> 0)."""
+    calibrate: bool = True
+    """After training, rescale each member's predicted variance per output so that the mean
+    squared standardized holdout error is 1 (the maximum-likelihood scale). NLL training of the
+    shared network lets the variance head lag the mean (Seitzer et al. 2022, beta-NLL); measured
+    on InvertedPendulum-v5 the uncalibrated std was about twice the holdout error."""
     seed: int = 0
     """Seeds the split, the bootstrap, the shuffles and the initialization."""
 
@@ -84,6 +89,8 @@ class MemberReport:
     holdout_nll: float
     holdout_mse: float
     best_epoch: int
+    variance_scale: float
+    """Geometric mean over outputs of the calibration factor applied to the variance."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +136,7 @@ class TrainReport:
         return "\n".join(lines)
 
 
-def make_targets(
-    obs: np.ndarray, next_obs: np.ndarray, reward: np.ndarray | None
-) -> np.ndarray:
+def make_targets(obs: np.ndarray, next_obs: np.ndarray, reward: np.ndarray | None) -> np.ndarray:
     """Training targets [N, O]: the state delta, then the reward if given."""
     delta = np.asarray(next_obs, np.float32) - np.asarray(obs, np.float32)
     if reward is None:
@@ -157,8 +162,8 @@ def train_ensemble(
     """
     config = config or TrainConfig()
     started = time.perf_counter()
-    features, targets = _validated_arrays(obs, act, next_obs, reward, model_config)
-    n = features.shape[0]
+    (obs, act), targets = _validated_arrays(obs, act, next_obs, reward, model_config)
+    n = obs.shape[0]
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
 
@@ -167,12 +172,14 @@ def train_ensemble(
         if init.config != model_config:
             raise ValueError("warm start model has a different architecture than model_config")
         model.load_state_dict(copy.deepcopy(init.state_dict()))
+    with torch.no_grad():
+        model.logvar_shift.zero_()
 
     n_hold = min(config.max_holdout_rows, round(n * config.holdout_fraction))
     perm = rng.permutation(n)
     hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     with torch.no_grad():
-        raw_feat = model.features(torch.from_numpy(features[0]), torch.from_numpy(features[1]))
+        raw_feat = model.features(torch.from_numpy(obs), torch.from_numpy(act))
     model.set_normalization(raw_feat[train_idx], torch.from_numpy(targets[train_idx]))
     x_all = ((raw_feat - model.in_mean) / model.in_std).numpy().astype(np.float32)
     y_all = ((torch.from_numpy(targets) - model.out_mean) / model.out_std).numpy()
@@ -224,6 +231,8 @@ def train_ensemble(
             break
     model.load_state_dict(best_state)
     model.eval()
+    if config.calibrate:
+        _calibrate_variance(model, x_eval, y_eval)
 
     train_probe = x_train[: config.max_holdout_rows], y_train[: config.max_holdout_rows]
     tr_nll, tr_mse = _evaluate(model, *train_probe)
@@ -235,6 +244,7 @@ def train_ensemble(
             holdout_nll=float(ho_nll[i]),
             holdout_mse=float(ho_mse[i]),
             best_epoch=int(best_epoch[i]),
+            variance_scale=float(model.logvar_shift[i].mean().exp()),
         )
         for i in range(e)
     )
@@ -296,6 +306,20 @@ def _evaluate(model: GaussianEnsemble, x: np.ndarray, y: np.ndarray) -> tuple[np
     return nll / count + _HALF_LOG_2PI, mse / count
 
 
+@torch.no_grad()
+def _calibrate_variance(model: GaussianEnsemble, x: np.ndarray, y: np.ndarray) -> None:
+    """Set ``logvar_shift`` [E, 1, O] to the log of the mean squared standardized error."""
+    e = model.config.members
+    xb = torch.from_numpy(x[:_EVAL_CHUNK]).unsqueeze(0).expand(e, -1, -1)
+    mean, logvar = model.forward_normalized(xb)
+    z2 = ((mean - torch.from_numpy(y[:_EVAL_CHUNK])) ** 2 * torch.exp(-logvar)).mean(1, True)
+    # Bounded, so a tiny or degenerate holdout cannot blow the variance up or collapse it.
+    model.logvar_shift.copy_(torch.log(z2.clamp_min(1e-12)).clamp(-_MAX_SHIFT, _MAX_SHIFT))
+
+
+_MAX_SHIFT = 4.0
+
+
 def _copy_members(
     src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor], members: np.ndarray, e: int
 ) -> None:
@@ -307,4 +331,4 @@ def _copy_members(
 
 
 # Normalization buffers are shared by all members and fixed during training.
-_SHARED_BUFFERS = frozenset({"in_mean", "in_std", "out_mean", "out_std"})
+_SHARED_BUFFERS = frozenset({"in_mean", "in_std", "out_mean", "out_std", "logvar_shift"})

@@ -1,0 +1,168 @@
+"""The ensemble module and its trainer on small synthetic systems (fast, exact checks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.preprocess import AngleToSinCos, make_preprocessor, register_preprocessor
+from models.train import TrainConfig, train_ensemble
+
+CFG = EnsembleConfig(obs_dim=2, act_dim=1, members=3, hidden_layers=2, hidden_units=32)
+
+
+def _system(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A damped nonlinear oscillator step with small process noise."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-2, 2, (n, 2)).astype(np.float32)
+    act = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+    pos, vel = obs[:, 0], obs[:, 1]
+    new_vel = vel + 0.1 * (-np.sin(pos) - 0.2 * vel + act[:, 0])
+    nxt = np.stack([pos + 0.1 * new_vel, new_vel], axis=1)
+    nxt += rng.normal(0, 0.005, nxt.shape)
+    return obs, act, nxt.astype(np.float32)
+
+
+def _flat(model: GaussianEnsemble) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+
+
+def test_config_validation_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"members must be an integer in \[1, 64\]"):
+        EnsembleConfig(obs_dim=2, act_dim=1, members=0)
+    with pytest.raises(ValueError, match="hidden_units"):
+        EnsembleConfig(obs_dim=2, act_dim=1, hidden_units=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init_min_logvar"):
+        EnsembleConfig(obs_dim=2, act_dim=1, init_min_logvar=1.0, init_max_logvar=0.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        TrainConfig(holdout_fraction=0.9)
+
+
+def test_forward_shapes_shared_and_member_batched() -> None:
+    model = GaussianEnsemble(CFG).eval()
+    mean, logvar = model(torch.zeros(7, 2), torch.zeros(7, 1))
+    assert mean.shape == logvar.shape == (3, 7, 2)
+    mean_e, _ = model(torch.zeros(3, 7, 2), torch.zeros(3, 7, 1))
+    torch.testing.assert_close(mean_e, mean)
+
+
+def test_members_are_independent() -> None:
+    """One batched matmul per layer must equal running each member alone."""
+    torch.manual_seed(0)
+    model = GaussianEnsemble(CFG).eval()
+    x = torch.randn(3, 5, model.feature_dim)
+    mean, _ = model.forward_normalized(x)
+    x2 = x.clone()
+    x2[1] += 10.0
+    mean2, _ = model.forward_normalized(x2)
+    torch.testing.assert_close(mean[[0, 2]], mean2[[0, 2]])
+    assert not torch.allclose(mean[1], mean2[1])
+
+
+def test_logvar_is_soft_bounded() -> None:
+    model = GaussianEnsemble(CFG).eval()
+    with torch.no_grad():
+        model.head.bias[..., 2:] = 1e4
+        _, high = model.forward_normalized(torch.zeros(3, 4, model.feature_dim))
+        model.head.bias[..., 2:] = -1e4
+        _, low = model.forward_normalized(torch.zeros(3, 4, model.feature_dim))
+    assert torch.all(high <= CFG.init_max_logvar + 1e-5)
+    assert torch.all(low >= CFG.init_min_logvar - 1e-5)
+
+
+def test_sincos_preprocessing() -> None:
+    pre = AngleToSinCos(3, [1])
+    out = pre(torch.tensor([[1.0, np.pi / 2, 3.0]]))
+    torch.testing.assert_close(out, torch.tensor([[1.0, 3.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    assert make_preprocessor(pre.spec()).out_dim == 4
+    with pytest.raises(ValueError, match="out of range"):
+        AngleToSinCos(3, [3])
+    with pytest.raises(ValueError, match="unknown preprocessor kind"):
+        make_preprocessor({"kind": "nope"})
+    with pytest.raises(ValueError, match="already registered"):
+        register_preprocessor("sincos", AngleToSinCos)
+
+
+def test_training_learns_and_is_reproducible() -> None:
+    obs, act, nxt = _system(1500)
+    cfg = TrainConfig(max_epochs=40, seed=3)
+    model_a, report = train_ensemble(obs, act, nxt, model_config=CFG, config=cfg)
+    model_b, _ = train_ensemble(obs, act, nxt, model_config=CFG, config=cfg)
+    torch.testing.assert_close(_flat(model_a), _flat(model_b), rtol=0, atol=0)
+    model_c, _ = train_ensemble(
+        obs, act, nxt, model_config=CFG, config=TrainConfig(max_epochs=40, seed=4)
+    )
+    assert not torch.equal(_flat(model_a), _flat(model_c))
+    assert report.holdout_rows == 150 and report.train_rows == 1350
+    assert report.holdout_mse < 0.05, report.summary()
+    assert "holdout_nll" in report.summary()
+    assert report.to_dict()["members"][0]["best_epoch"] >= 1
+
+
+def test_members_differ_through_bootstrap() -> None:
+    obs, act, nxt = _system(600)
+    model, _ = train_ensemble(obs, act, nxt, model_config=CFG, config=TrainConfig(max_epochs=5))
+    w = model.hidden[0].weight.detach()
+    assert not torch.allclose(w[0], w[1])
+
+
+def test_warm_start_copies_and_starts_better() -> None:
+    obs, act, nxt = _system(1500)
+    first, _ = train_ensemble(
+        obs, act, nxt, model_config=CFG, config=TrainConfig(max_epochs=30, seed=0)
+    )
+    before = _flat(first).clone()
+    obs2, act2, nxt2 = _system(1500, seed=1)
+    _, cold = train_ensemble(
+        obs2, act2, nxt2, model_config=CFG, config=TrainConfig(max_epochs=1, seed=1)
+    )
+    _, warm = train_ensemble(
+        obs2, act2, nxt2, model_config=CFG, config=TrainConfig(max_epochs=1, seed=1), init=first
+    )
+    assert torch.equal(_flat(first), before), "warm start must not modify the init model"
+    assert warm.warm_start and not cold.warm_start
+    assert warm.holdout_mse < cold.holdout_mse
+    other = EnsembleConfig(obs_dim=2, act_dim=1, members=3, hidden_layers=2, hidden_units=16)
+    with pytest.raises(ValueError, match="different architecture"):
+        train_ensemble(obs, act, nxt, model_config=other, init=first)
+
+
+def test_early_stopping_restores_best_weights() -> None:
+    """Tiny data and a big network overfit: the restored weights are from the best epoch."""
+    obs, act, nxt = _system(120)
+    cfg = TrainConfig(max_epochs=300, patience=5, learning_rate=1e-2, seed=0, calibrate=False)
+    big = EnsembleConfig(obs_dim=2, act_dim=1, members=2, hidden_layers=3, hidden_units=128)
+    _, report = train_ensemble(obs, act, nxt, model_config=big, config=cfg)
+    assert report.stopped_by == "early_stopping"
+    for member in report.members:
+        assert member.best_epoch <= report.epochs - cfg.patience
+
+
+def test_time_cap_and_reward_target() -> None:
+    obs, act, nxt = _system(400)
+    reward = -(obs**2).sum(1)
+    cfg = EnsembleConfig(obs_dim=2, act_dim=1, members=2, hidden_units=16, predict_reward=True)
+    model, report = train_ensemble(
+        obs, act, nxt, reward, model_config=cfg, config=TrainConfig(max_seconds=1e-3)
+    )
+    assert report.stopped_by == "max_seconds" and report.epochs == 1
+    outputs = model(torch.from_numpy(obs[:3]), torch.from_numpy(act[:3]))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 2), (2, 3, 2), (2, 3, 1), (2, 3, 1)]
+    with pytest.raises(ValueError, match="no reward was given"):
+        train_ensemble(obs, act, nxt, model_config=cfg)
+
+
+def test_training_input_is_validated() -> None:
+    obs, act, nxt = _system(50)
+    bad = obs.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="obs contains NaN"):
+        train_ensemble(bad, act, nxt, model_config=CFG)
+    with pytest.raises(ValueError, match=r"act must have shape \[N, 1\]"):
+        train_ensemble(obs, np.zeros((50, 2)), nxt, model_config=CFG)
+    with pytest.raises(ValueError, match="at least 2 transitions"):
+        train_ensemble(obs[:1], act[:1], nxt[:1], model_config=CFG)
