@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ import torch
 from models import ensemble as _ensemble_module
 from models import preprocess as _preprocess_module
 from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.fileio import write_atomic
 
 FORMAT_VERSION = 1
 PREFIX = "tickmpc."
@@ -194,28 +194,3 @@ def export_ensemble(
     proto.producer_name = "tickmpc"
     write_atomic(Path(path), proto.SerializeToString())
     return meta
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

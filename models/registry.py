@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from models.ensemble import GaussianEnsemble
-from models.export import ModelMetadata, export_ensemble, fsync_dir, write_atomic
+from models.export import ModelMetadata, export_ensemble
+from models.fileio import fsync_dir, write_atomic
 
 _VERSION_RE = re.compile(r"^v(\d{6,})\.onnx$")
 LATEST = "LATEST"

@@ -35,12 +35,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.fileio import fsync_dir
+from models.transitions import COLUMNS, ROBOT_ID_BYTES, Transitions, check_batch
+
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "tickmpc-transitions"
 FORMAT_VERSION = 1
 MAGIC = 0x54524E31  # b"1NRT" little-endian; any fixed non-zero value rejects zero-filled blocks
-ROBOT_ID_BYTES = 32
 DEFAULT_SEGMENT_ROWS = 1 << 16
 META_FILE = "meta.json"
 LOCK_FILE = "writer.lock"
@@ -48,73 +50,11 @@ _SEG_RE = re.compile(r"^seg-(\d{6,})\.bin$")
 _CRC_START = 8  # the CRC covers the record after (magic, crc), seq included
 _SCAN_ROWS = 8192  # rows per pread while validating: bounds temporary memory
 
-# column -> (ndim, accepted dtype kinds, canonical dtype)
-_COLUMNS: dict[str, tuple[int, str, Any]] = {
-    "obs": (2, "iuf", np.float32),
-    "act": (2, "iuf", np.float32),
-    "next_obs": (2, "iuf", np.float32),
-    "reward": (1, "iuf", np.float32),
-    "terminated": (1, "b", np.bool_),
-    "truncated": (1, "b", np.bool_),
-    "episode": (1, "iu", np.int64),
-    "step": (1, "iu", np.int64),
-    "wall_time": (1, "iuf", np.float64),
-    "robot": (1, "UO", str),
-}
-_FINITE = ("obs", "act", "next_obs", "reward", "wall_time")
-
-Array = npt.NDArray[Any]
 Records = npt.NDArray[np.void]
 
 
 class StoreCorruptError(RuntimeError):
     """Invalid data where only valid records may be (anything but a torn tail)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Transitions:
-    """Column arrays of N transitions.
-
-    obs [N,S] f32, act [N,A] f32, next_obs [N,S] f32, reward [N] f32, terminated [N] bool,
-    truncated [N] bool, episode [N] int64, step [N] int64, wall_time [N] f64 (seconds since the
-    epoch), robot [N] str (at most ROBOT_ID_BYTES UTF-8 bytes each).
-    """
-
-    obs: Array
-    act: Array
-    next_obs: Array
-    reward: Array
-    terminated: Array
-    truncated: Array
-    episode: Array
-    step: Array
-    wall_time: Array
-    robot: Array
-
-    def __post_init__(self) -> None:
-        n = len(self.obs) if isinstance(self.obs, np.ndarray) else 0
-        for name, (ndim, _, _) in _COLUMNS.items():
-            v = getattr(self, name)
-            if not isinstance(v, np.ndarray):
-                raise ValueError(f"Transitions.{name} must be a numpy array, not {type(v)}")
-            if v.ndim != ndim or len(v) != n:
-                raise ValueError(f"Transitions.{name} has shape {v.shape}: need {ndim}-D, {n} rows")
-        if self.next_obs.shape != self.obs.shape:
-            raise ValueError(f"next_obs shape {self.next_obs.shape} != obs {self.obs.shape}")
-
-    def __len__(self) -> int:
-        return len(self.obs)
-
-    def __getitem__(self, idx: slice | npt.NDArray[np.integer[Any]]) -> Transitions:
-        """Rows `idx` (a slice or an index array [M]) of every column."""
-        return Transitions(**{name: getattr(self, name)[idx] for name in _COLUMNS})
-
-    @classmethod
-    def from_lists(cls, **columns: Any) -> Transitions:
-        """Build from per-row sequences, one keyword per column, cast to the canonical dtypes."""
-        if set(columns) != set(_COLUMNS):
-            raise ValueError(f"from_lists needs exactly the columns {list(_COLUMNS)}")
-        return cls(**{k: np.asarray(columns[k], dtype=c[2]) for k, c in _COLUMNS.items()})
 
 
 def record_dtype(obs_dim: int, act_dim: int) -> np.dtype[np.void]:
@@ -151,47 +91,6 @@ def _fill_crc(rec: Records) -> None:
     """Set rec["crc"] [N] from each record's bytes after the CRC field."""
     size, mv, crc = rec.dtype.itemsize, _bytes_view(rec), zlib.crc32
     rec["crc"] = [crc(mv[o + _CRC_START : o + size]) for o in range(0, len(rec) * size, size)]
-
-
-def _encode_robot_ids(robot: Array) -> npt.NDArray[np.bytes_]:
-    """robot [N] str -> [N] fixed-size UTF-8 bytes; refuses ids that would not round-trip."""
-    if len(robot) == 1:  # np.unique would be the slowest step of a one-row append
-        uniq, inv = robot, np.zeros(1, np.intp)
-    else:  # ids repeat: encode each distinct one once
-        uniq, inv = np.unique(robot, return_inverse=True)
-    enc = []
-    for r in uniq.tolist():
-        b = r.encode("utf-8") if isinstance(r, str) else b""
-        if not b or b"\0" in b or len(b) > ROBOT_ID_BYTES:
-            raise ValueError(
-                f"robot id must be a non-empty str without NUL of at most {ROBOT_ID_BYTES} "
-                f"UTF-8 bytes, got {r!r} ({len(b)} bytes)"
-            )
-        enc.append(b)
-    return np.array(enc, dtype=f"S{ROBOT_ID_BYTES}")[inv.reshape(-1)]
-
-
-def _check_batch(b: Transitions, obs_dim: int, act_dim: int) -> dict[str, Array]:
-    """Validate a batch against the store dims; returns its columns cast to the record dtypes."""
-    if not isinstance(b, Transitions):
-        raise ValueError(f"expected Transitions, got {type(b).__name__}")
-    for name, dim in (("obs", obs_dim), ("act", act_dim), ("next_obs", obs_dim)):
-        if getattr(b, name).shape[1] != dim:
-            raise ValueError(f"{name} must have shape [N, {dim}], got {getattr(b, name).shape}")
-    cols: dict[str, Array] = {}
-    for name, (_, kinds, dtype) in _COLUMNS.items():
-        v = getattr(b, name)
-        if v.dtype.kind not in kinds:
-            raise ValueError(f"{name} has dtype {v.dtype}; accepted dtype kinds are {kinds!r}")
-        if v.dtype.kind == "u" and v.size and v.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"{name} has values that do not fit in int64")
-        if name != "robot":
-            with np.errstate(over="ignore"):  # an f32 overflow becomes inf, refused just below
-                cols[name] = v.astype(dtype, copy=False)
-        if name in _FINITE and not np.isfinite(cols[name]).all():  # after the f32 cast: overflow
-            raise ValueError(f"{name} contains NaN or inf")
-    cols["robot"] = _encode_robot_ids(b.robot)
-    return cols
 
 
 def _segment_path(root: Path, k: int) -> Path:
@@ -274,15 +173,7 @@ class StoreMeta:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, root / META_FILE)
-        _fsync_dir(root)
-
-
-def _fsync_dir(root: Path) -> None:
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(root)
 
 
 class TransitionWriter:
@@ -407,7 +298,7 @@ class TransitionWriter:
         refused batch leaves the store and the buffer untouched.
         """
         self._check_open()
-        cols = _check_batch(batch, self.meta.obs_dim, self.meta.act_dim)
+        cols = check_batch(batch, self.meta.obs_dim, self.meta.act_dim)
         first, lo = len(self), 0
         while lo < len(batch):
             n = min(len(batch) - lo, len(self._buf) - self._pending)
@@ -466,7 +357,7 @@ class TransitionWriter:
         self._fd = os.open(_segment_path(self.path, self._seg), flags, 0o644)
         self._seg_fill = 0
         if self.durable:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
     def _check_open(self) -> None:
         if self._fd < 0:
@@ -564,7 +455,7 @@ class TransitionReader:
             raise StoreCorruptError(f"{self.path}: rows [{start}, {stop}) changed after validation")
         names, inv = np.unique(rec["robot"], return_inverse=True)
         robot = np.array([b.decode() for b in names.tolist()], f"<U{ROBOT_ID_BYTES}")
-        cols = {k: np.ascontiguousarray(rec[k], c[2]) for k, c in _COLUMNS.items() if k != "robot"}
+        cols = {k: np.ascontiguousarray(rec[k], c[2]) for k, c in COLUMNS.items() if k != "robot"}
         return Transitions(**cols, robot=robot[inv.reshape(-1)])
 
     def iter_chunks(
