@@ -202,3 +202,17 @@ while time.time() < deadline:
         break
 print("loads", loads)
 """
+
+
+def test_chunked_prediction_matches_one_call(exported: tuple[GaussianEnsemble, Path]) -> None:
+    path = exported[1]
+    whole = OnnxEnsemble(path, options=RuntimeOptions(chunk_rows=0))
+    chunked = OnnxEnsemble(path, options=RuntimeOptions(chunk_rows=7))
+    rng = np.random.default_rng(5)
+    obs = rng.normal(size=(50, 4)).astype(np.float32)
+    act = rng.normal(size=(50, 2)).astype(np.float32)
+    for a, b in zip(whole.predict(obs, act), chunked.predict(obs, act), strict=True):
+        assert a.shape == b.shape == (3, 50, 4)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        RuntimeOptions(chunk_rows=-1)
