@@ -41,9 +41,9 @@ class TrainConfig:
     """Share of rows held out for early stopping and the report [0, 0.5]."""
     max_holdout_rows: int = 5000
     """Cap on held-out rows, so evaluation stays cheap as data grows (>= 1)."""
-    patience: int = 10
+    patience: int = 20
     """A member stops after this many epochs without holdout improvement (>= 1)."""
-    min_improvement: float = 1e-3
+    min_improvement: float = 1e-4
     """Holdout NLL decrease (per output dim) that counts as improvement (>= 0)."""
     logvar_penalty: float = 0.01
     """Weight of the log-variance bound penalty (PETS) [0, 1]."""
