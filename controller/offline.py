@@ -22,6 +22,7 @@ from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble
 from models.store import TransitionReader, TransitionWriter
 from models.train import TrainConfig, TrainReport, train_ensemble
+from models.transitions import Transitions
 from sim_bridge.random_data import RandomRollouts, collect_random
 
 
@@ -95,21 +96,20 @@ def run_offline(config: OfflineConfig, run_dir: Path) -> OfflineResult:
 
 
 def _store(data: RandomRollouts, path: Path) -> None:
-    now = time.time()
+    rows = Transitions(
+        obs=data.obs,
+        act=data.act,
+        next_obs=data.next_obs,
+        reward=data.reward,
+        terminated=data.terminated,
+        truncated=data.truncated,
+        episode=data.episode,
+        step=data.step,
+        wall_time=np.full(len(data), time.time()),
+        robot=np.full(len(data), "sim-0"),
+    )
     with TransitionWriter(path, obs_dim=data.obs.shape[1], act_dim=data.act.shape[1]) as writer:
-        for i in range(len(data)):
-            writer.append(
-                obs=data.obs[i],
-                act=data.act[i],
-                next_obs=data.next_obs[i],
-                reward=float(data.reward[i]),
-                terminated=bool(data.terminated[i]),
-                truncated=bool(data.truncated[i]),
-                episode=int(data.episode[i]),
-                step=int(data.step[i]),
-                wall_time=now,
-                robot="sim-0",
-            )
+        writer.append_batch(rows)
 
 
 def _holdout_summary(report: TrainReport) -> dict[str, float]:
