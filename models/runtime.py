@@ -165,4 +165,6 @@ class OnnxEnsemble:
         return [np.concatenate(group, axis=1) for group in zip(*parts, strict=True)]
 
     def _run(self, obs: np.ndarray, act: np.ndarray) -> list[np.ndarray]:
-        return list(self.session.run(self._output_names, {"obs": obs, "act": act}))
+        # A chunk of a member-batched input is a strided view; the session wants dense buffers.
+        feeds = {"obs": np.ascontiguousarray(obs), "act": np.ascontiguousarray(act)}
+        return list(self.session.run(self._output_names, feeds))

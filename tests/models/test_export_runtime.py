@@ -62,7 +62,7 @@ def test_member_batched_export_and_reward_outputs(tmp_path: Path) -> None:
     cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=2, hidden_units=16, predict_reward=True)
     model = _model(cfg)
     export_ensemble(model, tmp_path / "m.onnx", member_batched=True)
-    runtime = OnnxEnsemble(tmp_path / "m.onnx")
+    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeOptions(chunk_rows=2))
     obs = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
     act = np.ones((2, 5, 1), np.float32)
     got = runtime.predict(obs, act)
