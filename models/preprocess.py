@@ -61,9 +61,34 @@ class AngleToSinCos(nn.Module):
         return {"kind": "sincos", "obs_dim": self.obs_dim, "angle_indices": self.angle_indices}
 
 
+class DropCoordinates(nn.Module):
+    """Hide coordinates from the network, e.g. an unbounded position that the dynamics do not
+    depend on (the model still predicts its delta; the reward may use it)."""
+
+    _keep: torch.Tensor
+
+    def __init__(self, obs_dim: int, drop_indices: Sequence[int]) -> None:
+        super().__init__()
+        drop = sorted(set(int(i) for i in drop_indices))
+        if not drop or drop[0] < 0 or drop[-1] >= obs_dim or len(drop) == obs_dim:
+            raise ValueError(f"drop_indices {drop} must name some, not all, of {obs_dim} coords")
+        keep = [i for i in range(obs_dim) if i not in drop]
+        self.obs_dim = obs_dim
+        self.drop_indices = drop
+        self.out_dim = len(keep)
+        self.register_buffer("_keep", torch.tensor(keep, dtype=torch.long), persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.index_select(-1, self._keep)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "drop", "obs_dim": self.obs_dim, "drop_indices": self.drop_indices}
+
+
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "identity": lambda obs_dim: Identity(obs_dim),
     "sincos": lambda obs_dim, angle_indices: AngleToSinCos(obs_dim, angle_indices),
+    "drop": lambda obs_dim, drop_indices: DropCoordinates(obs_dim, drop_indices),
 }
 
 

@@ -6,7 +6,9 @@ termination or truncation. Everything is seeded, so the same call gives the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -38,12 +40,17 @@ class RandomRollouts:
 
 
 def collect_random(
-    env_id: str, steps: int, *, seed: int = 0, max_episode_steps: int | None = None
+    env_id: str,
+    steps: int,
+    *,
+    seed: int = 0,
+    max_episode_steps: int | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> RandomRollouts:
     """Run ``steps`` uniformly random actions in ``env_id`` and return the transitions."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    env = gym.make(env_id, max_episode_steps=max_episode_steps)
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, **dict(env_kwargs or {}))
     try:
         space = env.action_space
         if not isinstance(space, gym.spaces.Box):

@@ -81,6 +81,10 @@ def test_sincos_preprocessing() -> None:
     assert make_preprocessor(pre.spec()).out_dim == 4
     with pytest.raises(ValueError, match="out of range"):
         AngleToSinCos(3, [3])
+    drop = make_preprocessor({"kind": "drop", "obs_dim": 3, "drop_indices": [0]})
+    torch.testing.assert_close(drop(torch.tensor([[7.0, 1.0, 2.0]])), torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="some, not all"):
+        make_preprocessor({"kind": "drop", "obs_dim": 2, "drop_indices": [0, 1]})
     with pytest.raises(ValueError, match="unknown preprocessor kind"):
         make_preprocessor({"kind": "nope"})
     with pytest.raises(ValueError, match="already registered"):

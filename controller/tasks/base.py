@@ -1,0 +1,91 @@
+"""What a task is: dims, bounds, timing, preprocessing, and a reward made of named terms.
+
+A task's reward terms are torch functions of batched tensors, so the planner's rollout graph can
+export them into ONNX next to the learned model. Terms are unweighted, named quantities; the
+weights are data (``Task.weights``), so an operator can retune them without code, and each term's
+value can be reported on its own.
+
+Shapes: ``...`` any leading batch dims (e.g. N candidates x H steps), S observation, A action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+RewardTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+"""(obs [..., S], act [..., A], next_obs [..., S]) -> {term name: value [...]}."""
+
+Termination = Callable[[torch.Tensor], torch.Tensor]
+"""next_obs [..., S] -> terminated [...] (bool)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A control task the planner can optimize and a bridge can run."""
+
+    name: str
+    """Registry name, e.g. "cartpole-swingup"."""
+    obs_dim: int
+    """S."""
+    act_dim: int
+    """A."""
+    action_low: tuple[float, ...]
+    """Lower action bound per dimension [A]."""
+    action_high: tuple[float, ...]
+    """Upper action bound per dimension [A]."""
+    control_period: float
+    """Seconds between actions."""
+    episode_steps: int
+    """Steps before an episode is truncated."""
+    terms: RewardTerms
+    """The named, unweighted reward terms."""
+    weights: Mapping[str, float]
+    """Default weight of each term; the reward is their weighted sum."""
+    terminated: Termination | None = None
+    """Which next states end the episode (None: never)."""
+    preprocess: Mapping[str, Any] = field(default_factory=dict)
+    """Observation preprocessing spec for the model (see models.preprocess)."""
+    env_id: str | None = None
+    """The gymnasium id of the real environment, where there is one."""
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for ``gymnasium.make(env_id, ...)`` that the task's definitions assume."""
+    notes: str = ""
+    """Deliberate differences from the environment's own reward, if any."""
+
+    def __post_init__(self) -> None:
+        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
+            raise ValueError(f"{self.name}: action bounds must have {self.act_dim} entries")
+        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
+            raise ValueError(f"{self.name}: every action_low must be below action_high")
+        if self.control_period <= 0 or self.episode_steps < 1:
+            raise ValueError(f"{self.name}: control_period and episode_steps must be positive")
+
+    def validated_weights(self, changes: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The default weights with ``changes`` applied; unknown terms are refused."""
+        weights = dict(self.weights)
+        for name, value in (changes or {}).items():
+            if name not in weights:
+                raise ValueError(f"{self.name} has no reward term {name!r}; terms: {list(weights)}")
+            if not isinstance(value, (int, float)) or value != value or abs(value) > 1e6:
+                raise ValueError(f"weight {name!r} must be a finite number in [-1e6, 1e6]")
+            weights[name] = float(value)
+        return weights
+
+    def reward(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        next_obs: torch.Tensor,
+        weights: Mapping[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Weighted sum of the terms: [...]."""
+        w = self.weights if weights is None else weights
+        terms = self.terms(obs, act, next_obs)
+        total = torch.zeros_like(next_obs[..., 0])
+        for name, value in terms.items():
+            total = total + w[name] * value
+        return total

@@ -1,0 +1,76 @@
+"""Task rewards in torch against the real gymnasium MuJoCo environments' rewards."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from controller.tasks import TASKS, get_task
+from controller.tasks.base import Task
+from sim_bridge.random_data import collect_random
+
+GYM_TASKS = [t for t in TASKS.values() if t.env_id is not None]
+
+
+def _torch_reward(task: Task, obs: np.ndarray, act: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    as_t = [torch.from_numpy(np.asarray(a, np.float64)) for a in (obs, act, nxt)]
+    return task.reward(*as_t).numpy()
+
+
+@pytest.mark.parametrize("task", GYM_TASKS, ids=lambda t: t.name)
+def test_reward_matches_environment(task: Task) -> None:
+    assert task.env_id is not None
+    data = collect_random(task.env_id, 400, seed=1, env_kwargs=task.env_kwargs)
+    got = _torch_reward(task, data.obs, data.act, data.next_obs)
+    assert np.abs(data.reward).max() > 0.01, "a test on all-zero rewards would prove nothing"
+    # Observations are float32 on the way (store, model): a finite difference of positions
+    # (half-cheetah) loses a few more digits than the other terms.
+    tol = 1e-3 if task.name == "half-cheetah" else 1e-5
+    np.testing.assert_allclose(got, data.reward, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("task", GYM_TASKS, ids=lambda t: t.name)
+def test_task_describes_environment(task: Task) -> None:
+    assert task.env_id is not None
+    env = gym.make(task.env_id, **task.env_kwargs)
+    try:
+        space = env.action_space
+        assert isinstance(space, gym.spaces.Box)
+        assert task.obs_dim == env.observation_space.shape[0]
+        assert task.act_dim == space.shape[0]
+        np.testing.assert_allclose(task.action_low, space.low)
+        np.testing.assert_allclose(task.action_high, space.high)
+        assert task.control_period == pytest.approx(env.unwrapped.dt)  # type: ignore[attr-defined]
+        assert env.spec is not None and task.episode_steps == env.spec.max_episode_steps
+    finally:
+        env.close()
+
+
+def test_termination_matches_environment() -> None:
+    task = get_task("InvertedPendulum-v5")
+    data = collect_random("InvertedPendulum-v5", 500, seed=2)
+    assert task.terminated is not None
+    got = task.terminated(torch.from_numpy(data.next_obs)).numpy()
+    np.testing.assert_array_equal(got, data.terminated)
+    assert data.terminated.any() and not data.terminated.all()
+
+
+def test_terms_are_named_and_weights_validated() -> None:
+    task = get_task("pusher")
+    obs = torch.zeros(3, 5, 23)
+    act = torch.ones(3, 5, 7)
+    terms = task.terms(obs, act, obs)
+    assert set(terms) == set(task.weights) == {"near", "dist", "ctrl"}
+    assert all(v.shape == (3, 5) for v in terms.values())
+    weights = task.validated_weights({"ctrl": 0.0})
+    torch.testing.assert_close(
+        task.reward(obs, act, obs, weights), task.reward(obs, act, obs) + 0.1 * 7
+    )
+    with pytest.raises(ValueError, match="no reward term 'speed'"):
+        task.validated_weights({"speed": 1.0})
+    with pytest.raises(ValueError, match="finite number"):
+        task.validated_weights({"ctrl": float("nan")})
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("walker")
