@@ -90,8 +90,8 @@ def model_info(
 
 @app.command("run")
 def run(
-    env_id: Annotated[str, typer.Option("--env", help="gymnasium MuJoCo environment id.")] = (
-        "InvertedPendulum-v5"
+    task: Annotated[str, typer.Option(help="Task name (see controller/tasks).")] = (
+        "cartpole-swingup"
     ),
     steps: Annotated[int, typer.Option(help="Random-action transitions to learn from.")] = 4000,
     seed: Annotated[int, typer.Option(help="Seed for data, split and training.")] = 0,
@@ -99,16 +99,16 @@ def run(
         Path | None, typer.Option(help="Where to write (default runs/<time>).")
     ] = None,
 ) -> None:
-    """Embedded default (for now): learn a model of a MuJoCo system from random actions.
+    """Embedded default (for now): learn a model of a MuJoCo task from random actions.
 
     Collects transitions into the transition store, trains the ensemble, exports it to ONNX and
     checks it through ONNX Runtime on fresh data. The closed MPC loop replaces this later.
     """
     from controller.offline import OfflineConfig, run_offline
 
-    config = OfflineConfig(env_id=env_id, steps=steps, seed=seed)
+    config = OfflineConfig(task=task, steps=steps, seed=seed)
     run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    console.print(f"collecting {steps} random-action transitions from {env_id} ...")
+    console.print(f"collecting {steps} random-action transitions of {task} ...")
     with console.status("collect, store, train, export, check ..."):
         result = run_offline(config, run_dir)
     console.print(result.report.summary())
@@ -117,7 +117,7 @@ def run(
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("meaning")
-    table.add_row("worst-dim normalized MSE", f"{m.nmse:.4f}", "1.0 = predicting the mean delta")
+    table.add_row("worst-dim normalized MSE", f"{m.nmse:.2e}", "1.0 = predicting the mean delta")
     table.add_row("within 1 predicted std", f"{m.within_1std:.1%}", "68% if calibrated")
     table.add_row("disagreement (data)", f"{m.disagreement:.3g}", "variance of member means")
     table.add_row("disagreement (10x out)", f"{result.far_disagreement:.3g}", "should be larger")

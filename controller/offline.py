@@ -1,9 +1,9 @@
 """The embedded default until the closed loop lands: learn a model of a real MuJoCo system.
 
-Collects random-action transitions from a gymnasium MuJoCo environment into the persistent
-transition store, reads them back as the learner will, trains the probabilistic ensemble,
-publishes it as a versioned ONNX model, and checks it through ONNX Runtime on fresh data
-(one-step error, calibration, disagreement far from the data).
+Collects random-action transitions from a task's MuJoCo environment (the PETS cartpole by
+default) into the persistent transition store, reads them back as the learner will, trains the
+probabilistic ensemble, publishes it as a versioned ONNX model, and checks it through ONNX
+Runtime on fresh data (one-step error, calibration, disagreement far from the data).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from controller.tasks import get_task
 from models.ensemble import EnsembleConfig
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.registry import ModelDirectory, ModelVersion
@@ -30,8 +31,8 @@ from sim_bridge.random_data import RandomRollouts, collect_random
 class OfflineConfig:
     """Everything one offline run depends on; saved verbatim as the run's config.toml."""
 
-    env_id: str = "InvertedPendulum-v5"
-    """A gymnasium MuJoCo environment with a Box action space."""
+    task: str = "cartpole-swingup"
+    """A task name from controller.tasks (its environment, preprocessing and env options)."""
     steps: int = 4000
     """Random-action transitions to collect for training."""
     eval_steps: int = 1000
@@ -62,7 +63,11 @@ def run_offline(config: OfflineConfig, run_dir: Path) -> OfflineResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(tomli_w.dumps({"offline": asdict(config)}))
     started = time.perf_counter()
-    data = collect_random(config.env_id, config.steps, seed=config.seed)
+    task = get_task(config.task)
+    if task.env_id is None:
+        raise ValueError(f"task {task.name} has no simulated environment to collect from")
+    env_id, env_kwargs = task.env_id, task.env_kwargs
+    data = collect_random(env_id, config.steps, seed=config.seed, env_kwargs=env_kwargs)
     collect_seconds = time.perf_counter() - started
     _store(data, run_dir / "transitions")
     stored = TransitionReader(run_dir / "transitions").read_all()
@@ -73,6 +78,7 @@ def run_offline(config: OfflineConfig, run_dir: Path) -> OfflineResult:
         members=config.members,
         hidden_layers=config.hidden_layers,
         hidden_units=config.hidden_units,
+        preprocess=task.preprocess,
     )
     train_config = TrainConfig(max_epochs=config.max_epochs, seed=config.seed)
     model, report = train_ensemble(
@@ -83,7 +89,9 @@ def run_offline(config: OfflineConfig, run_dir: Path) -> OfflineResult:
     )
 
     runtime = OnnxEnsemble(version.path, obs_dim=model_config.obs_dim)
-    fresh = collect_random(config.env_id, config.eval_steps, seed=config.seed + 10_000)
+    fresh = collect_random(
+        env_id, config.eval_steps, seed=config.seed + 10_000, env_kwargs=env_kwargs
+    )
     metrics = one_step_metrics(runtime, fresh.obs, fresh.act, fresh.next_obs)
     # States ten times further out than any seen: the ensemble should disagree there.
     far = fresh.obs * 10.0

@@ -13,6 +13,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from sim_bridge import cartpole as _cartpole  # noqa: F401  (registers tickmpc/CartpoleSwingup-v0)
+
 
 @dataclass(frozen=True)
 class RandomRollouts:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from controller.tasks.base import Task
+from controller.tasks.cartpole import CARTPOLE_SWINGUP
 from controller.tasks.gym_mujoco import HALF_CHEETAH, INVERTED_PENDULUM, PUSHER, REACHER
 
-TASKS: dict[str, Task] = {t.name: t for t in (INVERTED_PENDULUM, REACHER, HALF_CHEETAH, PUSHER)}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (CARTPOLE_SWINGUP, INVERTED_PENDULUM, REACHER, HALF_CHEETAH, PUSHER)
+}
 
 
 def get_task(name: str) -> Task:
