@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from models.ensemble import EnsembleConfig
-from models.evaluate import OneStepMetrics, one_step_metrics
+from models.evaluate import OneStepMetrics, disagreement, one_step_metrics
 from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
 from models.train import TrainConfig, TrainReport, train_ensemble
@@ -52,7 +52,7 @@ def learned(
     fresh = collect_random(ENV, 1000, seed=12345)
     metrics = one_step_metrics(runtime, fresh.obs, fresh.act, fresh.next_obs)
     far = fresh.obs * 10.0
-    far_disagreement = one_step_metrics(runtime, far, fresh.act, far).disagreement
+    far_disagreement = disagreement(runtime, far, fresh.act)
     return runtime, report, metrics, far_disagreement
 
 
