@@ -11,6 +11,9 @@ import torch
 
 from controller.tasks.base import Task
 
+HALF_CHEETAH_DT = 0.05
+"""Seconds per HalfCheetah-v5 step (timestep 0.01 x frame skip 5)."""
+
 
 def _ctrl(act: torch.Tensor) -> torch.Tensor:
     return -(act**2).sum(-1)
@@ -41,9 +44,6 @@ def _half_cheetah_terms(
     # The task keeps the x position in the observation (index 0, hidden from the network by
     # preprocessing), so the forward term is gymnasium's own finite difference over the step.
     return {"forward": (next_obs[..., 0] - obs[..., 0]) / HALF_CHEETAH_DT, "ctrl": _ctrl(act)}
-
-
-HALF_CHEETAH_DT = 0.05
 
 
 def _pusher_terms(
