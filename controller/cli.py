@@ -57,8 +57,6 @@ def model_info(
     meta = runtime.metadata
     obs = np.zeros((4, meta.config.obs_dim), np.float32)
     act = np.zeros((4, meta.config.act_dim), np.float32)
-    if meta.member_batched:
-        obs, act = np.stack([obs] * meta.config.members), np.stack([act] * meta.config.members)
     outputs = runtime.predict(obs, act)
     finite = all(bool(np.isfinite(o).all()) for o in outputs)
     info = {

@@ -26,6 +26,7 @@ from typing import Any
 
 import onnx
 import torch
+from torch import nn
 
 from models import ensemble as _ensemble_module
 from models import preprocess as _preprocess_module
@@ -127,9 +128,22 @@ def code_sha256() -> str:
     return digest.hexdigest()
 
 
-def to_onnx(model: GaussianEnsemble, *, member_batched: bool = False) -> onnx.ModelProto:
+def config_of(model: nn.Module) -> EnsembleConfig:
+    """The :class:`EnsembleConfig` a dynamics module declares as ``config``.
+
+    Any module with a ``config`` and the ensemble's ``forward(obs, act)`` contract exports the
+    same way: a trained :class:`GaussianEnsemble`, or a known model written in torch (the
+    planner tests export an analytic pendulum).
+    """
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, EnsembleConfig):
+        raise TypeError(f"{type(model).__name__} has no EnsembleConfig `config` to export with")
+    return cfg
+
+
+def to_onnx(model: nn.Module, *, member_batched: bool = False) -> onnx.ModelProto:
     """Trace ``model`` into an ONNX graph with a dynamic batch dimension."""
-    cfg = model.config
+    cfg = config_of(model)
     lead = (cfg.members, 2) if member_batched else (2,)
     obs = torch.zeros(*lead, cfg.obs_dim)
     act = torch.zeros(*lead, cfg.act_dim)
@@ -166,8 +180,15 @@ def to_onnx(model: GaussianEnsemble, *, member_batched: bool = False) -> onnx.Mo
     return program.model_proto
 
 
+def _delta_scale(model: nn.Module) -> dict[str, list[float]]:
+    # The rollout's disagreement penalty divides by the scale of each state delta.
+    if not isinstance(model, GaussianEnsemble):
+        return {}
+    return {"delta_std": model.out_std[0, : model.config.obs_dim].tolist()}
+
+
 def export_ensemble(
-    model: GaussianEnsemble,
+    model: nn.Module,
     path: str | os.PathLike[str],
     *,
     train_rows: int = 0,
@@ -179,14 +200,14 @@ def export_ensemble(
     proto = to_onnx(model, member_batched=member_batched)
     meta = ModelMetadata(
         format_version=FORMAT_VERSION,
-        config=model.config,
+        config=config_of(model),
         member_batched=member_batched,
         train_rows=int(train_rows),
         holdout=dict(holdout or {}),
         created_unix=time.time(),
         code_sha256=code_sha256(),
         graph_sha256=graph_sha256(proto),
-        extra=dict(extra or {}),
+        extra={**_delta_scale(model), **(extra or {})},
     )
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -69,7 +69,7 @@ class ModelDirectory:
         train_rows: int = 0,
         holdout: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
-        member_batched: bool = False,
+        member_batched: bool = True,
     ) -> tuple[ModelVersion, ModelMetadata]:
         """Export ``model`` as the next version and point ``LATEST`` at it."""
         self.root.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,19 @@ def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str,
     return ["CPUExecutionProvider"]
 
 
+def create_session(data: bytes, options: RuntimeOptions, source: str) -> ort.InferenceSession:
+    """An ONNX Runtime session for the serialized graph ``data``; ``source`` names it in errors."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, sess_options=so, providers=select_providers(options))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelFileError(f"{source}: onnxruntime refused the model: {exc}") from exc
+
+
 def read_model(path: str | os.PathLike[str]) -> tuple[bytes, ModelMetadata]:
     """Read and verify a model file: returns its bytes and metadata or raises ModelFileError."""
     path = Path(path)
@@ -115,17 +128,7 @@ class OnnxEnsemble:
         for name, expected, actual in checks:
             if expected is not None and expected != actual:
                 raise ModelFileError(f"{self.path}: model has {name}={actual}, expected {expected}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.options.intra_op_threads
-        so.inter_op_num_threads = self.options.inter_op_threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                data, sess_options=so, providers=select_providers(self.options)
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelFileError(f"{self.path}: onnxruntime refused the model: {exc}") from exc
+        self.session = create_session(data, self.options, str(self.path))
         self.providers: list[str] = self.session.get_providers()
         self._output_names = list(self.metadata.output_names)
 
@@ -142,10 +145,17 @@ class OnnxEnsemble:
         return self.metadata.config.members
 
     def predict(self, obs: np.ndarray, act: np.ndarray) -> list[np.ndarray]:
-        """Run the model; shapes are checked and inputs converted to contiguous float32."""
+        """Run the model; shapes are checked and inputs converted to contiguous float32.
+
+        A member-batched model takes [E, B, ...] inputs, or [B, ...] given to every member.
+        """
         lead = 2 if self.metadata.member_batched else 1
         obs = np.ascontiguousarray(obs, dtype=np.float32)
         act = np.ascontiguousarray(act, dtype=np.float32)
+        if lead == 2 and obs.ndim == 2 and act.ndim == 2:
+            # Shared rows on a member-batched graph: every member gets the same batch.
+            obs = np.ascontiguousarray(np.broadcast_to(obs, (self.members, *obs.shape)))
+            act = np.ascontiguousarray(np.broadcast_to(act, (self.members, *act.shape)))
         for name, arr, dim in (("obs", obs, self.obs_dim), ("act", act, self.act_dim)):
             if arr.ndim != lead + 1 or arr.shape[-1] != dim:
                 want = f"[E, B, {dim}]" if lead == 2 else f"[B, {dim}]"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from controller.tasks.base import Task
 from controller.tasks.cartpole import CARTPOLE_SWINGUP
 from controller.tasks.gym_mujoco import HALF_CHEETAH, INVERTED_PENDULUM, PUSHER, REACHER
+from controller.tasks.pendulum import PENDULUM
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (CARTPOLE_SWINGUP, INVERTED_PENDULUM, REACHER, HALF_CHEETAH, PUSHER)
+    t.name: t
+    for t in (CARTPOLE_SWINGUP, PENDULUM, INVERTED_PENDULUM, REACHER, HALF_CHEETAH, PUSHER)
 }
 
 

@@ -77,8 +77,11 @@ def test_member_batched_export_and_reward_outputs(tmp_path: Path) -> None:
     assert [g.shape for g in got] == [(2, 5, 3), (2, 5, 3), (2, 5, 1), (2, 5, 1)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+    # Shared rows [B, S] go to every member.
+    shared = runtime.predict(obs[0], act[0])
+    np.testing.assert_allclose(shared[0][0], got[0][0], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"obs must have shape \[E, B, 3\]"):
-        runtime.predict(obs[0], act[0])
+        runtime.predict(obs[..., :2], act)
 
 
 def test_metadata_round_trip(exported: tuple[GaussianEnsemble, Path]) -> None:

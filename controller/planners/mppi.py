@@ -1,0 +1,52 @@
+"""MPPI (Williams et al. 2017): perturb a nominal sequence, average the perturbations weighted
+by exp(return / lambda). API and defaults after pytorch_mppi; returns are rewards (higher is
+better), so no separate control-cost term: the task's reward carries it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller.planners.base import WarmStart
+from controller.planners.settings import PlannerSettings
+
+
+class MPPI:
+    """Model-predictive path integral control over [H, A] sequences within [low, high]."""
+
+    name = "mppi"
+
+    def __init__(self, settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> None:
+        self.s = settings
+        self.low, self.high = low, high
+        self.sigma = settings.noise_std * (high - low) / 2.0
+
+    def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.mean = np.clip(warm.mean, self.low, self.high)
+        self.score = float("nan")
+
+    def population(self, iteration: int) -> int:
+        return self.s.population
+
+    def ask(self, iteration: int) -> np.ndarray:
+        noise = self.sigma * self.rng.standard_normal((self.s.population, *self.mean.shape))
+        candidates = np.clip(self.mean + noise, self.low, self.high)
+        candidates[0] = self.mean  # the nominal sequence itself is always a candidate
+        return candidates
+
+    def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:
+        finite = np.isfinite(scores)
+        if not finite.any():
+            return
+        z = np.where(finite, scores - scores[finite].max(), -np.inf) / self.s.temperature
+        w = np.exp(z)
+        w /= w.sum()
+        # Clipped perturbations: the update stays inside the bounds.
+        self.mean = self.mean + np.tensordot(w, candidates - self.mean, axes=1)
+        self.score = float(np.dot(w[finite], scores[finite]))
+
+    def solution(self) -> tuple[np.ndarray, float]:
+        return self.mean, self.score
+
+    def carry(self) -> WarmStart:
+        return WarmStart(self.mean)

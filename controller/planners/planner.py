@@ -1,0 +1,179 @@
+"""The planner: binds an optimizer to the rollout evaluator, with warm start, live settings and
+an anytime budget.
+
+``plan(obs, budget_s)`` runs optimizer iterations while the next one is predicted to fit in the
+budget (see :class:`~controller.planners.base.IterationCost`) and always returns a plan: if not
+even one iteration fits, the previous plan shifted one step, flagged as a deadline miss.
+``configure(**changes)`` validates at once and applies at the start of the next ``plan``, so it
+is safe to call from another thread (the control socket) while a plan runs; ``set_evaluator``
+swaps a new model version in the same way. Given a seed and no budget, plans are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from controller.planners.base import (
+    IterationCost,
+    Optimizer,
+    Plan,
+    WarmStart,
+    shift,
+    shift_warm_start,
+)
+from controller.planners.cem import CEM
+from controller.planners.icem import ICEM
+from controller.planners.mppi import MPPI
+from controller.planners.random_shooting import RandomShooting
+from controller.planners.settings import PlannerSettings
+from controller.rollout.evaluator import RolloutEvaluator
+
+OPTIMIZERS: dict[str, type[CEM] | type[ICEM] | type[MPPI] | type[RandomShooting]] = {
+    "random": RandomShooting,
+    "cem": CEM,
+    "icem": ICEM,
+    "mppi": MPPI,
+}
+
+
+def make_optimizer(settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> Optimizer:
+    """The optimizer ``settings.planner`` names, configured by ``settings``."""
+    return OPTIMIZERS[settings.planner](settings, low, high)
+
+
+class Planner:
+    """Model-predictive planning for one robot over a learned model."""
+
+    def __init__(
+        self, evaluator: RolloutEvaluator, settings: PlannerSettings | None = None
+    ) -> None:
+        self.task = evaluator.task
+        self.low = np.asarray(self.task.action_low, np.float64)
+        self.high = np.asarray(self.task.action_high, np.float64)
+        self.fill = (self.low + self.high) / 2.0
+        self._evaluator = evaluator
+        self._pending_evaluator: RolloutEvaluator | None = None
+        self._pending: PlannerSettings | None = None
+        self._cost = IterationCost()
+        self._install(settings or PlannerSettings())
+        self.rng = np.random.default_rng(self.settings.seed)
+        self.reset()
+
+    @property
+    def evaluator(self) -> RolloutEvaluator:
+        return self._evaluator
+
+    def configure(self, **changes: Any) -> PlannerSettings:
+        """Validate ``changes`` now and apply them at the next ``plan``; returns the new settings.
+
+        An invalid change raises ValueError naming the setting and its range, and nothing
+        changes (including earlier pending changes).
+        """
+        base = self._pending or self.settings
+        new = base.changed(**changes)
+        self._weights_array(new.weights)
+        self._pending = new
+        return new
+
+    def set_evaluator(self, evaluator: RolloutEvaluator) -> None:
+        """Use ``evaluator`` (a new model version, already loaded) from the next ``plan`` on."""
+        if (evaluator.task.obs_dim, evaluator.task.act_dim) != (
+            self.task.obs_dim,
+            self.task.act_dim,
+        ):
+            raise ValueError("the new evaluator's task dims differ from the planner's")
+        self._pending_evaluator = evaluator
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode: forget the warm start; reseed if ``seed`` is given."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        h = self.settings.horizon
+        self._warm = WarmStart(np.broadcast_to(self.fill, (h, len(self.fill))).copy())
+        self._previous = self._warm.mean.copy()
+
+    def plan(self, obs: np.ndarray, budget_s: float | None = None) -> Plan:
+        """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations)."""
+        start = time.perf_counter()
+        self._apply_pending()
+        s = self.settings
+        rollout = s.rollout
+        h = s.horizon
+        warm = shift_warm_start(self._warm, self.fill, h)
+        previous = shift(self._previous, self.fill, h)
+        opt = self._optimizer
+        opt.begin(warm, self.rng)
+        done = candidates = rows = nonfinite = 0
+        for it in range(s.iterations):
+            it_rows = self._evaluator.rows(opt.population(it), h, rollout)
+            predicted = self._cost.predict(it_rows)
+            if budget_s is not None and predicted is not None:
+                if time.perf_counter() - start + predicted > budget_s:
+                    break
+            t0 = time.perf_counter()
+            batch = opt.ask(it)
+            scores = self._evaluator.evaluate(obs, batch, rollout, self.rng, self._weights)
+            bad = ~np.isfinite(scores)
+            if bad.any():
+                nonfinite += int(bad.sum())
+                scores = np.where(bad, -math.inf, scores)
+            opt.tell(batch, scores)
+            self._cost.update(it_rows, time.perf_counter() - t0)
+            done += 1
+            candidates += len(batch)
+            rows += it_rows
+        if done:
+            actions, predicted_return = opt.solution()
+            self._warm = opt.carry()
+        else:
+            actions, predicted_return = previous, math.nan
+            self._warm = warm
+        actions = np.array(actions, np.float64)
+        actions.setflags(write=False)
+        self._previous = actions
+        elapsed = time.perf_counter() - start
+        return Plan(
+            actions=actions,
+            predicted_return=float(predicted_return),
+            iterations=done,
+            candidates=candidates,
+            rows=rows,
+            elapsed_s=elapsed,
+            budget_s=budget_s,
+            deadline_miss=done == 0 or (budget_s is not None and elapsed > budget_s),
+            fallback=done == 0,
+            nonfinite=nonfinite,
+            planner=s.planner,
+            horizon=h,
+        )
+
+    def warmup(self, obs: np.ndarray | None = None) -> None:
+        """Run one full plan off the hot path (first-run allocations, cost estimate), then
+        restore the warm start and random state."""
+        state = self.rng.bit_generator.state
+        warm, previous = self._warm, self._previous
+        self.plan(np.zeros(self.task.obs_dim) if obs is None else obs)
+        self.rng.bit_generator.state = state
+        self._warm, self._previous = warm, previous
+
+    def _apply_pending(self) -> None:
+        evaluator, self._pending_evaluator = self._pending_evaluator, None
+        if evaluator is not None:
+            self._evaluator = evaluator
+        settings, self._pending = self._pending, None
+        if settings is not None:
+            self._install(settings)
+
+    def _install(self, settings: PlannerSettings) -> None:
+        self._weights = self._weights_array(settings.weights)
+        self._optimizer = make_optimizer(settings, self.low, self.high)
+        self.settings = settings
+
+    def _weights_array(self, changes: Mapping[str, float]) -> np.ndarray:
+        weights = self.task.validated_weights(changes)
+        return np.asarray(list(weights.values()), np.float32)

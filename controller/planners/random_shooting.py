@@ -1,0 +1,48 @@
+"""Random shooting: uniform sequences within the bounds, the best one executed (the baseline of
+Nagabandi et al. 2018). The shifted previous best is always among the candidates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from controller.planners.base import WarmStart
+from controller.planners.settings import PlannerSettings
+
+
+class RandomShooting:
+    """Random shooting over [H, A] sequences within [low, high]."""
+
+    name = "random"
+
+    def __init__(self, settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> None:
+        self.s = settings
+        self.low, self.high = low, high
+
+    def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.warm = np.clip(warm.mean, self.low, self.high)
+        self.best = self.warm
+        self.best_score = -math.inf
+
+    def population(self, iteration: int) -> int:
+        return self.s.population
+
+    def ask(self, iteration: int) -> np.ndarray:
+        shape = (self.s.population, *self.warm.shape)
+        candidates = self.rng.uniform(self.low, self.high, size=shape)
+        if iteration == 0:
+            candidates[0] = self.warm
+        return candidates
+
+    def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:
+        i = int(np.argmax(scores))
+        if scores[i] > self.best_score:
+            self.best, self.best_score = candidates[i].copy(), float(scores[i])
+
+    def solution(self) -> tuple[np.ndarray, float]:
+        return self.best, self.best_score
+
+    def carry(self) -> WarmStart:
+        return WarmStart(self.best)

@@ -1,0 +1,79 @@
+"""A task's reward as an ONNX graph, to be inlined into the rollout graph.
+
+The graph takes ``obs [B, S]``, ``act [B, A]``, ``next_obs [B, S]`` and the term weights
+``weights [T]`` (in ``Task.weights`` order) and returns ``reward [B]`` (the weighted sum) and
+``done [B]`` (1.0 where the task's termination holds, else 0.0). Weights are an input, so
+retuning them live never rebuilds a graph. Exported once per task with the torch exporter.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import cache
+
+import onnx
+import torch
+from torch import nn
+
+from controller.tasks import Task, get_task
+from models.export import OPSET
+
+INPUTS = ("obs", "act", "next_obs", "weights")
+OUTPUTS = ("reward", "done")
+
+
+class _TaskReward(nn.Module):
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+        self.names = list(task.weights)
+
+    def forward(
+        self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = self.task.terms(obs, act, next_obs)
+        total = torch.zeros_like(next_obs[..., 0])
+        for i, name in enumerate(self.names):
+            total = total + weights[i] * terms[name]
+        if self.task.terminated is None:
+            done = torch.zeros_like(total)
+        else:
+            done = self.task.terminated(next_obs).to(next_obs.dtype)
+        return total, done
+
+
+def export_reward(task: Task) -> onnx.ModelProto:
+    """Trace ``task``'s weighted reward and termination into ONNX with a dynamic batch."""
+    b = torch.export.Dim("B", min=1, max=1 << 24)
+    obs = torch.zeros(3, task.obs_dim)
+    act = torch.zeros(3, task.act_dim)
+    weights = torch.ones(len(task.weights))
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                _TaskReward(task),
+                (obs, act, obs.clone(), weights),
+                None,
+                input_names=list(INPUTS),
+                output_names=list(OUTPUTS),
+                dynamic_shapes=({0: b}, {0: b}, {0: b}, None),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+    assert program is not None
+    return program.model_proto
+
+
+@cache
+def reward_graph(task_name: str) -> onnx.ModelProto:
+    """The exported reward of a registered task, exported once per process."""
+    return export_reward(get_task(task_name))
