@@ -1,0 +1,349 @@
+"""Plan latency of the planners over the rollout graph, against the same rows in torch eager.
+
+For each configuration (issue 3's list) it builds an ensemble of the stated shape, publishes it
+the way the learner does, and times ``Planner.plan`` with no budget (all iterations) from a fixed
+state. It reports plan time p50/p99, member-rows per second, the FLOP rate of those rows as a
+fraction of this machine's float32 GEMM rate (measured in the same run), and ``eager_ratio``:
+the time of the same rollouts done as a torch eager host loop (one model call per step, as
+mbrl-lib does) divided by the plan time (> 1: the rollout graph is faster).
+
+Also measured, because the design depends on them:
+- the horizon design: the Loop graph against the same step unrolled for a fixed horizon, and
+  what building and loading an unrolled graph for a new horizon would stall;
+- how the batch is cut: the PETS configuration's rows in 1, 2, 4, 8 runs per iteration;
+- the anytime margin: plans given half their usual time, and how far past the budget they end.
+
+    python benchmarks/plan_latency.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from bench_common import gemm_gflops, time_call
+from controller.planners import Planner, PlannerSettings
+from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.graph import ModelGraph, build_rollout_graph
+from controller.rollout.reward_graph import reward_graph
+from controller.tasks import get_task
+from controller.tasks.base import Task
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.registry import ModelDirectory
+from models.runtime import RuntimeOptions, create_session, read_model
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    task: str
+    layers: int
+    settings: PlannerSettings
+    reps: int
+    quick_reps: int
+    target: str
+
+
+CONFIGS = [
+    Config(
+        "reduced-cartpole-cem",
+        "cartpole-swingup",
+        4,
+        PlannerSettings(planner="cem", population=200, horizon=15, iterations=3),
+        200,
+        20,
+        "p99 <= 17 ms",
+    ),
+    Config(
+        "pets-cartpole-cem",
+        "cartpole-swingup",
+        4,
+        PlannerSettings(
+            planner="cem",
+            population=350,
+            horizon=15,
+            iterations=5,
+            particles=20,
+            propagation="tsinf",
+        ),
+        10,
+        2,
+        "within 15% of the GEMM limit for the rows",
+    ),
+    Config(
+        "realtime-cartpole-icem",
+        "cartpole-swingup",
+        3,
+        PlannerSettings(planner="icem", population=200, horizon=25, iterations=3),
+        200,
+        20,
+        "p99 < 20 ms",
+    ),
+    Config(
+        "pets-halfcheetah-cem",
+        "half-cheetah",
+        4,
+        PlannerSettings(
+            planner="cem",
+            population=400,
+            horizon=30,
+            iterations=5,
+            particles=20,
+            propagation="tsinf",
+        ),
+        3,
+        1,
+        "GPU figure of merit: p99 <= 10 ms on a GPU",
+    ),
+]
+
+
+def make_model(task: Task, layers: int) -> GaussianEnsemble:
+    torch.manual_seed(0)
+    cfg = EnsembleConfig(
+        obs_dim=task.obs_dim,
+        act_dim=task.act_dim,
+        members=5,
+        hidden_layers=layers,
+        hidden_units=200,
+        preprocess=task.preprocess,
+    )
+    model = GaussianEnsemble(cfg).eval()
+    with torch.no_grad():  # small predicted steps keep rollouts in a realistic range
+        model.out_std.mul_(0.05)
+    return model
+
+
+def flops_per_row(model: GaussianEnsemble) -> int:
+    layers = [*model.hidden, model.head]
+    return sum(2 * int(layer.weight.shape[1]) * int(layer.weight.shape[2]) for layer in layers)
+
+
+def start_state(task: Task) -> np.ndarray:
+    obs = np.zeros(task.obs_dim)
+    if task.name == "cartpole-swingup":
+        obs[1] = math.pi  # hanging down
+    return obs
+
+
+def eager_plan_seconds(
+    model: GaussianEnsemble, task: Task, settings: PlannerSettings, obs: np.ndarray, reps: int
+) -> float:
+    """Median seconds of the plan's rollouts as a torch host loop, one model call per step.
+
+    Same rows as the rollout graph: iterations x H steps of M particle rows routed to their
+    members ([E, M / E, ...] per call), Gaussian sampling, the task reward; the optimizer's
+    own numpy work is left out (it is the same for both).
+    """
+    e, h, p = model.config.members, settings.horizon, settings.particles
+    generator = torch.Generator().manual_seed(0)
+    populations = [settings.population] * settings.iterations
+    if settings.planner == "icem":
+        populations = [
+            math.ceil(settings.population * settings.population_decay**-i)
+            for i in range(settings.iterations)
+        ]
+    weights = dict(task.weights)
+
+    def one_plan() -> None:
+        with torch.inference_mode():
+            for n in populations:
+                m = -(-n * p // e) * e
+                actions = torch.rand(m, h, task.act_dim, generator=generator) * 2 - 1
+                x = torch.from_numpy(obs).float().expand(m, -1).contiguous()
+                ret = torch.zeros(m)
+                perm = torch.randperm(m, generator=generator)
+                back = torch.argsort(perm)
+                for t in range(h):
+                    if settings.propagation == "ts1":
+                        perm = torch.randperm(m, generator=generator)
+                        back = torch.argsort(perm)
+                    a = actions[:, t]
+                    mean, logvar = model(
+                        x[perm].view(e, -1, task.obs_dim), a[perm].view(e, -1, task.act_dim)
+                    )
+                    mean = mean.reshape(m, -1)[back]
+                    std = logvar.reshape(m, -1)[back].mul(0.5).exp()
+                    nxt = mean + std * torch.randn(m, task.obs_dim, generator=generator)
+                    ret += task.reward(x, a, nxt, weights)
+                    x = nxt
+
+    return float(np.median(time_call(one_plan, min_seconds=0.0, min_calls=reps)))
+
+
+def measure_config(
+    config: Config, tmp: Path, quick: bool, gemm: float, threads: int
+) -> dict[str, object]:
+    task = get_task(config.task)
+    model = make_model(task, config.layers)
+    version, _ = ModelDirectory(tmp / config.name).publish(model)
+    options = RuntimeOptions(intra_op_threads=threads)
+    evaluator = RolloutEvaluator(version.path, task, options=options)
+    planner = Planner(evaluator, config.settings)
+    obs = start_state(task)
+    planner.warmup(obs)
+    reps = config.quick_reps if quick else config.reps
+    plans = [planner.plan(obs) for _ in range(reps)]
+    times = np.array([p.elapsed_s for p in plans])
+    rows = plans[0].rows
+    p50 = float(np.median(times))
+    rows_per_s = rows / p50
+    eager_reps = max(1, min(reps, 3 if rows > 100_000 else 20))
+    eager = eager_plan_seconds(model, task, config.settings, obs, eager_reps)
+    return {
+        "config": config.name,
+        "planner": config.settings.planner,
+        "population": config.settings.population,
+        "horizon": config.settings.horizon,
+        "iterations": config.settings.iterations,
+        "particles": config.settings.particles,
+        "propagation": config.settings.propagation,
+        "model": f"E5_{config.layers}x200",
+        "rows_per_plan": rows,
+        "plans": reps,
+        "p50_ms": round(p50 * 1e3, 2),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "rows_per_s": round(rows_per_s),
+        "gemm_fraction": round(rows_per_s * flops_per_row(model) / 1e9 / gemm, 3),
+        "gemm_limit_ms": round(rows * flops_per_row(model) / (gemm * 1e9) * 1e3, 1),
+        "eager_ms": round(eager * 1e3, 2),
+        "eager_ratio": round(eager / p50, 2),
+        "target": config.target,
+    }
+
+
+def horizon_design(tmp: Path, threads: int, reps: int) -> dict[str, float]:
+    """Loop graph vs an unrolled graph for one horizon (cartpole, N=200, H=15, TS1)."""
+    task = get_task("cartpole-swingup")
+    version, _ = ModelDirectory(tmp / "horizon").publish(make_model(task, 4))
+    data, _ = read_model(version.path)
+    model = ModelGraph(onnx.load_from_string(data), 5, task.obs_dim, task.act_dim, True)
+    options = RuntimeOptions(intra_op_threads=threads)
+    n, h = 200, 15
+    rng = np.random.default_rng(0)
+    perms = np.stack([rng.permutation(n) for _ in range(h)])
+    feeds = {
+        "obs": start_state(task).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, h, 1)).astype(np.float32),
+        "particle_candidate": np.arange(n, dtype=np.int64),
+        "noise": rng.standard_normal((h, n, task.obs_dim)).astype(np.float32),
+        "weights": np.asarray(list(task.weights.values()), np.float32),
+        "discount": np.array(1.0, np.float32),
+        "gather_idx": perms,
+        "scatter_idx": np.argsort(perms, axis=1),
+    }
+    result: dict[str, float] = {}
+    for label, unroll in (("loop", None), ("unrolled", h)):
+        t0 = time.perf_counter()
+        graph = build_rollout_graph(model, reward_graph(task.name), "routed", unroll=unroll)
+        session = create_session(graph.SerializeToString(), options, label)
+        result[f"{label}_build_load_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        seconds = time_call(
+            lambda s=session: s.run(["returns"], feeds), min_seconds=0.0, min_calls=reps
+        )
+        result[f"{label}_run_ms"] = round(float(np.median(seconds)) * 1e3, 2)
+    return result
+
+
+def batch_cuts(tmp: Path, threads: int, reps: int) -> list[dict[str, float]]:
+    """The PETS cartpole iteration (350 x 20 particles, H=15, TS-inf) cut into k runs."""
+    task = get_task("cartpole-swingup")
+    version, _ = ModelDirectory(tmp / "cuts").publish(make_model(task, 4))
+    evaluator = RolloutEvaluator(
+        version.path, task, options=RuntimeOptions(intra_op_threads=threads)
+    )
+    settings = RolloutSettings(particles=20, propagation="tsinf")
+    rng = np.random.default_rng(0)
+    n, h = 350, 15
+    actions = rng.uniform(-1, 1, (n, h, 1)).astype(np.float32)
+    obs = start_state(task)
+    out = []
+    for k in (1, 2, 4, 8):
+        parts = np.array_split(actions, k)
+
+        def iteration(parts: list[np.ndarray] = parts) -> None:
+            for part in parts:
+                evaluator.evaluate(obs, part, settings, rng)
+
+        seconds = float(np.median(time_call(iteration, min_seconds=0.0, min_calls=reps)))
+        rows = n * 20 * h
+        out.append({"runs": k, "rows_per_run_step": n * 20 // k, "ms": round(seconds * 1e3, 1),
+                    "rows_per_s": round(rows / seconds)})  # fmt: skip
+    return out
+
+
+def anytime_margin(tmp: Path, threads: int, plans: int) -> dict[str, float]:
+    """Reduced cartpole CEM given half its usual plan time: iterations done and overrun."""
+    task = get_task("cartpole-swingup")
+    version, _ = ModelDirectory(tmp / "anytime").publish(make_model(task, 4))
+    evaluator = RolloutEvaluator(
+        version.path, task, options=RuntimeOptions(intra_op_threads=threads)
+    )
+    planner = Planner(evaluator, PlannerSettings(population=200, horizon=15, iterations=3))
+    obs = start_state(task)
+    planner.warmup(obs)
+    full = float(np.median([planner.plan(obs).elapsed_s for _ in range(10)]))
+    budget = full / 2
+    results = [planner.plan(obs, budget_s=budget) for _ in range(plans)]
+    overrun = np.array([r.elapsed_s - budget for r in results])
+    return {
+        "budget_ms": round(budget * 1e3, 2),
+        "mean_iterations": round(float(np.mean([r.iterations for r in results])), 2),
+        "overrun_p50_ms": round(float(np.median(overrun)) * 1e3, 3),
+        "overrun_p99_ms": round(float(np.percentile(overrun, 99)) * 1e3, 3),
+        "misses": int(sum(r.deadline_miss for r in results)),
+        "plans": plans,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, same configs")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    gemm_rates = gemm_gflops(min_seconds=0.2 if args.quick else 1.0)
+    gemm = max(gemm_rates.values())
+    print(f"float32 GEMM 1024^3: {gemm:.1f} GFLOP/s ({args.threads} threads)")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for config in CONFIGS:
+            r = measure_config(config, tmp, args.quick, gemm, args.threads)
+            results.append(r)
+            print(
+                f"{r['config']:<24} rows/plan {r['rows_per_plan']:>9,}  p50 {r['p50_ms']:>8.2f} ms"
+                f"  p99 {r['p99_ms']:>8.2f} ms  {r['rows_per_s']:>9,} rows/s"
+                f"  {r['gemm_fraction']:.0%} of GEMM (limit {r['gemm_limit_ms']} ms)"
+                f"  eager {r['eager_ms']:.1f} ms = {r['eager_ratio']}x  [{r['target']}]"
+            )
+        design = horizon_design(tmp, args.threads, 10 if args.quick else 100)
+        print("horizon design (N=200, H=15):", design)
+        cuts = batch_cuts(tmp, args.threads, 1 if args.quick else 5)
+        print("PETS iteration cut into runs:", cuts)
+        margin = anytime_margin(tmp, args.threads, 20 if args.quick else 200)
+        print("anytime at half budget:", margin)
+    print(json.dumps({
+        "benchmark": "plan_latency",
+        "quick": args.quick,
+        "threads": args.threads,
+        "gemm_gflops": round(gemm, 1),
+        "results": results,
+        "horizon_design": design,
+        "batch_cuts": cuts,
+        "anytime": margin,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
