@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from controller.checks import check_choice, check_int, check_number
 from controller.rollout.evaluator import RolloutSettings
 
 PLANNERS = ("random", "cem", "icem", "mppi")
@@ -75,21 +76,21 @@ class PlannerSettings:
     """Task reward weight overrides by term name (checked against the task by the planner)."""
 
     def __post_init__(self) -> None:
-        _choice("planner", self.planner, PLANNERS)
-        _choice("bounds", self.bounds, BOUNDS)
-        _int("horizon", self.horizon, 1, MAX_HORIZON)
-        _int("population", self.population, 1, MAX_POPULATION)
-        _int("iterations", self.iterations, 1, MAX_ITERATIONS)
-        _int("seed", self.seed, 0, 2**63 - 1)
-        _float("elite_fraction", self.elite_fraction, 0.0, 1.0, low_open=True)
-        _float("alpha", self.alpha, 0.0, 1.0, high_open=True)
-        _float("init_std", self.init_std, 0.0, 2.0, low_open=True)
-        _float("min_std", self.min_std, 0.0, 2.0)
-        _float("noise_beta", self.noise_beta, 0.0, 5.0)
-        _float("population_decay", self.population_decay, 1.0, 10.0)
-        _float("keep_elites", self.keep_elites, 0.0, 1.0)
-        _float("temperature", self.temperature, 0.0, 1e6, low_open=True)
-        _float("noise_std", self.noise_std, 0.0, 2.0, low_open=True)
+        check_choice("planner", self.planner, PLANNERS)
+        check_choice("bounds", self.bounds, BOUNDS)
+        check_int("horizon", self.horizon, 1, MAX_HORIZON)
+        check_int("population", self.population, 1, MAX_POPULATION)
+        check_int("iterations", self.iterations, 1, MAX_ITERATIONS)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_number("elite_fraction", self.elite_fraction, 0.0, 1.0, low_open=True)
+        check_number("alpha", self.alpha, 0.0, 1.0, high_open=True)
+        check_number("init_std", self.init_std, 0.0, 2.0, low_open=True)
+        check_number("min_std", self.min_std, 0.0, 2.0)
+        check_number("noise_beta", self.noise_beta, 0.0, 5.0)
+        check_number("population_decay", self.population_decay, 1.0, 10.0)
+        check_number("keep_elites", self.keep_elites, 0.0, 1.0)
+        check_number("temperature", self.temperature, 0.0, 1e6, low_open=True)
+        check_number("noise_std", self.noise_std, 0.0, 2.0, low_open=True)
         if not isinstance(self.weights, Mapping):
             raise ValueError(
                 f"weights must be a mapping of term name to number, got {self.weights!r}"
@@ -123,33 +124,3 @@ class PlannerSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _int(name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-def _float(
-    name: str,
-    value: object,
-    lo: float,
-    hi: float,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok:
-        assert isinstance(value, (int, float))
-        ok = (lo < value if low_open else lo <= value) and (
-            value < hi if high_open else value <= hi
-        )
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in {left}{lo}, {hi}{right}, got {value!r}")

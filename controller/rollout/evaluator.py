@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from controller.checks import check_choice, check_int, check_number
 from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
 from controller.rollout.reward_graph import export_reward, reward_graph
 from controller.tasks import TASKS, Task
@@ -51,32 +52,19 @@ class RolloutSettings:
     to matter)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.particles, bool) or not isinstance(self.particles, int):
-            raise ValueError(f"particles must be an integer, got {self.particles!r}")
-        if not 1 <= self.particles <= MAX_PARTICLES:
-            raise ValueError(f"particles must be in [1, {MAX_PARTICLES}], got {self.particles}")
-        if self.propagation not in PROPAGATIONS:
-            raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {self.propagation!r}")
+        check_int("particles", self.particles, 1, MAX_PARTICLES)
+        check_choice("propagation", self.propagation, PROPAGATIONS)
         if not isinstance(self.sample, bool):
             raise ValueError(f"sample must be true or false, got {self.sample!r}")
-        _check_float("discount", self.discount, 0.0, 1.0, low_open=True)
-        _check_float("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
-        _check_float("risk", self.risk, 0.0, 100.0)
+        check_number("discount", self.discount, 0.0, 1.0, low_open=True)
+        check_number("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
+        check_number("risk", self.risk, 0.0, 100.0)
 
     @property
     def mode(self) -> Mode:
         """Which rollout graph serves these settings."""
         mixed = self.propagation == "expectation" or self.disagreement_penalty > 0
         return "mixed" if mixed else "routed"
-
-
-def _check_float(name: str, value: float, lo: float, hi: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok:
-        ok = (lo < value if low_open else lo <= value) and value <= hi
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{lo}, {hi}], got {value!r}")
 
 
 def task_reward_graph(task: Task) -> onnx.ModelProto:
@@ -129,15 +117,11 @@ class RolloutEvaluator:
         }
         self.inv_scale2 = _inverse_scale2(self.metadata)
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
-        self._layout_key: tuple[int, ...] | None = None
+        self._layout_key: tuple[object, ...] | None = None
 
     @property
     def members(self) -> int:
         return self.metadata.config.members
-
-    @property
-    def version_path(self) -> Path:
-        return self.path
 
     def rows(self, candidates: int, horizon: int, settings: RolloutSettings) -> int:
         """Member-rows one evaluation computes (the unit of model cost)."""
@@ -173,7 +157,7 @@ class RolloutEvaluator:
             raise ValueError(f"{self.path} is not member-batched: only mixed-mode rollouts "
                              "(expectation or a disagreement penalty) can use it")  # fmt: skip
         m = self._particle_rows(n * p, settings)
-        self._layout(n, h, m, p)
+        self._layout(n, h, m, p, mode)
         feeds: dict[str, np.ndarray] = {
             "obs": obs,
             "actions": np.ascontiguousarray(actions, np.float32),
@@ -205,8 +189,9 @@ class RolloutEvaluator:
         e = self.members
         return -(-real // e) * e  # routed: blocks of M / E rows per member, padded
 
-    def _layout(self, n: int, h: int, m: int, p: int) -> None:
-        key = (n, h, m, p)
+    def _layout(self, n: int, h: int, m: int, p: int, mode: Mode) -> None:
+        """(Re)allocate the input buffers when the batch shape changes; reused otherwise."""
+        key = (n, h, m, p, mode)
         if key == self._layout_key:
             return
         # Padding rows follow candidate 0; their returns are dropped.
@@ -214,10 +199,12 @@ class RolloutEvaluator:
         cand[: n * p] = np.repeat(np.arange(n, dtype=np.int64), p)
         self._candidate = cand
         self._noise = np.zeros((h, m, self.task.obs_dim), np.float32)
-        self._gather = np.empty((h, m), np.int64)
-        self._scatter = np.empty((h, m), np.int64)
-        self._arange = np.broadcast_to(np.arange(m, dtype=np.int64), (h, m))
-        self._weights = np.empty((h, self.members, m), np.float32)
+        if mode == "routed":
+            self._gather = np.empty((h, m), np.int64)
+            self._scatter = np.empty((h, m), np.int64)
+            self._arange = np.broadcast_to(np.arange(m, dtype=np.int64), (h, m))
+        else:
+            self._weights = np.empty((h, self.members, m), np.float32)
         self._layout_key = key
 
     def _routing(
