@@ -154,6 +154,22 @@ def to_onnx(model: nn.Module, *, member_batched: bool = False) -> onnx.ModelProt
         names += ["reward_mean", "reward_logvar"]
     was_training = model.training
     model.eval()
+    try:
+        return trace_to_onnx(
+            model, (obs, act), ["obs", "act"], names, ({axis: batch}, {axis: batch})
+        )
+    finally:
+        model.train(was_training)
+
+
+def trace_to_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[dict[int, Any] | None, ...],
+) -> onnx.ModelProto:
+    """Export ``module`` at ``args`` with the dynamo exporter (opset OPSET, one file, quiet)."""
     # The exporter logs and warns about optional packages (torchvision) it does not need.
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -162,12 +178,12 @@ def to_onnx(model: nn.Module, *, member_batched: bool = False) -> onnx.ModelProt
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model,
-                (obs, act),
+                module,
+                args,
                 None,
-                input_names=["obs", "act"],
-                output_names=names,
-                dynamic_shapes=({axis: batch}, {axis: batch}),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=False,
@@ -175,7 +191,6 @@ def to_onnx(model: nn.Module, *, member_batched: bool = False) -> onnx.ModelProt
             )
     finally:
         exporter_log.setLevel(level)
-        model.train(was_training)
     assert program is not None
     return program.model_proto
 

@@ -8,8 +8,6 @@ retuning them live never rebuilds a graph. Exported once per task with the torch
 
 from __future__ import annotations
 
-import logging
-import warnings
 from functools import cache
 
 import onnx
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 
 from controller.tasks import Task, get_task
-from models.export import OPSET
+from models.export import trace_to_onnx
 
 INPUTS = ("obs", "act", "next_obs", "weights")
 OUTPUTS = ("reward", "done")
@@ -49,28 +47,13 @@ def export_reward(task: Task) -> onnx.ModelProto:
     obs = torch.zeros(3, task.obs_dim)
     act = torch.zeros(3, task.act_dim)
     weights = torch.ones(len(task.weights))
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                _TaskReward(task),
-                (obs, act, obs.clone(), weights),
-                None,
-                input_names=list(INPUTS),
-                output_names=list(OUTPUTS),
-                dynamic_shapes=({0: b}, {0: b}, {0: b}, None),
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        exporter_log.setLevel(level)
-    assert program is not None
-    return program.model_proto
+    return trace_to_onnx(
+        _TaskReward(task),
+        (obs, act, obs.clone(), weights),
+        list(INPUTS),
+        list(OUTPUTS),
+        ({0: b}, {0: b}, {0: b}, None),
+    )
 
 
 @cache
