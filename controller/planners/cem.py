@@ -10,6 +10,16 @@ from controller.planners.noise import TRUNCATION, truncated_normal
 from controller.planners.settings import PlannerSettings
 
 
+def refit(
+    mean: np.ndarray, std: np.ndarray, elites: np.ndarray, alpha: float, min_std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The elite refit of CEM and iCEM: [H, A] mean and std moved toward the elites' [K, H, A]
+    statistics, keeping ``alpha`` of the old values; the std floored at ``min_std`` [A]."""
+    new_mean = alpha * mean + (1.0 - alpha) * elites.mean(axis=0)
+    new_std = np.maximum(alpha * std + (1.0 - alpha) * elites.std(axis=0), min_std)
+    return new_mean, new_std
+
+
 class CEM:
     """Cross-entropy method over [H, A] sequences within [low, high]."""
 
@@ -46,9 +56,7 @@ class CEM:
         k = self.s.elites(len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         elites = candidates[top]
-        a = self.s.alpha
-        self.mean = a * self.mean + (1.0 - a) * elites.mean(axis=0)
-        self.std = np.maximum(a * self.std + (1.0 - a) * elites.std(axis=0), self.min_std)
+        self.mean, self.std = refit(self.mean, self.std, elites, self.s.alpha, self.min_std)
         self.elite_score = float(scores[top].mean())
 
     def solution(self) -> tuple[np.ndarray, float]:

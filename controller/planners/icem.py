@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from controller.planners.base import WarmStart
+from controller.planners.cem import refit
 from controller.planners.noise import colored_noise
 from controller.planners.settings import PlannerSettings
 
@@ -64,9 +65,7 @@ class ICEM:
         self.elites = candidates[top]
         if scores[top[0]] > self.best_score or self.best is None:
             self.best, self.best_score = candidates[top[0]].copy(), float(scores[top[0]])
-        a = self.s.alpha
-        self.mean = a * self.mean + (1.0 - a) * self.elites.mean(axis=0)
-        self.std = np.maximum(a * self.std + (1.0 - a) * self.elites.std(axis=0), self.min_std)
+        self.mean, self.std = refit(self.mean, self.std, self.elites, self.s.alpha, self.min_std)
 
     def solution(self) -> tuple[np.ndarray, float]:
         assert self.best is not None, "solution() before any tell()"
