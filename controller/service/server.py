@@ -1,0 +1,413 @@
+"""The MPC service: one loop that serves every robot, the control socket and the telemetry.
+
+Each pass of the loop reads everything queued on the robot socket (so a robot whose STATEs
+piled up is planned on its newest one; the older ones are recorded and counted as dropped),
+answers control requests, takes a newly loaded model version if there is one, then plans for
+each robot that has a new state and sends its ACTION. Planning is sequential across robots: a
+state's wait is taken off its realtime budget. A malformed or unexpected message is answered
+with ERROR and logged; nothing a robot sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from controller.planners import Planner
+from controller.service.model_watch import ModelWatcher
+from controller.service.session import Pending, RobotSession
+from controller.service.settings import LiveSettings, ServiceSettings
+from controller.tasks import get_task
+from models.runtime import RuntimeOptions
+from models.store import TransitionReader, TransitionWriter
+from sim_bridge import protocol as p
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_S = 0.2
+MAX_DRAIN = 1000
+"""Messages read per pass before planning, so a flood cannot starve the robots."""
+
+
+class MPCService:
+    """Serves robot bridges; ``start()`` binds, ``serve()`` loops until ``stop_event``."""
+
+    def __init__(self, settings: ServiceSettings, live: LiveSettings | None = None) -> None:
+        self.settings = settings
+        self.task = get_task(settings.task)
+        self.live = live or LiveSettings()
+        self.task.validated_weights(self.live.planner.weights)
+        self.low = np.asarray(self.task.action_low, np.float64)
+        self.high = np.asarray(self.task.action_high, np.float64)
+        self.sessions: dict[bytes, RobotSession] = {}
+        self.model_version = 0
+        self.evaluator: Any = None
+        self.refused = 0
+        """Messages refused with ERROR (any robot)."""
+        self.forgotten = 0
+        """Robots dropped after going silent."""
+        self.stop_event = threading.Event()
+        self.endpoints: dict[str, str] = {}
+        self._started = time.monotonic()
+        self._housekeeping = 0.0
+        self._last_flush = time.monotonic()
+        self._episodes = 0
+        self.watcher = (
+            ModelWatcher(
+                settings.models,
+                self.task,
+                RuntimeOptions(device=settings.device),
+                settings.model_poll_s,
+            )
+            if settings.models is not None
+            else None
+        )
+        self.writer: TransitionWriter | None = None
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the sockets, open the store and load the newest model (if any)."""
+        s = self.settings
+        if s.store is not None:
+            self.writer = TransitionWriter(s.store, self.task.obs_dim, self.task.act_dim)
+            reader = TransitionReader(s.store)
+            if n := len(reader):
+                self._episodes = int(reader.read(n - 1, n).episode[0])
+        self.router = self._bind(zmq.ROUTER, "endpoint")
+        self.control = self._bind(zmq.ROUTER, "control")
+        self.telemetry = self._bind(zmq.PUB, "telemetry")
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
+        if self.watcher is not None:
+            self.watcher.load_now()
+            self._swap_model()
+            self.watcher.start()
+
+    def serve(self, duration_s: float | None = None) -> None:
+        """Loop until ``stop_event`` is set (or ``duration_s`` passed)."""
+        end = math.inf if duration_s is None else time.monotonic() + duration_s
+        while not self.stop_event.is_set() and time.monotonic() < end:
+            self.step()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.writer is not None:
+            self.writer.close()
+        for name in ("router", "control", "telemetry"):
+            if hasattr(self, name):
+                getattr(self, name).close(linger=0)
+
+    def step(self, timeout_ms: int = 20) -> None:
+        """One pass: read, answer control, swap model, plan, housekeeping."""
+        events = dict(self.poller.poll(timeout_ms))
+        if self.router in events:
+            self._drain_robots()
+        if self.control in events:
+            self._drain_control()
+        self._swap_model()
+        for session in list(self.sessions.values()):
+            if session.pending is not None:
+                self._tick(session)
+        now = time.monotonic()
+        if now - self._housekeeping > HOUSEKEEPING_S:
+            self._housekeeping = now
+            self._forget_silent(now)
+            if self.writer is not None and now - self._last_flush > self.settings.flush_s:
+                self.writer.flush()
+                self._last_flush = now
+
+    # --- robots ------------------------------------------------------------------------------
+    def _drain_robots(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            try:
+                msg = p.decode([f.buffer for f in frames[1:]])
+                self._handle(identity, msg)
+            except p.ProtocolError as exc:
+                self._refuse(identity, exc)
+            except Exception as exc:  # a bug must cost one message, not the service
+                log.exception("internal error on a message from %r", identity)
+                self._refuse(identity, p.ProtocolError("internal", repr(exc)[:500]))
+
+    def _handle(self, identity: bytes, msg: p.Message) -> None:
+        if msg.type == p.HELLO:
+            self._hello(identity, msg)
+            return
+        session = self.sessions.get(identity)
+        if session is None:
+            raise p.ProtocolError("unknown_robot", "say HELLO first", seq=msg.seq, robot=msg.robot)
+        session.last_heard = time.monotonic()
+        if msg.robot != session.robot:
+            raise p.ProtocolError("bad_field", f"robot {msg.robot!r} said HELLO as "
+                                  f"{session.robot!r}", seq=msg.seq, robot=msg.robot)  # fmt: skip
+        if msg.type == p.STATE:
+            self._state(session, msg)
+        elif msg.type == p.EPISODE:
+            if msg["event"] == "start":
+                self._begin_episode(session, msg.episode)
+            else:
+                session.stats.episodes += 1
+                session.stats.last_return = session.episode_return
+                if self.writer is not None:
+                    self.writer.flush()
+        elif msg.type == p.HEARTBEAT:
+            self._send(identity, p.make(p.HEARTBEAT, session.robot, time=time.time()))
+        elif msg.type == p.ERROR:
+            log.warning("robot %s reports %s: %s", session.robot, msg["code"], msg["reason"])
+        else:
+            raise p.ProtocolError("unexpected", f"a bridge does not send {msg.type}",
+                                  seq=msg.seq, robot=msg.robot)  # fmt: skip
+
+    def _hello(self, identity: bytes, msg: p.Message) -> None:
+        t = self.task
+        problems = []
+        if msg["task"] not in (t.name, t.env_id):
+            problems.append(f"task {msg['task']!r} (this controller serves {t.name!r})")
+        if (msg["obs_dim"], msg["act_dim"]) != (t.obs_dim, t.act_dim):
+            problems.append(f"dims obs {msg['obs_dim']}, act {msg['act_dim']} "
+                            f"(task: obs {t.obs_dim}, act {t.act_dim})")  # fmt: skip
+        bounds = (msg["action_low"], msg["action_high"])
+        if any(len(b) != t.act_dim for b in bounds) or not (
+            np.allclose(bounds[0], self.low) and np.allclose(bounds[1], self.high)
+        ):
+            problems.append(f"action bounds {[list(b) for b in bounds]} "
+                            f"(task: {list(t.action_low)}, {list(t.action_high)})")  # fmt: skip
+        if not math.isclose(msg["control_period"], t.control_period, rel_tol=1e-3):
+            problems.append(f"control period {msg['control_period']} s "
+                            f"(task: {t.control_period} s)")  # fmt: skip
+        if problems:
+            raise p.ProtocolError("mismatch", "HELLO does not match: " + "; ".join(problems),
+                                  seq=msg.seq, robot=msg.robot)  # fmt: skip
+        session = self.sessions.get(identity)
+        if session is None or session.robot != msg.robot:
+            session = self._session_for(identity, msg)
+        session.last_heard = time.monotonic()
+        self._send(
+            identity,
+            p.make(
+                p.WELCOME,
+                msg.robot,
+                time=time.time(),
+                model_version=self.model_version,
+                planner=self.live.planner.planner,
+                horizon=self.live.planner.horizon,
+                budget_ms=1000.0 * self.live.budget_s(t.control_period, 0.0),
+            ),
+        )
+
+    def _session_for(self, identity: bytes, hello: p.Message) -> RobotSession:
+        """A new session, or the robot's old one moved to its new identity (a reconnect)."""
+        old = next((k for k, s in self.sessions.items() if s.robot == hello.robot), None)
+        if old is not None:
+            session = self.sessions.pop(old)
+            log.info("robot %s reconnected", hello.robot)
+            session.identity, session.hello = identity, hello
+            session.lockstep = hello["mode"] == "lockstep"
+            session.pending, session.last_state, session.bridge_episode = None, None, -1
+        else:
+            planner = None
+            if self.evaluator is not None:
+                planner = Planner(self.evaluator, self.live.planner)
+            session = RobotSession(
+                identity=identity,
+                robot=hello.robot,
+                hello=hello,
+                lockstep=hello["mode"] == "lockstep",
+                control_period=float(hello["control_period"]),
+                planner=planner,
+                rng=np.random.default_rng(self.live.planner.seed),
+            )
+            log.info("robot %s connected (%s)", hello.robot, hello["mode"])
+        self.sessions[identity] = session
+        return session
+
+    def _begin_episode(self, session: RobotSession, bridge_episode: int) -> None:
+        if bridge_episode == session.bridge_episode:
+            return
+        self._episodes += 1
+        session.episode, session.bridge_episode = self._episodes, bridge_episode
+        session.last_state, session.episode_return = None, 0.0
+        if session.planner is not None:
+            session.planner.reset()
+
+    def _state(self, session: RobotSession, msg: p.Message) -> None:
+        t = self.task
+        obs, applied = msg["obs"], msg.arrays.get("applied")
+        if len(obs) != t.obs_dim or (applied is not None and len(applied) != t.act_dim):
+            raise p.ProtocolError("bad_array", f"STATE needs obs [{t.obs_dim}] and applied "
+                                  f"[{t.act_dim}]", seq=msg.seq, robot=msg.robot)  # fmt: skip
+        self._begin_episode(session, msg.episode)
+        prev = session.last_state
+        if prev is not None and applied is not None and prev["step"] == msg["step"] - 1:
+            self._record(session, prev["obs"], applied, msg)
+        session.last_state = msg
+        if session.pending is not None:
+            session.stats.dropped_stale += 1
+        over = msg["terminated"] or msg["truncated"]
+        session.pending = None if over else Pending(msg, time.perf_counter())
+
+    def _record(
+        self, session: RobotSession, obs: np.ndarray, act: np.ndarray, msg: p.Message
+    ) -> None:
+        reward = msg["reward"]
+        if reward is None:  # the bridge does not know it: the task's definition does
+            with torch.no_grad():
+                o, a, o2 = (
+                    torch.as_tensor(np.asarray(x, np.float32)) for x in (obs, act, msg["obs"])
+                )
+                reward = float(self.task.reward(o, a, o2))
+        session.episode_return += reward
+        if self.writer is None:
+            return
+        self.writer.append(
+            obs, act, msg["obs"], reward, msg["terminated"], msg["truncated"],
+            episode=session.episode, step=msg["step"] - 1, robot=session.robot,
+        )  # fmt: skip
+        session.stats.transitions += 1
+
+    def _tick(self, session: RobotSession) -> None:
+        pending, session.pending = session.pending, None
+        assert pending is not None
+        msg = pending.msg
+        start = time.perf_counter()
+        if session.planner is None:
+            action = session.rng.uniform(self.low, self.high)
+            planner, horizon, iterations, predicted, miss = "explore", 0, 0, None, False
+        else:
+            budget = None
+            if not session.lockstep:
+                budget = self.live.budget_s(session.control_period, start - pending.received)
+            plan = session.planner.plan(msg["obs"], budget)
+            action, planner, horizon = plan.action, plan.planner, plan.horizon
+            iterations, miss = plan.iterations, plan.deadline_miss
+            predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
+        plan_ms = 1000.0 * (time.perf_counter() - start)
+        reply = p.make(
+            p.ACTION, session.robot, seq=msg.seq, time=time.time(), episode=msg.episode,
+            answers=msg.seq, planner=planner, horizon=horizon, iterations=iterations,
+            predicted_return=predicted, plan_ms=plan_ms, model_version=self.model_version,
+            deadline_miss=miss, action=np.asarray(action, np.float64),
+        )  # fmt: skip
+        self._send(session.identity, reply)
+        session.stats.tick(time.monotonic(), plan_ms, miss)
+        record = {
+            "robot": session.robot, "seq": msg.seq, "episode": session.episode,
+            "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,
+            "iterations": iterations, "plan_ms": plan_ms, "predicted_return": predicted,
+            "deadline_miss": miss, "model_version": self.model_version,
+            "dropped_stale": session.stats.dropped_stale, "action": reply["action"].tolist(),
+        }  # fmt: skip
+        self.telemetry.send_multipart([b"tick", json.dumps(record).encode()])
+
+    def _forget_silent(self, now: float) -> None:
+        for identity, session in list(self.sessions.items()):
+            if now - session.last_heard > self.settings.stale_after_s:
+                log.warning("robot %s silent for %.1f s: forgotten", session.robot,
+                            now - session.last_heard)  # fmt: skip
+                del self.sessions[identity]
+                self.forgotten += 1
+
+    def _refuse(self, identity: bytes, exc: p.ProtocolError) -> None:
+        self.refused += 1
+        session = self.sessions.get(identity)
+        if session is not None:
+            session.stats.errors += 1
+        robot = session.robot if session is not None else exc.robot
+        log.warning("refused a message from %s: %s", robot or identity.hex(), exc)
+        self._send(identity, p.error_reply(exc, robot, seq=0))
+
+    def _send(self, identity: bytes, msg: p.Message) -> None:
+        self.router.send_multipart([identity, *p.encode(msg)], copy=False)
+
+    # --- models ------------------------------------------------------------------------------
+    def _swap_model(self) -> None:
+        ready = self.watcher.take() if self.watcher is not None else None
+        if ready is None:
+            return
+        self.model_version, self.evaluator = ready
+        for session in self.sessions.values():
+            if session.planner is None:
+                session.planner = Planner(self.evaluator, self.live.planner)
+            else:
+                session.planner.set_evaluator(self.evaluator)
+        log.info("serving model v%d", self.model_version)
+
+    # --- control socket ----------------------------------------------------------------------
+    def _drain_control(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            *route, body = frames
+            try:
+                reply = self._control(json.loads(body.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
+                reply = {"ok": False, "error": str(exc)}
+            self.control.send_multipart([*route, json.dumps(reply).encode()])
+
+    def _control(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict) or request.get("cmd") not in ("get", "set", "status"):
+            raise ValueError('a request is {"cmd": "get" | "set" | "status", ...}')
+        if request["cmd"] == "set":
+            changes = request.get("changes")
+            if not isinstance(changes, dict) or not changes:
+                raise ValueError('"set" needs a non-empty "changes" object')
+            self.apply(changes)
+        if request["cmd"] == "status":
+            return {"ok": True, **self.status()}
+        return {"ok": True, "settings": self.live.to_dict()}
+
+    def apply(self, changes: dict[str, Any]) -> LiveSettings:
+        """Validate ``changes`` and apply them at every robot's next tick (ValueError: none)."""
+        new = self.live.changed(changes)
+        self.task.validated_weights(new.planner.weights)
+        for session in self.sessions.values():
+            if session.planner is not None:
+                session.planner.configure(**new.planner.to_dict())
+        self.live = new
+        log.info("settings changed: %s", changes)
+        return new
+
+    def status(self) -> dict[str, Any]:
+        robots = {}
+        for s in self.sessions.values():
+            robots[s.robot] = {
+                **s.stats.summary(),
+                "mode": "lockstep" if s.lockstep else "realtime",
+                "episode": s.episode,
+                "model_version": self.model_version if s.planner is not None else 0,
+            }
+        return {
+            "task": self.task.name,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "model_version": self.model_version,
+            "rejected_models": dict(self.watcher.rejected) if self.watcher else {},
+            "refused_messages": self.refused,
+            "forgotten_robots": self.forgotten,
+            "transitions": len(self.writer) if self.writer is not None else 0,
+            "endpoints": self.endpoints,
+            "settings": self.live.to_dict(),
+            "robots": robots,
+        }
+
+    def _bind(self, kind: int, name: str) -> zmq.Socket[bytes]:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(getattr(self.settings, name))
+        self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock

@@ -1,0 +1,44 @@
+"""One robot as the service sees it: what it said in HELLO, its planner (warm start, random
+state), its current episode and last state, and its statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller.planners import Planner
+from controller.service.stats import RobotStats
+from sim_bridge import protocol as p
+
+
+@dataclass
+class Pending:
+    """The newest STATE not planned on yet."""
+
+    msg: p.Message
+    received: float
+    """perf_counter() when it was read off the socket."""
+
+
+@dataclass
+class RobotSession:
+    identity: bytes
+    """The bridge's ZeroMQ routing identity (changes when the bridge reconnects)."""
+    robot: str
+    hello: p.Message
+    lockstep: bool
+    control_period: float
+    planner: Planner | None
+    """None until the first model version is loaded (actions are then random)."""
+    rng: np.random.Generator
+    """For exploration actions while there is no model."""
+    episode: int = 0
+    """The store's episode number of the robot's current episode (service-wide counter)."""
+    bridge_episode: int = -1
+    """The episode id the bridge uses for it."""
+    last_state: p.Message | None = None
+    last_heard: float = 0.0
+    pending: Pending | None = None
+    stats: RobotStats = field(default_factory=RobotStats)
+    episode_return: float = 0.0

@@ -1,0 +1,141 @@
+"""A simulated robot: a gymnasium MuJoCo environment behind the bridge loop.
+
+``read_state`` advances the simulation one control step with the action in effect (in realtime
+mode the loop calls it on the wall clock; in lockstep mode after each ACTION). Hardware can be
+emulated: Gaussian observation noise, an action delay of whole ticks, and timing jitter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+
+import sim_bridge.cartpole  # noqa: F401  (registers tickmpc/CartpoleSwingup-v0)
+from sim_bridge.hardware import BridgeSettings, HardwareBridge, Reading
+from sim_bridge.link import RobotSpec
+
+SIM_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cartpole-swingup": ("tickmpc/CartpoleSwingup-v0", {}),
+    "inverted-pendulum": ("InvertedPendulum-v5", {}),
+    "reacher": ("Reacher-v5", {}),
+    "half-cheetah": ("HalfCheetah-v5", {"exclude_current_positions_from_observation": False}),
+    "pusher": ("Pusher-v5", {}),
+    "pendulum": ("Pendulum-v1", {}),
+}
+"""Task name -> (gymnasium id, make kwargs) as the controller's tasks define them."""
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """Hardware imperfections to emulate in simulation (all off by default)."""
+
+    obs_noise_std: float = 0.0
+    """Std of Gaussian noise added to each sent observation (rewards use the true state)."""
+    action_delay_ticks: int = 0
+    """Ticks between receiving an action and the simulation applying it."""
+    jitter_s: float = 0.0
+    """Each tick reads the state up to this many seconds late (uniform)."""
+
+    def __post_init__(self) -> None:
+        if self.obs_noise_std < 0 or self.action_delay_ticks < 0 or self.jitter_s < 0:
+            raise ValueError("emulation settings must be >= 0")
+
+
+def make_env(task: str) -> gym.Env[Any, Any]:
+    """The simulation of ``task`` (a name of SIM_TASKS or any gymnasium id)."""
+    env_id, kwargs = SIM_TASKS.get(task, (task, {}))
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as exc:
+        raise ValueError(f"unknown task {task!r}: {exc}; known: {sorted(SIM_TASKS)}") from None
+
+
+class MujocoBridge(HardwareBridge):
+    """A gymnasium environment served as a robot named ``robot``."""
+
+    def __init__(
+        self,
+        task: str,
+        robot: str = "sim-0",
+        *,
+        seed: int = 0,
+        safe_action: npt.ArrayLike | None = None,
+        emulation: Emulation | None = None,
+        settings: BridgeSettings | None = None,
+    ) -> None:
+        self.env = make_env(task)
+        space = self.env.action_space
+        assert isinstance(space, gym.spaces.Box)
+        obs_space = self.env.observation_space
+        assert obs_space.shape is not None
+        spec = RobotSpec(
+            robot=robot,
+            task=task,
+            obs_dim=int(np.prod(obs_space.shape)),
+            act_dim=int(np.prod(space.shape)),
+            action_low=tuple(float(x) for x in space.low),
+            action_high=tuple(float(x) for x in space.high),
+            control_period=float(self.env.unwrapped.dt),  # type: ignore[attr-defined]
+        )
+        super().__init__(spec, settings)
+        middle = (self.low + self.high) / 2.0
+        self.safe_action = np.clip(
+            middle if safe_action is None else np.asarray(safe_action, np.float64),
+            self.low,
+            self.high,
+        )
+        if self.safe_action.shape != middle.shape:
+            raise ValueError(f"safe_action must have shape {middle.shape}")
+        self.emulation = emulation or Emulation()
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._queue: deque[npt.NDArray[np.float64]] = deque()
+        self._held = self.safe_action.copy()
+        self._obs: npt.NDArray[np.floating] | None = None
+
+    def begin_episode(self) -> None:
+        seed = self.seed + self.stats.episodes
+        self._obs, _ = self.env.reset(seed=seed)
+        self._queue.clear()
+        self._held = self.safe_action.copy()
+
+    def read_state(self) -> Reading:
+        e = self.emulation
+        if e.jitter_s:
+            time.sleep(self.rng.uniform(0.0, e.jitter_s))
+        if self._obs is not None:  # the first reading of an episode is the reset state
+            obs, self._obs = self._obs, None
+            return Reading(self._noisy(obs))
+        while len(self._queue) > e.action_delay_ticks:
+            self._held = self._queue.popleft()
+        applied = self._held.copy()
+        obs, reward, terminated, truncated, _ = self.env.step(applied.astype(np.float32))
+        return Reading(
+            self._noisy(obs),
+            reward=float(reward),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            applied=applied,
+        )
+
+    def apply_action(self, action: npt.NDArray[np.float64]) -> None:
+        self._queue.append(action)
+
+    def safe_stop(self) -> None:
+        self._queue.clear()
+        self._held = self.safe_action.copy()
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _noisy(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        std = self.emulation.obs_noise_std
+        if not std:
+            return np.asarray(obs)
+        return np.asarray(obs + self.rng.normal(0.0, std, np.shape(obs)), np.asarray(obs).dtype)
