@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import time
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from models.export import ModelFileError
-from models.runtime import OnnxEnsemble, RuntimeOptions
 
 app = typer.Typer(
     help="tickmpc: real-time MPC with a learned probabilistic ensemble in ONNX Runtime.",
@@ -49,6 +47,11 @@ def model_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print metadata as JSON.")] = False,
 ) -> None:
     """Print an exported model's metadata and check that it loads and predicts finite values."""
+    import numpy as np
+
+    from models.export import ModelFileError
+    from models.runtime import OnnxEnsemble, RuntimeOptions
+
     try:
         runtime = OnnxEnsemble(path, options=RuntimeOptions(device=device))
     except (ModelFileError, ValueError) as exc:
@@ -124,6 +127,164 @@ def run(
     console.print(
         f"run directory: {result.run_dir} (config.toml, transitions/, models/, summary.json)"
     )
+
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5556"
+
+
+def _assignments(items: list[str] | None) -> dict[str, Any]:
+    from controller.service.control import parse_assignments
+
+    try:
+        return parse_assignments(items or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command("serve")
+def serve(
+    task: Annotated[str, typer.Option(help="The task the robots run.")] = "cartpole-swingup",
+    models: Annotated[
+        Path | None, typer.Option(help="Model directory to follow (none: random actions).")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Transition store to record into.")] = None,
+    endpoint: Annotated[str, typer.Option(help="Where bridges connect.")] = (
+        "tcp://127.0.0.1:5555"
+    ),
+    control: Annotated[str, typer.Option(help="Control socket (tune, status).")] = (
+        DEFAULT_CONTROL
+    ),
+    telemetry: Annotated[str, typer.Option(help="Telemetry PUB socket.")] = (
+        "tcp://127.0.0.1:5557"
+    ),
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", help="Initial live setting NAME=VALUE.")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: never).")] = 0,
+) -> None:
+    """Run the MPC service alone: plan for every bridge that connects, until Ctrl-C."""
+    from controller.service import LiveSettings, MPCService, ServiceSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        settings = ServiceSettings(
+            task=task, endpoint=endpoint, control=control, telemetry=telemetry,
+            allow_remote=allow_remote, models=models, store=store, device=device,
+        )  # fmt: skip
+        live = LiveSettings().changed(_assignments(setting))
+        service = MPCService(settings, live)
+        service.start()
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
+    console.print(f"serving {task}: {json.dumps(service.endpoints)}", highlight=False)
+    try:
+        service.serve(duration or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+
+
+@app.command("bridge")
+def bridge(
+    task: Annotated[str, typer.Option(help="Task to simulate.")] = "cartpole-swingup",
+    connect: Annotated[str, typer.Option(help="The service's robot endpoint.")] = (
+        "tcp://127.0.0.1:5555"
+    ),
+    robot: Annotated[str, typer.Option(help="Robot id (unique per service).")] = "sim-0",
+    mode: Annotated[str, typer.Option(help="lockstep or realtime.")] = "realtime",
+    episodes: Annotated[int, typer.Option(help="Episodes to run (0: until Ctrl-C).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the episode resets.")] = 0,
+    obs_noise: Annotated[float, typer.Option(help="Emulated observation noise std.")] = 0.0,
+    action_delay: Annotated[int, typer.Option(help="Emulated action delay, ticks.")] = 0,
+    jitter: Annotated[float, typer.Option(help="Emulated timing jitter, seconds.")] = 0.0,
+    watchdog: Annotated[float, typer.Option(help="Safe action after this silence, s.")] = 0.1,
+    reconnect: Annotated[float, typer.Option(help="Reconnect after this silence, s.")] = 1.0,
+) -> None:
+    """Run one simulated robot (MuJoCo / gymnasium) against a service."""
+    from sim_bridge.hardware import BridgeSettings
+    from sim_bridge.link import Refused
+    from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        sim = MujocoBridge(
+            task, robot, seed=seed,
+            emulation=Emulation(obs_noise, action_delay, jitter),
+            settings=BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect),
+        )  # fmt: skip
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    signal.signal(signal.SIGTERM, lambda *_: sim.stop_event.set())
+    try:
+        stats = sim.run(connect, mode=mode, episodes=episodes or None)
+    except (Refused, TimeoutError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    except KeyboardInterrupt:
+        stats = sim.stats
+    summary = {
+        "episodes": stats.episodes, "returns": [round(r, 3) for r in stats.returns],
+        "ticks": stats.ticks, "actions": stats.actions, "safe_actions": stats.safe_actions,
+        "late_actions": stats.late_actions, "reconnects": stats.link.reconnects,
+    }  # fmt: skip
+    print(json.dumps(summary))
+
+
+@app.command("tune")
+def tune(
+    changes: Annotated[list[str], typer.Argument(help="NAME=VALUE ..., weight.TERM=VALUE.")],
+    control: Annotated[str, typer.Option(help="The service's control socket.")] = (DEFAULT_CONTROL),
+) -> None:
+    """Change live settings (applied at every robot's next tick), e.g. horizon=30 planner=icem."""
+    reply = _control_request(control, {"cmd": "set", "changes": _assignments(changes)})
+    console.print_json(data=reply["settings"])
+
+
+@app.command("status")
+def status(
+    control: Annotated[str, typer.Option(help="The service's control socket.")] = (DEFAULT_CONTROL),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Per robot: tick rate, plan time p50/p99, deadline misses, dropped states, model."""
+    reply = _control_request(control, {"cmd": "status"})
+    if as_json:
+        print(json.dumps(reply, indent=2))
+        return
+    console.print(
+        f"task {reply['task']}, model v{reply['model_version']}, "
+        f"{reply['transitions']} transitions, up {reply['uptime_s']} s"
+    )
+    table = Table()
+    columns = ["tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "dropped_stale",
+               "errors", "episodes", "last_return", "model_version", "mode"]  # fmt: skip
+    table.add_column("robot")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for robot, row in reply["robots"].items():
+        table.add_row(robot, *(str(row[c]) for c in columns))
+    console.print(table)
+
+
+def _control_request(endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+    from controller.service.control import request
+
+    try:
+        reply = request(endpoint, payload)
+    except (TimeoutError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    if not reply.get("ok"):
+        typer.echo(f"error: {reply.get('error')}", err=True)
+        raise typer.Exit(code=1)
+    return reply
 
 
 def main() -> None:

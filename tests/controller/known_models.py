@@ -44,3 +44,58 @@ def export_pendulum(path: Path, members: int = 5) -> Path:
         AnalyticPendulum(members), path, member_batched=True, extra={"kind": "analytic"}
     )
     return path
+
+
+class AnalyticCartpole(nn.Module):
+    """The MJCF cartpole of sim_bridge (masses, inertia, damping and gear read from the asset)
+    as exact Lagrangian dynamics integrated with RK4 like MuJoCo: 4 steps of 0.01 s.
+
+    obs [E, B, 4] (x, theta, x_dot, theta_dot), act [E, B, 1] -> (mean, logvar) [E, B, 4].
+    """
+
+    def __init__(self, members: int = 5) -> None:
+        import mujoco
+
+        from sim_bridge.cartpole import ASSET_PATH, FRAME_SKIP
+
+        super().__init__()
+        self.config = EnsembleConfig(obs_dim=4, act_dim=1, members=members)
+        m = mujoco.MjModel.from_xml_path(str(ASSET_PATH))
+        self.cart_mass, self.pole_mass = float(m.body_mass[1]), float(m.body_mass[2])
+        self.com = float(-m.body_ipos[2, 2])
+        self.pole_inertia = float(m.body_inertia[2, 0]) + self.pole_mass * self.com**2
+        self.damping = (float(m.dof_damping[0]), float(m.dof_damping[1]))
+        self.gear, self.dt, self.substeps = float(m.actuator_gear[0, 0]), m.opt.timestep, FRAME_SKIP
+        self.gravity = float(-m.opt.gravity[2])
+
+    def _accel(self, q: torch.Tensor, force: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        theta, xd, thd = q[..., 1], q[..., 2], q[..., 3]
+        mp, ml = self.pole_mass, self.pole_mass * self.com
+        m11, m12, m22 = self.cart_mass + mp, -ml * torch.cos(theta), self.pole_inertia
+        f1 = force - ml * torch.sin(theta) * thd**2 - self.damping[0] * xd
+        f2 = -ml * self.gravity * torch.sin(theta) - self.damping[1] * thd
+        det = m11 * m22 - m12**2
+        return (m22 * f1 - m12 * f2) / det, (m11 * f2 - m12 * f1) / det
+
+    def _deriv(self, q: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+        xdd, thdd = self._accel(q, force)
+        return torch.stack([q[..., 2], q[..., 3], xdd, thdd], dim=-1)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        force = self.gear * act[..., 0].clamp(-1.0, 1.0)
+        q, h = obs, self.dt
+        for _ in range(self.substeps):
+            k1 = self._deriv(q, force)
+            k2 = self._deriv(q + 0.5 * h * k1, force)
+            k3 = self._deriv(q + 0.5 * h * k2, force)
+            k4 = self._deriv(q + h * k3, force)
+            q = q + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return q, torch.full_like(q, EXACT_LOGVAR)
+
+
+def export_cartpole(path: Path, members: int = 5) -> Path:
+    """Export the analytic cartpole as a member-batched model file at ``path``."""
+    export_ensemble(
+        AnalyticCartpole(members), path, member_batched=True, extra={"kind": "analytic"}
+    )
+    return path
