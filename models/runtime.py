@@ -37,6 +37,10 @@ class RuntimeOptions:
     """Threads across independent operators (0..MAX_THREADS); the ensemble graph is a chain."""
     cuda_device_id: int = 0
     """Which GPU, when running on CUDA."""
+    spin: bool = True
+    """Let ONNX Runtime's worker threads spin-wait between operators (its default). Spinning
+    shaves wake-up latency inside a run but burns the cores for a while after it, which other
+    processes on a small machine (the bridge, the learner) feel; see benchmarks/loop_latency.py."""
     chunk_rows: int = 1024
     """Split larger batches into runs of at most this many rows (0: never). On the CPU the
     activations of a 10^4-row batch ([E, B, 200] floats per layer) spill out of cache and the
@@ -78,6 +82,9 @@ def create_session(data: bytes, options: RuntimeOptions, source: str) -> ort.Inf
     so.inter_op_num_threads = options.inter_op_threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not options.spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(data, sess_options=so, providers=select_providers(options))
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -36,7 +37,13 @@ import numpy as np
 import numpy.typing as npt
 
 from models.fileio import fsync_dir
-from models.transitions import COLUMNS, ROBOT_ID_BYTES, Transitions, check_batch
+from models.transitions import (
+    COLUMNS,
+    ROBOT_ID_BYTES,
+    Transitions,
+    _encode_robot_ids,
+    check_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,9 @@ _CRC_START = 8  # the CRC covers the record after (magic, crc), seq included
 _SCAN_ROWS = 8192  # rows per pread while validating: bounds temporary memory
 
 Records = npt.NDArray[np.void]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class StoreCorruptError(RuntimeError):
@@ -277,18 +287,47 @@ class TransitionWriter:
     ) -> int:
         """Append one transition (obs [S], act [A], next_obs [S]); returns its global index.
 
-        wall_time defaults to time.time(). Validated like append_batch.
+        wall_time defaults to time.time(). Checked like append_batch (same refusals), but
+        written straight into the record buffer: the service appends one row per tick.
         """
-        vecs = [np.asarray(obs), np.asarray(act), np.asarray(next_obs)]
+        self._check_open()
         dims = (self.meta.obs_dim, self.meta.act_dim, self.meta.obs_dim)
-        for name, v, dim in zip(("obs", "act", "next_obs"), vecs, dims, strict=True):
-            if v.shape != (dim,):
-                raise ValueError(f"{name} must have shape ({dim},), got {v.shape}")
+        vecs = {}
+        for name, v, dim in zip(
+            ("obs", "act", "next_obs"), (obs, act, next_obs), dims, strict=True
+        ):
+            arr = np.asarray(v)
+            if arr.shape != (dim,):
+                raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
+            if arr.dtype.kind not in "iuf":
+                raise ValueError(f"{name} has dtype {arr.dtype}; accepted dtype kinds are 'iuf'")
+            with np.errstate(over="ignore"):  # an f32 overflow becomes inf, refused below
+                vecs[name] = arr.astype(np.float32)
+            if not np.isfinite(vecs[name]).all():
+                raise ValueError(f"{name} contains NaN or inf")
         wall = time.time() if wall_time is None else wall_time
-        scalars = (reward, terminated, truncated, episode, step, wall, robot)
-        # no dtype= on the scalars: an int `terminated` or a float `step` is refused, not cast
-        one = Transitions(*(v[None] for v in vecs), *(np.asarray([x]) for x in scalars))
-        return self.append_batch(one).start
+        for name, value, kinds in (("reward", reward, "iuf"), ("terminated", terminated, "b"),
+                                   ("truncated", truncated, "b"), ("episode", episode, "iu"),
+                                   ("step", step, "iu"), ("wall_time", wall, "iuf")):  # fmt: skip
+            # no casting: an int `terminated` or a float `step` is refused, not converted
+            if np.asarray(value).dtype.kind not in kinds or np.ndim(value):
+                raise ValueError(f"{name} must be a scalar of dtype kind {kinds!r}, got {value!r}")
+        if not (math.isfinite(reward) and abs(reward) <= _F32_MAX and math.isfinite(wall)):
+            raise ValueError(f"reward ({reward}) and wall_time ({wall}) must be finite")
+        for name, value in (("episode", episode), ("step", step)):
+            if not -(2**63) <= int(value) < 2**63:
+                raise ValueError(f"{name} does not fit in int64")
+        robot_id = _encode_robot_ids(np.asarray([robot]))[0]
+        rec = self._buf[self._pending : self._pending + 1]
+        rec["magic"], rec["seq"], rec["episode"], rec["step"] = MAGIC, len(self), episode, step
+        rec["wall_time"], rec["reward"], rec["robot"] = wall, reward, robot_id
+        rec["terminated"], rec["truncated"] = terminated, truncated
+        rec["obs"], rec["act"], rec["next_obs"] = vecs["obs"], vecs["act"], vecs["next_obs"]
+        self._pending += 1
+        index = len(self) - 1
+        if self._pending == len(self._buf):
+            self.flush()
+        return index
 
     def append_batch(self, batch: Transitions) -> range:
         """Append the N rows of `batch`; returns their global indices.

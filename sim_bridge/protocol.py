@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -164,14 +164,18 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
         raise ProtocolError("too_large", f"header is {len(head)} bytes > {MAX_HEADER_BYTES}")
     try:
         header = json.loads(head.decode("utf-8"), parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_frame", f"header is not UTF-8 JSON: {exc}") from None
+    except ValueError as exc:  # Python refuses integer literals of more than 4300 digits
+        raise ProtocolError("too_large", f"header holds a huge number: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_frame", "header must be a JSON object")
-    seq = header.get("seq")
-    robot = header.get("robot")
-    where_seq: int = seq if isinstance(seq, int) and _is_int(seq) else -1
-    where_robot = robot if isinstance(robot, str) and len(robot) <= MAX_ROBOT_ID_BYTES else ""
+    # Only what an ERROR reply can carry: a bad seq or robot id must not break the reply too.
+    seq, robot = header.get("seq"), header.get("robot")
+    where_seq = seq if _is_int(seq) and 0 <= seq < 2**63 else -1
+    where_robot = robot if _robot_ok(robot) else ""
     try:
         return _decode_header(header, frames[1:])
     except ProtocolError as exc:
@@ -179,26 +183,28 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
 
 
 def error_reply(exc: ProtocolError, robot: str = "", *, seq: int = 0) -> Message:
-    """The ERROR message answering a refused message."""
+    """The ERROR message answering a refused message (``robot`` and ``exc.robot`` are used
+    when they are valid robot ids, else "?"; ``answers`` is -1 when the seq was unreadable)."""
     return make(
         ERROR,
-        robot or exc.robot or "?",
+        next((r for r in (robot, exc.robot) if _robot_ok(r)), "?"),
         seq=seq,
         code=exc.code,
         reason=exc.reason[:MAX_TEXT_CHARS],
-        answers=exc.seq,
+        answers=exc.seq if 0 <= exc.seq < 2**63 else -1,
     )
 
 
 def _decode_header(header: dict[str, Any], payload: Sequence[bytes | memoryview]) -> Message:
-    if header.get("proto") != PROTOCOL or header.get("version") != PROTOCOL_VERSION:
+    version = header.get("version")
+    if header.get("proto") != PROTOCOL or not _is_int(version) or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "bad_version",
             f"got proto={header.get('proto')!r} version={header.get('version')!r}; "
             f"this side speaks {PROTOCOL!r} version {PROTOCOL_VERSION}",
         )
     kind = header.get("type")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise ProtocolError("unknown_type", f"type {kind!r} is not one of {sorted(FIELDS)}")
     specs = header.get("arrays", [])
     if not isinstance(specs, list) or len(specs) != len(payload):
@@ -229,13 +235,13 @@ def _read_array(spec: Any, raw: bytes | memoryview) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
         raise ProtocolError("bad_array", "an array spec must be {name, dtype, shape}")
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
-    if not isinstance(name, str) or dtype not in ARRAY_DTYPES:
+    if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in ARRAY_DTYPES:
         raise ProtocolError(
             "bad_array", f"array {name!r}: dtype {dtype!r} is not one of {sorted(ARRAY_DTYPES)}"
         )
-    if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0])):
-        raise ProtocolError("bad_array", f"array {name!r}: shape {shape!r} must be [n]")
-    if not 0 <= shape[0] <= MAX_ARRAY_ELEMENTS:
+    if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 0):
+        raise ProtocolError("bad_array", f"array {name!r}: shape {shape!r} must be [n], n >= 0")
+    if shape[0] > MAX_ARRAY_ELEMENTS:
         raise ProtocolError("too_large", f"array {name!r}: {shape[0]} > {MAX_ARRAY_ELEMENTS}")
     dt = ARRAY_DTYPES[dtype]
     if len(raw) != shape[0] * dt.itemsize:
@@ -251,8 +257,7 @@ def _check(msg: Message) -> None:
         raise ProtocolError("unknown_type", f"type {msg.type!r} is not one of {sorted(FIELDS)}")
     for name, kind in _COMMON.items():
         _check_value(msg.type, name, kind, getattr(msg, name))
-    robot_bytes = len(msg.robot.encode("utf-8", "surrogatepass"))
-    if not 1 <= robot_bytes <= MAX_ROBOT_ID_BYTES or not msg.robot.isprintable():
+    if not _robot_ok(msg.robot):
         raise ProtocolError(
             "bad_field", f"robot id must be 1-{MAX_ROBOT_ID_BYTES} printable UTF-8 bytes"
         )
@@ -287,8 +292,8 @@ def _check_value(kind_of: str, name: str, kind: Any, value: Any) -> None:
         if value is None and kind == "float?":
             return
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and not math.isfinite(value):
-            raise ProtocolError("nonfinite", f"{where} is {value}")
+        if ok and not _finite(value):
+            raise ProtocolError("nonfinite", f"{where} is not a finite float")
     elif kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "str":
@@ -301,8 +306,22 @@ def _check_value(kind_of: str, name: str, kind: Any, value: Any) -> None:
         raise ProtocolError("bad_field", f"{where} must be {kind}, got {value!r}")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _robot_ok(robot: Any) -> TypeGuard[str]:
+    """A robot id: 1-MAX_ROBOT_ID_BYTES bytes of printable UTF-8."""
+    if not isinstance(robot, str) or not robot.isprintable():
+        return False
+    return 1 <= len(robot.encode("utf-8")) <= MAX_ROBOT_ID_BYTES
 
 
 def _refuse_constant(name: str) -> Any:
@@ -311,7 +330,7 @@ def _refuse_constant(name: str) -> Any:
 
 def _as_array(name: str, value: Any) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.dtype == np.float32:
+    if arr.dtype.kind == "f" and arr.dtype.itemsize == 4:  # float32 of either byte order
         return arr
     try:
         return arr.astype(np.float64)

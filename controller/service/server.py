@@ -63,7 +63,7 @@ class MPCService:
             ModelWatcher(
                 settings.models,
                 self.task,
-                RuntimeOptions(device=settings.device),
+                RuntimeOptions(device=settings.device, spin=False),
                 settings.model_poll_s,
             )
             if settings.models is not None

@@ -1,0 +1,141 @@
+"""Socket loop overhead: bridge -> controller -> bridge round trip minus the plan time.
+
+The controller runs as its own process (``tickmpc serve``, as in production) with a transition
+store, so every tick also decodes, records, encodes and publishes telemetry. The bridge side is
+this process: a lockstep loop over :class:`sim_bridge.link.BridgeLink` that sends a STATE and
+waits for the ACTION answering it. The round trip is timed on the bridge from just before the
+send to just after the reply is decoded; the controller reports its plan time in the ACTION
+(``plan_ms``), and the overhead is the difference, per tick.
+
+Two phases: ``explore`` (no model: the planner is a uniform draw, so the round trip is almost
+all overhead) and ``planner`` (a freshly initialized E=5 4x200 ensemble published to the model
+directory, CEM with a tiny population, so the ONNX Runtime path and the planner's host work run
+in the service process between receive and send). The headline figures are the planner phase's.
+Target (DESIGN.md): p99 <= 0.5 ms on this machine.
+
+    python benchmarks/loop_latency.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.service.control import request
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.registry import ModelDirectory
+from sim_bridge import protocol as p
+from sim_bridge.link import BridgeLink, RobotSpec
+
+SPEC = RobotSpec("bench", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
+TINY_PLAN = ["planner=cem", "population=20", "horizon=5", "iterations=1"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(root: Path, models: bool, transport: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    if transport == "ipc":
+        endpoint, control, telemetry = (f"ipc://{root}/{name}" for name in ("r", "c", "t"))
+    else:
+        endpoint, control, telemetry = (f"tcp://127.0.0.1:{_port()}" for _ in range(3))
+    cmd = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint]
+    cmd += ["--control", control, "--telemetry", telemetry, "--store", str(root / "store")]
+    if models:
+        cmd += ["--models", str(root / "models")]
+    for setting in TINY_PLAN:
+        cmd += ["--set", setting]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, endpoint, control
+
+
+def phase(name: str, ticks: int, with_model: bool, transport: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if with_model:
+            config = EnsembleConfig(
+                obs_dim=4, act_dim=1, preprocess={"kind": "sincos", "angle_indices": [1]}
+            )
+            ModelDirectory(root / "models").publish(GaussianEnsemble(config))
+        proc, endpoint, control = _serve(root, with_model, transport)
+        link = BridgeLink(endpoint, SPEC, "lockstep")
+        try:
+            link.connect(120.0)
+            rng = np.random.default_rng(0)
+            warmup = min(200, ticks // 5)
+            for step in range(warmup + ticks):
+                if step == warmup:
+                    link.stats.round_trip_s.clear()
+                    link.stats.plan_s.clear()
+                obs = rng.standard_normal(4)
+                applied = {} if step == 0 else {"applied": rng.uniform(-1, 1, 1)}
+                state = link.message(p.STATE, 1, step=step, reward=0.0, terminated=False,
+                                     truncated=False, obs=obs, **applied)  # fmt: skip
+                link.send(state)
+                while True:
+                    reply = link.receive(10.0)
+                    if reply is None:
+                        raise RuntimeError("the service stopped answering")
+                    if reply.type == p.ACTION and reply["answers"] == state.seq:
+                        break
+            status = request(control, {"cmd": "status"})
+        finally:
+            link.close()
+            proc.terminate()
+            proc.wait(timeout=30)
+    rt = np.asarray(link.stats.round_trip_s) * 1e6
+    plan = np.asarray(link.stats.plan_s) * 1e6
+    over = rt - plan
+    robot = status["robots"]["bench"]
+    return {
+        "phase": name,
+        "transport": transport,
+        "ticks": len(over),
+        "p50_us": round(float(np.percentile(over, 50)), 1),
+        "p99_us": round(float(np.percentile(over, 99)), 1),
+        "max_us": round(float(over.max()), 1),
+        "round_trip_p50_us": round(float(np.percentile(rt, 50)), 1),
+        "plan_p50_us": round(float(np.percentile(plan, 50)), 1),
+        "dropped": int(robot["dropped_stale"]),
+        "recorded": int(status["transitions"]),
+        "model_version": int(robot["model_version"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer ticks, same code path")
+    parser.add_argument("--ticks", type=int, default=None, help="ticks per phase")
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
+    args = parser.parse_args()
+    ticks = args.ticks or (500 if args.quick else 4000)
+    results = []
+    for name, with_model in (("explore", False), ("planner", True)):
+        t0 = time.perf_counter()
+        r = phase(name, ticks, with_model, args.transport)
+        results.append(r)
+        print(f"{name:8s} overhead p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us  "
+              f"max {r['max_us']:8.1f} us  (round trip p50 {r['round_trip_p50_us']:.0f} us, "
+              f"plan p50 {r['plan_p50_us']:.0f} us, {r['ticks']} ticks, dropped {r['dropped']}, "
+              f"{time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    head = results[-1]
+    print(json.dumps({
+        "p50_us": head["p50_us"], "p99_us": head["p99_us"], "ticks": head["ticks"],
+        "dropped": head["dropped"], "target_p99_us": 500.0, "phases": results,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

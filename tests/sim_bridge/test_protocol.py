@@ -1,0 +1,448 @@
+"""The wire codec: every type round-trips, each malformed message is refused with the right
+code (and garbage with some code, never another exception), and docs/protocol.md agrees with
+the code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from sim_bridge import protocol as p
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+ROBOT = "arm-2"
+SAMPLE = {"int": 7, "float": 0.25, "float?": None, "bool": True, "str": "cem"}
+"""A valid value per field kind (enum kinds take their first choice)."""
+
+
+def sample(kind: str, *, dtype: Any = np.float64, **override: Any) -> p.Message:
+    """A valid message of ``kind`` with every optional array, overridden by ``override``."""
+    values = {
+        name: k[0] if isinstance(k, tuple) else SAMPLE[k] for name, k in p.FIELDS[kind].items()
+    }
+    values |= {name: np.array([0.5, -1.0, 3e30], dtype) for name in p.ARRAYS[kind]}
+    return p.make(kind, ROBOT, seq=9, time=12.5, episode=2, **(values | override))
+
+
+def wire(msg: p.Message) -> tuple[dict[str, Any], list[bytes]]:
+    """The header of ``msg`` as a dict (to corrupt) and its array frames."""
+    head, *payload = p.encode(msg)
+    return json.loads(head), payload
+
+
+def frames(header: dict[str, Any], payload: list[bytes]) -> list[bytes]:
+    return [json.dumps(header, separators=(",", ":")).encode(), *payload]
+
+
+def refused(raw: list[bytes]) -> p.ProtocolError:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(raw)
+    return info.value
+
+
+def assert_same(a: p.Message, b: p.Message) -> None:
+    def common(m: p.Message) -> tuple[Any, ...]:
+        return m.type, m.robot, m.seq, m.time, m.episode
+
+    assert common(a) == common(b)
+    assert dict(a.fields) == dict(b.fields)
+    assert list(a.arrays) == list(b.arrays)
+    for name, arr in a.arrays.items():
+        assert b.arrays[name].dtype.str == arr.dtype.newbyteorder("<").str
+        np.testing.assert_array_equal(b.arrays[name], arr)
+
+
+def decode_or_refuse(raw: list[bytes]) -> p.Message | p.ProtocolError:
+    """decode's outcome; any exception but ProtocolError fails the test. A refusal must name a
+    known code and make a valid ERROR reply."""
+    try:
+        return p.decode(raw)
+    except p.ProtocolError as exc:
+        assert exc.code in p.ERROR_CODES
+        reply = p.decode(p.encode(p.error_reply(exc)))
+        assert reply["code"] == exc.code and reply["answers"] == exc.seq
+        return exc
+
+
+# --- round trips -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(p.FIELDS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_type_round_trips(kind: str, dtype: Any) -> None:
+    msg = sample(kind, dtype=dtype)
+    raw = p.encode(msg)
+    assert len(raw) == 1 + len(p.ARRAYS[kind])
+    back = p.decode(raw)
+    assert_same(msg, back)
+    for name in p.ARRAYS[kind]:
+        assert back[name].dtype == np.dtype(dtype) and back[name].tolist() == msg[name].tolist()
+
+
+def test_optional_array_may_be_absent_and_big_endian_input_goes_little_endian() -> None:
+    msg = p.make(p.STATE, ROBOT, step=0, reward=None, terminated=False, truncated=False,
+                 obs=np.array([1.5, -2.0], ">f4"))  # fmt: skip
+    header, payload = wire(msg)
+    assert header["arrays"] == [{"name": "obs", "dtype": "<f4", "shape": [2]}]
+    assert payload == [np.array([1.5, -2.0], "<f4").tobytes()]
+    back = p.decode(p.encode(msg))
+    assert "applied" not in back.arrays and back["obs"].tolist() == [1.5, -2.0]
+
+
+def test_header_names_the_protocol_and_version() -> None:
+    header, _ = wire(sample(p.HEARTBEAT))
+    assert (header["proto"], header["version"], header["type"]) == ("tickmpc", 1, "HEARTBEAT")
+
+
+# --- refusals, each with its code ------------------------------------------------------------
+def corrupt(kind: str = p.STATE, *, drop: str = "", **header_changes: Any) -> list[bytes]:
+    header, payload = wire(sample(kind))
+    header.pop(drop, None)
+    return frames(header | header_changes, payload)
+
+
+@pytest.mark.parametrize(
+    ("changes", "drop"),
+    [({"version": 2}, ""), ({"version": 1.0}, ""), ({"version": True}, ""), ({}, "version"),
+     ({"proto": "zmqmpc"}, ""), ({}, "proto")],
+)  # fmt: skip
+def test_wrong_version_or_protocol(changes: dict[str, Any], drop: str) -> None:
+    assert refused(corrupt(drop=drop, **changes)).code == "bad_version"
+
+
+@pytest.mark.parametrize("kind", ["RESET", "state", None, ["STATE"]])
+def test_unknown_type(kind: Any) -> None:
+    assert refused(corrupt(type=kind)).code == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    ("spec", "nbytes", "code"),
+    [
+        ({"dtype": "<i4"}, 12, "bad_array"),
+        ({"dtype": ">f4"}, 12, "bad_array"),
+        ({"dtype": "float32"}, 12, "bad_array"),
+        ({"dtype": ["<f8"]}, 24, "bad_array"),
+        ({"shape": [3, 1]}, 24, "bad_array"),
+        ({"shape": []}, 24, "bad_array"),
+        ({"shape": [3.0]}, 24, "bad_array"),
+        ({"shape": [-1]}, 0, "bad_array"),
+        ({"shape": [p.MAX_ARRAY_ELEMENTS + 1]}, 8 * (p.MAX_ARRAY_ELEMENTS + 1), "too_large"),
+        ({}, 23, "bad_frame"),
+        ({}, 32, "bad_frame"),
+        ({"extra": 1}, 24, "bad_array"),
+        ({"name": "action"}, 24, "bad_array"),
+    ],
+)
+def test_bad_array_specs_and_frames(spec: dict[str, Any], nbytes: int, code: str) -> None:
+    header, payload = wire(sample(p.STATE))
+    header["arrays"][0] |= spec
+    payload[0] = bytes(nbytes)
+    assert refused(frames(header, payload)).code == code
+
+
+def test_frame_count_must_match_the_specs() -> None:
+    header, payload = wire(sample(p.STATE))
+    assert refused(frames(header, payload[:1])).code == "bad_frame"
+    assert refused(frames(header, [*payload, b""])).code == "bad_frame"
+    assert refused([]).code == "bad_frame"
+
+
+def test_arrays_missing_or_repeated() -> None:
+    header, payload = wire(sample(p.STATE))
+    header["arrays"][1] = header["arrays"][0]
+    assert refused(frames(header, [payload[0], payload[0]])).code == "bad_array"
+    header, payload = wire(sample(p.ACTION))
+    assert refused(frames(header | {"arrays": []}, [])).code == "bad_array"
+
+
+def test_the_largest_array_is_accepted() -> None:
+    obs = np.zeros(p.MAX_ARRAY_ELEMENTS, np.float32)
+    assert len(p.decode(p.encode(sample(p.STATE, obs=obs)))["obs"]) == p.MAX_ARRAY_ELEMENTS
+    with pytest.raises(p.ProtocolError) as info:
+        sample(p.STATE, obs=np.zeros(p.MAX_ARRAY_ELEMENTS + 1))
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_array_elements(bad: float) -> None:
+    header, payload = wire(sample(p.STATE))
+    payload[0] = np.array([0.0, bad, 1.0], "<f8").tobytes()
+    assert refused(frames(header, payload)).code == "nonfinite"
+    with pytest.raises(p.ProtocolError) as info:
+        sample(p.STATE, obs=[0.0, bad])
+    assert info.value.code == "nonfinite"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400])
+def test_nonfinite_numbers_in_the_header(literal: str) -> None:
+    raw = corrupt(p.STATE)
+    raw[0] = raw[0].replace(b'"reward":null', b'"reward":' + literal.encode())
+    assert literal.encode() in raw[0]
+    assert refused(raw).code == "nonfinite"
+
+
+def test_nan_anywhere_in_the_header_is_refused() -> None:
+    raw = corrupt(p.STATE, note=[1, {"x": float("nan")}])
+    assert refused(raw).code == "nonfinite"
+
+
+def test_header_size_limit() -> None:
+    raw = corrupt(p.HEARTBEAT)
+    head = raw[0]
+    exact = head[:-1] + b" " * (p.MAX_HEADER_BYTES - len(head)) + b"}"
+    assert len(exact) == p.MAX_HEADER_BYTES and p.decode([exact]).type == p.HEARTBEAT
+    assert refused([exact[:-1] + b" }"]).code == "too_large"
+
+
+def test_number_too_long_to_parse() -> None:
+    raw = corrupt(p.STATE)
+    raw[0] = raw[0].replace(b'"step":7', b'"step":' + b"9" * 5000)
+    assert refused(raw).code == "too_large"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\xfe{}", b'{"robot": "\xc3"}', b"not json", b"[1, 2]", b'"STATE"', b"", b"[" * 5000],
+)
+def test_header_not_a_utf8_json_object(raw: bytes) -> None:
+    assert refused([raw]).code == "bad_frame"
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "drop"),
+    [
+        (p.STATE, {}, "step"),
+        (p.STATE, {}, "seq"),
+        (p.STATE, {}, "robot"),
+        (p.STATE, {"extra": 1}, ""),
+        (p.STATE, {"action": [1.0]}, ""),
+        (p.STATE, {"step": True}, ""),
+        (p.STATE, {"step": 1.0}, ""),
+        (p.STATE, {"seq": -1}, ""),
+        (p.STATE, {"episode": 2**63}, ""),
+        (p.STATE, {"terminated": 1}, ""),
+        (p.STATE, {"reward": "0.5"}, ""),
+        (p.STATE, {"time": None}, ""),
+        (p.HELLO, {"mode": "turbo"}, ""),
+        (p.HELLO, {"task": "x" * (p.MAX_TEXT_CHARS + 1)}, ""),
+        (p.EPISODE, {"event": ["start"]}, ""),
+        (p.ERROR, {"code": "oops"}, ""),
+    ],
+)
+def test_bad_fields(kind: str, changes: dict[str, Any], drop: str) -> None:
+    assert refused(corrupt(kind, drop=drop, **changes)).code == "bad_field"
+
+
+@pytest.mark.parametrize("robot", ["", "r" * 33, "é" * 17, "a\nb", "\u200b", 7])
+def test_bad_robot_ids(robot: Any) -> None:
+    exc = refused(corrupt(p.HEARTBEAT, robot=robot))
+    assert exc.code == "bad_field" and exc.robot == ""
+    assert p.error_reply(exc).robot == "?"
+
+
+@pytest.mark.parametrize("robot", ["r" * 32, "é" * 16, "arm 2", "机械臂"])
+def test_robot_ids_at_the_limit(robot: str) -> None:
+    assert p.decode(corrupt(p.HEARTBEAT, robot=robot)).robot == robot
+
+
+def test_error_names_the_offending_message() -> None:
+    exc = refused(corrupt(p.STATE, seq=41, robot="arm-7", step="three"))
+    assert (exc.code, exc.seq, exc.robot) == ("bad_field", 41, "arm-7")
+    assert "step" in exc.reason
+    unreadable = refused(corrupt(p.STATE, seq=2**70, step="three"))
+    assert unreadable.seq == -1 and unreadable.robot == ROBOT
+    assert refused([b"{"]).seq == -1
+
+
+def test_error_reply() -> None:
+    exc = refused(corrupt(p.STATE, seq=41, robot="arm-7", version=3))
+    reply = p.error_reply(exc, seq=4)
+    assert (reply.type, reply.robot, reply.seq) == (p.ERROR, "arm-7", 4)
+    assert (reply["code"], reply["answers"], reply["reason"]) == ("bad_version", 41, exc.reason)
+    assert p.error_reply(exc, "other").robot == "other"
+    long = p.error_reply(p.ProtocolError("internal", "x" * 5000))
+    assert len(long["reason"]) == p.MAX_TEXT_CHARS and long["answers"] == -1
+    assert_same(reply, p.decode(p.encode(reply)))
+
+
+# --- properties --------------------------------------------------------------------------------
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+ROBOTS = st.text(min_size=1, max_size=12).filter(
+    lambda r: r.isprintable() and len(r.encode()) <= p.MAX_ROBOT_ID_BYTES
+)
+VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "int": st.integers(-(2**63) + 1, 2**63 - 1),
+    "float": FINITE,
+    "float?": st.none() | FINITE,
+    "bool": st.booleans(),
+    "str": st.text(max_size=40),
+}
+
+
+def finite_arrays(dtype: str) -> st.SearchStrategy[np.ndarray]:
+    elements = st.floats(width=32 if dtype == "<f4" else 64, allow_nan=False, allow_infinity=False)
+    return hnp.arrays(np.dtype(dtype), st.integers(0, 6), elements=elements)
+
+
+ARRAYS = st.sampled_from(sorted(p.ARRAY_DTYPES)).flatmap(finite_arrays)
+LEAVES = st.sampled_from([2**63, 10**400, 1e308, "<f4", ">f4", "STATE", "tickmpc", [3], [3, 1]])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> p.Message:
+    kind = draw(st.sampled_from(sorted(p.FIELDS)))
+    values = {
+        name: draw(st.sampled_from(k) if isinstance(k, tuple) else VALUES[k])
+        for name, k in p.FIELDS[kind].items()
+    }
+    for name, required in p.ARRAYS[kind].items():
+        if required or draw(st.booleans()):
+            values[name] = draw(ARRAYS)
+    return p.make(kind, draw(ROBOTS), seq=draw(st.integers(0, 2**63 - 1)), time=draw(FINITE),
+                  episode=draw(st.integers(0, 2**63 - 1)), **values)  # fmt: skip
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> list[bytes]:
+    """A valid message's frames after one to three corruptions."""
+    header, payload = wire(draw(messages()))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["drop", "retype", "add", "spec", "frame"]))
+        if op in ("drop", "retype") and header:
+            key = draw(st.sampled_from(sorted(header)))
+            if op == "drop":
+                del header[key]
+            else:
+                header[key] = draw(JSON)
+        elif op == "add":
+            header[draw(st.text(max_size=10))] = draw(JSON)
+        elif op == "spec" and isinstance(header.get("arrays"), list) and header["arrays"]:
+            spec = draw(st.sampled_from(header["arrays"]))
+            if isinstance(spec, dict):
+                spec[draw(st.sampled_from(["name", "dtype", "shape", "extra"]))] = draw(JSON)
+        elif op == "frame":
+            i = draw(st.integers(0, len(payload)))
+            replacement = draw(st.lists(st.binary(max_size=40), max_size=2))
+            payload = [*payload[:i], *replacement, *payload[i + 1 :]]
+    return frames(header, payload)
+
+
+@settings(max_examples=200)
+@given(messages())
+def test_valid_messages_round_trip_byte_for_byte(msg: p.Message) -> None:
+    raw = p.encode(msg)
+    back = p.decode(raw)
+    assert_same(msg, back)
+    assert p.encode(back) == raw
+
+
+@settings(max_examples=300)
+@given(mutated())
+def test_corrupted_messages_decode_or_are_refused(raw: list[bytes]) -> None:
+    outcome = decode_or_refuse(raw)
+    if isinstance(outcome, p.Message):
+        assert_same(outcome, p.decode(p.encode(outcome)))
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.binary(max_size=64) | JSON.map(lambda v: json.dumps(v).encode()), min_size=0, max_size=4
+    )
+)
+def test_garbage_frames_are_refused(raw: list[bytes]) -> None:
+    assert isinstance(decode_or_refuse(raw), p.ProtocolError)
+
+
+# --- the document agrees with the code ---------------------------------------------------------
+def doc_section(heading: str) -> str:
+    """The text under the markdown heading ``heading`` up to the next heading of its level."""
+    text = DOC.read_text(encoding="utf-8")
+    match = re.search(rf"^(#+) {re.escape(heading)}\b.*$", text, re.MULTILINE)
+    assert match, f"docs/protocol.md has no heading {heading!r}"
+    rest = text[match.end() :]
+    end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.MULTILINE)
+    return rest[: end.start() if end else len(rest)]
+
+
+def doc_table(section: str, first_column: str) -> dict[str, list[str]]:
+    """Rows of the table whose header starts with ``first_column``: backticked name -> cells."""
+    rows: dict[str, list[str]] = {}
+    lines = iter(section.splitlines())
+    for line in lines:
+        if re.match(rf"\|\s*{first_column}\s*\|", line):
+            next(lines)  # the |---| separator
+            for row in lines:
+                if not row.startswith("|"):
+                    return rows
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+                rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def kind_text(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "`" + " \\| ".join(f'"{k}"' for k in kind) + "`"
+    return f"`{kind}`"
+
+
+def test_doc_states_the_code_version() -> None:
+    versions = re.findall(r"^Protocol version: \*\*(\d+)\*\*$", DOC.read_text(), re.MULTILINE)
+    assert versions == [str(p.PROTOCOL_VERSION)]
+
+
+@pytest.mark.parametrize("kind", sorted(p.FIELDS))
+def test_doc_tables_match_fields_and_arrays(kind: str) -> None:
+    section = doc_section(kind)
+    fields = doc_table(section, "field")
+    assert set(fields) == set(p.FIELDS[kind])
+    for name, k in p.FIELDS[kind].items():
+        if k == tuple(p.ERROR_CODES):
+            assert "error codes" in fields[name][0]
+        else:
+            assert fields[name][0] == kind_text(k), name
+    arrays = doc_table(section, "array")
+    assert set(arrays) == set(p.ARRAYS[kind])
+    for name, required in p.ARRAYS[kind].items():
+        assert arrays[name][0] == ("yes" if required else "no"), name
+
+
+def test_doc_header_table_lists_the_encoded_keys() -> None:
+    header, _ = wire(sample(p.HEARTBEAT))
+    assert set(doc_table(doc_section("Header"), "key")) == set(header)
+
+
+def test_doc_lists_every_error_code_and_limit() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert set(doc_table(doc_section("Error codes"), "code")) == set(p.ERROR_CODES)
+    for code in p.ERROR_CODES:
+        assert f"`{code}`" in text
+    for name in ("MAX_HEADER_BYTES", "MAX_ARRAY_ELEMENTS", "MAX_ROBOT_ID_BYTES", "MAX_TEXT_CHARS"):
+        assert f"`{name}` = {getattr(p, name)}" in text
+    for dtype in p.ARRAY_DTYPES:
+        assert f'`"{dtype}"`' in text
+
+
+def test_doc_worked_example_decodes() -> None:
+    section = doc_section("Worked example")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, re.DOTALL)
+    head = blocks[0][1].strip().encode()
+    payload = [bytes.fromhex(body.replace("\n", " ")) for _, body in blocks[1:]]
+    msg = p.decode([head, *payload])
+    assert msg.type == p.STATE and f"({len(head)} bytes" in section
+    assert msg["obs"].tolist() == np.array([0.1, -0.25, 3.0, 0.0], np.float32).tolist()
+    assert msg["applied"].tolist() == [-1.5]
+    assert p.encode(msg) == [head, *payload]
