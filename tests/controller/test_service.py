@@ -354,3 +354,37 @@ def test_realtime_bridge_makes_the_robot_safe_when_the_controller_dies_and_recon
         thread.join(timeout=10)
         controller.kill()
         controller.wait()
+
+
+@pytest.mark.parametrize("task", ["cartpole-swingup", "pendulum", "inverted-pendulum",
+                                  "reacher", "half-cheetah", "pusher"])  # fmt: skip
+def test_every_simulated_robot_says_a_hello_its_controller_task_accepts(task: str) -> None:
+    from controller.tasks import get_task
+
+    bridge = MujocoBridge(task, "sim")
+    spec, expected = bridge.spec, get_task(task)
+    assert (spec.obs_dim, spec.act_dim) == (expected.obs_dim, expected.act_dim)
+    np.testing.assert_allclose(spec.action_low, expected.action_low)
+    np.testing.assert_allclose(spec.action_high, expected.action_high)
+    assert spec.control_period == pytest.approx(expected.control_period, rel=1e-3)
+    bridge.close()
+
+
+def test_emulated_noise_and_delay_change_what_the_robot_reports() -> None:
+    from sim_bridge.mujoco_bridge import Emulation
+
+    clean = MujocoBridge("cartpole-swingup", "clean", seed=5)
+    noisy = MujocoBridge("cartpole-swingup", "noisy", seed=5,
+                         emulation=Emulation(obs_noise_std=0.1, action_delay_ticks=2))  # fmt: skip
+    for bridge in (clean, noisy):
+        bridge.begin_episode()
+    first = [b.read_state().obs for b in (clean, noisy)]
+    assert 0 < np.abs(first[0] - first[1]).max() < 1.0  # same reset, noisy observation
+    applied = []
+    for k in range(4):
+        for b in (clean, noisy):
+            b.apply_action(np.array([0.1 * (k + 1)]))
+        applied.append([float(b.read_state().applied[0]) for b in (clean, noisy)])  # type: ignore[index]
+    # clean applies each action at the next step; the delayed one two ticks later
+    assert [a[0] for a in applied] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert [a[1] for a in applied] == pytest.approx([0.0, 0.0, 0.1, 0.2])
