@@ -127,13 +127,17 @@ class HardwareBridge:
         link = BridgeLink(endpoint, self.spec, mode)
         self.stats.link = link.stats
         try:
-            link.connect(self.settings.connect_timeout_s)
+            if link.connect(self.settings.connect_timeout_s, stop=self.stop_event) is None:
+                return self.stats
             episode = 0
             while not self.stop_event.is_set() and (episodes is None or episode < episodes):
                 episode += 1
                 self._episode(link, episode, mode == "lockstep")
         finally:
-            link.close()
+            try:  # whatever ended the run, the robot must not keep its last command
+                self.safe_stop()
+            finally:
+                link.close(linger_s=0.2)  # let the last STATE and EPISODE end leave
         return self.stats
 
     def _episode(self, link: BridgeLink, episode: int, lockstep: bool) -> None:
@@ -160,6 +164,7 @@ class HardwareBridge:
                 **({} if sent_applied is None or step == 0 else {"applied": sent_applied}),
             )  # fmt: skip
             link.send(state)
+            hellos = link.stats.hellos
             if reading.terminated or truncated or self.stop_event.is_set():
                 break
             next_tick += period
@@ -171,8 +176,9 @@ class HardwareBridge:
                 now = time.perf_counter()
                 if msg is not None:
                     last_heard = now
-                    if msg.type == p.WELCOME and lockstep:
-                        link.send(state)  # a reconnect: the new controller needs the state
+                    if msg.type == p.WELCOME and lockstep and link.stats.hellos > hellos:
+                        link.send(state)  # said HELLO again since: the controller needs it
+                        hellos = link.stats.hellos
                 if msg is not None and msg.type == p.ACTION:
                     if msg["answers"] == state.seq and len(msg["action"]) == self.spec.act_dim:
                         applied = np.clip(msg["action"].astype(np.float64), self.low, self.high)

@@ -9,6 +9,7 @@ HELLO again (it answers ``unknown_robot`` to anything else, which also triggers 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,19 @@ class RobotSpec:
     action_high: tuple[float, ...]
     control_period: float
     """Seconds per tick."""
+
+    def __post_init__(self) -> None:
+        if not p.robot_id_ok(self.robot):
+            raise ValueError(f"robot id {self.robot!r} must be 1-32 printable UTF-8 bytes")
+        if not self.task or self.obs_dim < 1 or self.act_dim < 1:
+            raise ValueError("a robot needs a task name and obs_dim, act_dim >= 1")
+        low, high = np.asarray(self.action_low, float), np.asarray(self.action_high, float)
+        if low.shape != (self.act_dim,) or high.shape != (self.act_dim,):
+            raise ValueError(f"action bounds need {self.act_dim} values each")
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ValueError("action bounds must be finite with every low below its high")
+        if not (np.isfinite(self.control_period) and self.control_period > 0):
+            raise ValueError(f"control_period must be > 0 seconds, got {self.control_period}")
 
     def hello(self, mode: str) -> p.Message:
         return p.make(
@@ -143,10 +157,20 @@ class BridgeLink:
             self.stats.plan_s.append(msg["plan_ms"] / 1000.0)
         return msg
 
-    def connect(self, timeout_s: float, retry_s: float = 0.5) -> p.Message:
-        """Say HELLO (again every ``retry_s``) until WELCOME; raises TimeoutError or Refused."""
+    def connect(
+        self, timeout_s: float, retry_s: float = 0.5, stop: threading.Event | None = None
+    ) -> p.Message | None:
+        """Say HELLO (again every ``retry_s``) until WELCOME; raises TimeoutError or Refused.
+
+        Returns None if ``stop`` is set first.
+        """
+        assert self.socket is not None
         end = time.monotonic() + timeout_s
+        # With IMMEDIATE a send before the connection is up is dropped: wait until it is.
+        self.socket.poll(int(min(timeout_s, retry_s) * 1000), zmq.POLLOUT)
         while True:
+            if stop is not None and stop.is_set():
+                return None
             self.say_hello()
             until = min(end, time.monotonic() + retry_s)
             while (left := until - time.monotonic()) > 0:
@@ -157,10 +181,12 @@ class BridgeLink:
                 raise TimeoutError(f"no WELCOME from {self.endpoint} within {timeout_s} s")
 
     def reconnect(self) -> None:
-        """Drop the socket (and whatever it queued) and say HELLO on a fresh one."""
+        """Drop the socket (and whatever it queued) and say HELLO on a fresh one (if it is not
+        connected yet the HELLO is dropped: the caller says HELLO again until WELCOME)."""
         self.stats.reconnects += 1
         self._close_socket()
         self._open()
+        self.say_hello()
 
     def message(self, type: str, episode: int, **values: Any) -> p.Message:
         """A message of ``type`` from this robot with the next sequence number."""
@@ -168,8 +194,11 @@ class BridgeLink:
             type, self.spec.robot, seq=self.next_seq(), time=time.time(), episode=episode, **values
         )
 
-    def close(self) -> None:
-        self._close_socket()
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the socket, giving queued messages up to ``linger_s`` to leave."""
+        if self.socket is not None:
+            self.socket.close(linger=int(linger_s * 1000))
+            self.socket = None
 
     def _open(self) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -180,7 +209,6 @@ class BridgeLink:
         self.socket = sock
         self.welcome = None
         self._sent_at = {}
-        self.say_hello()
 
     def _close_socket(self) -> None:
         if self.socket is not None:

@@ -175,7 +175,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
     # Only what an ERROR reply can carry: a bad seq or robot id must not break the reply too.
     seq, robot = header.get("seq"), header.get("robot")
     where_seq = seq if _is_int(seq) and 0 <= seq < 2**63 else -1
-    where_robot = robot if _robot_ok(robot) else ""
+    where_robot = robot if robot_id_ok(robot) else ""
     try:
         return _decode_header(header, frames[1:])
     except ProtocolError as exc:
@@ -187,7 +187,7 @@ def error_reply(exc: ProtocolError, robot: str = "", *, seq: int = 0) -> Message
     when they are valid robot ids, else "?"; ``answers`` is -1 when the seq was unreadable)."""
     return make(
         ERROR,
-        next((r for r in (robot, exc.robot) if _robot_ok(r)), "?"),
+        next((r for r in (robot, exc.robot) if robot_id_ok(r)), "?"),
         seq=seq,
         code=exc.code,
         reason=exc.reason[:MAX_TEXT_CHARS],
@@ -257,7 +257,7 @@ def _check(msg: Message) -> None:
         raise ProtocolError("unknown_type", f"type {msg.type!r} is not one of {sorted(FIELDS)}")
     for name, kind in _COMMON.items():
         _check_value(msg.type, name, kind, getattr(msg, name))
-    if not _robot_ok(msg.robot):
+    if not robot_id_ok(msg.robot):
         raise ProtocolError(
             "bad_field", f"robot id must be 1-{MAX_ROBOT_ID_BYTES} printable UTF-8 bytes"
         )
@@ -317,7 +317,7 @@ def _finite(value: float) -> bool:
         return False
 
 
-def _robot_ok(robot: Any) -> TypeGuard[str]:
+def robot_id_ok(robot: Any) -> TypeGuard[str]:
     """A robot id: 1-MAX_ROBOT_ID_BYTES bytes of printable UTF-8."""
     if not isinstance(robot, str) or not robot.isprintable():
         return False
