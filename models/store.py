@@ -63,6 +63,19 @@ Records = npt.NDArray[np.void]
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _scalar_kind(value: object) -> str:
+    """numpy's dtype kind of a Python or numpy scalar ("" for anything else)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "b"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (
+            np.asarray(value).dtype.kind
+            if isinstance(value, np.generic)
+            else ("i" if isinstance(value, int) else "f")
+        )
+    return ""
+
+
 class StoreCorruptError(RuntimeError):
     """Invalid data where only valid records may be (anything but a torn tail)."""
 
@@ -310,7 +323,7 @@ class TransitionWriter:
                                    ("truncated", truncated, "b"), ("episode", episode, "iu"),
                                    ("step", step, "iu"), ("wall_time", wall, "iuf")):  # fmt: skip
             # no casting: an int `terminated` or a float `step` is refused, not converted
-            if np.asarray(value).dtype.kind not in kinds or np.ndim(value):
+            if _scalar_kind(value) not in kinds:
                 raise ValueError(f"{name} must be a scalar of dtype kind {kinds!r}, got {value!r}")
         if not (math.isfinite(reward) and abs(reward) <= _F32_MAX and math.isfinite(wall)):
             raise ValueError(f"reward ({reward}) and wall_time ({wall}) must be finite")

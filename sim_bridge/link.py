@@ -113,7 +113,7 @@ class BridgeLink:
         """Send ``msg`` (without blocking: dropped if no controller is connected)."""
         assert self.socket is not None
         try:
-            self.socket.send_multipart(p.encode(msg), zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             return
         self.stats.sent += 1
@@ -134,10 +134,10 @@ class BridgeLink:
         assert self.socket is not None
         if not self.socket.poll(max(0, int(timeout_s * 1000))):
             return None
-        frames = self.socket.recv_multipart(copy=False)
+        frames = self.socket.recv_multipart()
         now = time.perf_counter()
         try:
-            msg = p.decode([f.buffer for f in frames])
+            msg = p.decode(frames)
         except p.ProtocolError as exc:
             self.stats.refused += 1
             log.warning("%s: dropped a bad message from the controller: %s", self.spec.robot, exc)

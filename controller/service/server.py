@@ -59,6 +59,7 @@ class MPCService:
         self._housekeeping = 0.0
         self._last_flush = time.monotonic()
         self._episodes = 0
+        self._unrecorded: list[tuple[RobotSession, np.ndarray, np.ndarray, p.Message]] = []
         self.watcher = (
             ModelWatcher(
                 settings.models,
@@ -118,6 +119,7 @@ class MPCService:
         for session in list(self.sessions.values()):
             if session.pending is not None:
                 self._tick(session)
+        self._record_all()
         now = time.monotonic()
         if now - self._housekeeping > HOUSEKEEPING_S:
             self._housekeeping = now
@@ -130,12 +132,12 @@ class MPCService:
     def _drain_robots(self) -> None:
         for _ in range(MAX_DRAIN):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity = frames[0].bytes
+            identity = frames[0]
             try:
-                msg = p.decode([f.buffer for f in frames[1:]])
+                msg = p.decode(frames[1:])
                 self._handle(identity, msg)
             except p.ProtocolError as exc:
                 self._refuse(identity, exc)
@@ -160,6 +162,7 @@ class MPCService:
             if msg["event"] == "start":
                 self._begin_episode(session, msg.episode)
             else:
+                self._record_all()
                 session.stats.episodes += 1
                 session.stats.last_return = session.episode_return
                 if self.writer is not None:
@@ -253,12 +256,23 @@ class MPCService:
         self._begin_episode(session, msg.episode)
         prev = session.last_state
         if prev is not None and applied is not None and prev["step"] == msg["step"] - 1:
-            self._record(session, prev["obs"], applied, msg)
+            # recorded after this pass's ACTIONs are sent: the store write is off the round trip
+            self._unrecorded.append((session, prev["obs"], applied, msg))
         session.last_state = msg
         if session.pending is not None:
             session.stats.dropped_stale += 1
         over = msg["terminated"] or msg["truncated"]
         session.pending = None if over else Pending(msg, time.perf_counter())
+
+    def _record_all(self) -> None:
+        unrecorded, self._unrecorded = self._unrecorded, []
+        for session, obs, act, msg in unrecorded:
+            try:
+                self._record(session, obs, act, msg)
+            except Exception:  # a store failure loses this row, never the service or the store
+                session.stats.errors += 1
+                log.exception("robot %s: transition at step %d not recorded", session.robot,
+                              msg["step"])  # fmt: skip
 
     def _record(
         self, session: RobotSession, obs: np.ndarray, act: np.ndarray, msg: p.Message
@@ -331,7 +345,7 @@ class MPCService:
         self._send(identity, p.error_reply(exc, robot, seq=0))
 
     def _send(self, identity: bytes, msg: p.Message) -> None:
-        self.router.send_multipart([identity, *p.encode(msg)], copy=False)
+        self.router.send_multipart([identity, *p.encode(msg)])
 
     # --- models ------------------------------------------------------------------------------
     def _swap_model(self) -> None:
