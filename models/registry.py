@@ -91,6 +91,13 @@ class ModelDirectory:
         self.mark_latest(version)
         return ModelVersion(version, self.path_of(version)), meta
 
+    def adopt(self, exported: Path) -> ModelVersion:
+        """Publish an already exported (and checked) model file as the next version and point
+        ``LATEST`` at it. ``exported`` must be in this directory (a hard link is made)."""
+        version = self._link_next(exported)
+        self.mark_latest(version)
+        return ModelVersion(version, self.path_of(version))
+
     def mark_latest(self, version: int) -> None:
         """Atomically point ``LATEST`` at an existing version."""
         if not self.path_of(version).exists():
