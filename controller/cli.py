@@ -89,8 +89,8 @@ def model_info(
         raise typer.Exit(code=1)
 
 
-@app.command("run")
-def run(
+@app.command("offline")
+def offline(
     task: Annotated[str, typer.Option(help="Task name (see controller/tasks).")] = (
         "cartpole-swingup"
     ),
@@ -100,7 +100,7 @@ def run(
         Path | None, typer.Option(help="Where to write (default runs/<time>).")
     ] = None,
 ) -> None:
-    """Embedded default (for now): learn a model of a MuJoCo task from random actions.
+    """Learn a model of a MuJoCo task from random actions, offline (no controller).
 
     Collects transitions into the transition store, trains the ensemble, exports it to ONNX and
     checks it through ONNX Runtime on fresh data. The closed MPC loop replaces this later.
@@ -238,6 +238,48 @@ def bridge(
     print(json.dumps(summary))
 
 
+@app.command("learn")
+def learn(
+    store: Annotated[Path, typer.Option(help="Transition store to learn from.")],
+    models: Annotated[Path, typer.Option(help="Model directory to publish into.")],
+    task: Annotated[str, typer.Option(help="Task (for its observation preprocessing).")] = (
+        "cartpole-swingup"
+    ),
+    retrain_every: Annotated[int, typer.Option(help="New transitions per retrain.")] = 200,
+    min_transitions: Annotated[int, typer.Option(help="Transitions before model v1.")] = 200,
+    hidden_units: Annotated[int, typer.Option(help="Units per hidden layer.")] = 200,
+    hidden_layers: Annotated[int, typer.Option(help="Hidden layers per member.")] = 3,
+    members: Annotated[int, typer.Option(help="Ensemble members.")] = 5,
+    max_epochs: Annotated[int, typer.Option(help="Epochs per retrain (early stopping).")] = 200,
+    torch_threads: Annotated[
+        int, typer.Option(help="Torch threads (leave the planner its cores).")
+    ] = 1,
+    metrics: Annotated[Path | None, typer.Option(help="JSON lines, one per retrain.")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C."""
+    from controller.tasks import get_task
+    from models.learner import Learner, LearnerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = LearnerConfig(
+            preprocess=get_task(task).preprocess, members=members, hidden_layers=hidden_layers,
+            hidden_units=hidden_units, min_transitions=min_transitions,
+            retrain_every=retrain_every, max_epochs=max_epochs, torch_threads=torch_threads,
+            seed=seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    learner = Learner(store, models, config, metrics=metrics)
+    signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
+    try:
+        learner.run()
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command("tune")
 def tune(
     changes: Annotated[list[str], typer.Argument(help="NAME=VALUE ..., weight.TERM=VALUE.")],
@@ -285,6 +327,80 @@ def _control_request(endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
         typer.echo(f"error: {reply.get('error')}", err=True)
         raise typer.Exit(code=1)
     return reply
+
+
+@app.command("run")
+def run(
+    task: Annotated[str, typer.Option(help="Task to learn.")] = "cartpole-swingup",
+    episodes: Annotated[int, typer.Option(help="Episodes (the first is random actions).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of resets, planner and training.")] = 0,
+    planner: Annotated[str, typer.Option(help="random, cem, icem or mppi.")] = "cem",
+    horizon: Annotated[int, typer.Option(help="Planning horizon.")] = 25,
+    population: Annotated[int, typer.Option(help="Candidates per iteration.")] = 200,
+    iterations: Annotated[int, typer.Option(help="Optimizer iterations per plan.")] = 3,
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="Wall-clock robot (default: lockstep).")
+    ] = False,
+    hidden_units: Annotated[int, typer.Option(help="Model units per hidden layer.")] = 200,
+    episode_steps: Annotated[int, typer.Option(help="Truncate episodes (0: task's).")] = 0,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<time>).")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+) -> None:
+    """The embedded default: a simulated robot, the MPC service and the learner, learning from
+    scratch. Prints a line per episode and a summary; writes everything to the run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from controller.closed_loop import ClosedLoop, RunConfig, plot_learning_curve, run_closed_loop
+
+    first = 0
+    try:
+        if resume is not None:
+            config, first = ClosedLoop.resume(resume)
+            config = RunConfig(**{**config.__dict__, "episodes": max(config.episodes, episodes)})
+            run_dir = resume
+        else:
+            config = RunConfig(
+                task=task, episodes=episodes, seed=seed, planner=planner, horizon=horizon,
+                population=population, iterations=iterations, realtime=realtime,
+                hidden_units=hidden_units, episode_steps=episode_steps,
+            )  # fmt: skip
+            run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    except (ValueError, OSError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    console.print(f"run directory: {run_dir}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"))  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("episodes", total=config.episodes, completed=first, info="")
+
+        def show(line: dict[str, Any]) -> None:
+            progress.update(bar, advance=1, info=(
+                f"return {line['return']:.1f}  {line['ticks_per_s']:.0f} ticks/s  plan p99 "
+                f"{line['plan_ms_p99']} ms  model v{line['model_version']}  "
+                f"misses {line['deadline_misses']}"))  # fmt: skip
+
+        try:
+            lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show)
+        except KeyboardInterrupt:
+            console.print("stopped; resume with --resume " + str(run_dir))
+            raise typer.Exit(code=130) from None
+        except (RuntimeError, TimeoutError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from exc
+    table = Table(title=f"{config.task}: {len(lines)} episodes")
+    for name in ("episode", "return", "ticks_per_s", "plan_ms_p99", "deadline_misses",
+                 "model_version"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for line in lines:
+        table.add_row(*(str(round(line[k], 1) if isinstance(line[k], float) else line[k])
+                        for k in ("episode", "return", "ticks_per_s", "plan_ms_p99",
+                                  "deadline_misses", "model_version")))  # fmt: skip
+    console.print(table)
+    console.print(f"processes exited: {codes}")
+    console.print(f"learning curve: {plot_learning_curve(run_dir, config.task)}")
 
 
 def main() -> None:

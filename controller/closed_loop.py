@@ -1,0 +1,254 @@
+"""``tickmpc run``: the embedded default. A simulated robot, the MPC service and the learner on
+this machine, learning a task from scratch.
+
+The service (``tickmpc serve``) and the learner (``tickmpc learn``) run as their own processes
+on ipc:// sockets inside the run directory; the bridge runs here, one episode at a time, so the
+progress is known per episode. Until the learner's first model the service acts randomly within
+the bounds (PETS-style random first episode). In lockstep mode (the default, reproducible) each
+episode waits for the retrain on everything stored so far and for the service to serve its
+result; with ``--realtime`` the robot runs on the wall clock and models swap in whenever ready.
+
+Run directory: ``config.toml``, ``store/`` (transitions), ``models/`` (every version, its
+weights, ``rejected/``), ``metrics/episodes.jsonl``, ``metrics/ticks.jsonl`` (telemetry),
+``metrics/learner.jsonl``, ``logs/``, ``learning_curve.png``. ``--resume`` continues a run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import zmq
+
+from controller.service.control import request
+from controller.tasks import get_task
+from models.registry import ModelDirectory
+from models.store import TransitionReader
+from sim_bridge.hardware import BridgeSettings
+from sim_bridge.mujoco_bridge import MujocoBridge
+
+PETS_REFERENCE = {"cartpole-swingup": 170.0}
+"""Return lines drawn on the learning curve (the issue's target for the PETS cartpole)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One closed-loop run; saved verbatim as the run's config.toml."""
+
+    task: str = "cartpole-swingup"
+    episodes: int = 10
+    seed: int = 0
+    planner: str = "cem"
+    horizon: int = 25
+    population: int = 200
+    iterations: int = 3
+    realtime: bool = False
+    hidden_units: int = 200
+    hidden_layers: int = 3
+    members: int = 5
+    max_epochs: int = 200
+    episode_steps: int = 0
+    """Truncate episodes here (0: the task's own length)."""
+    model_timeout_s: float = 600.0
+    """Lockstep: how long to wait for the retrain after an episode."""
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        if self.episodes < 1 or self.episode_steps < 0:
+            raise ValueError("episodes must be >= 1 and episode_steps >= 0")
+
+    @property
+    def steps(self) -> int:
+        return self.episode_steps or get_task(self.task).episode_steps
+
+
+class ClosedLoop:
+    """Starts, drives and stops the three parts of a run in ``run_dir``."""
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        self.config, self.dir = config, run_dir
+        for sub in ("metrics", "logs", "models"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.toml").exists():
+            (run_dir / "config.toml").write_text(tomli_w.dumps({"run": asdict(config)}))
+        where = run_dir.resolve()
+        self.endpoints = {k: f"ipc://{where}/{k}.sock" for k in ("robots", "control", "telemetry")}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop_event = threading.Event()
+        self._telemetry: threading.Thread | None = None
+
+    @staticmethod
+    def resume(run_dir: Path) -> tuple[RunConfig, int]:
+        """The config of an existing run and how many episodes it completed."""
+        saved = tomllib.loads((run_dir / "config.toml").read_text())["run"]
+        known = {f.name for f in fields(RunConfig)}
+        config = RunConfig(**{k: v for k, v in saved.items() if k in known})
+        episodes = run_dir / "metrics" / "episodes.jsonl"
+        done = len(episodes.read_text().splitlines()) if episodes.exists() else 0
+        return config, done
+
+    def start(self) -> None:
+        c, py = self.config, [sys.executable, "-m", "controller.cli"]
+        serve = [*py, "serve", "--task", c.task, "--models", str(self.dir / "models"),
+                 "--store", str(self.dir / "store"), "--endpoint", self.endpoints["robots"],
+                 "--control", self.endpoints["control"],
+                 "--telemetry", self.endpoints["telemetry"]]  # fmt: skip
+        for name in ("planner", "horizon", "population", "iterations", "seed"):
+            serve += ["--set", f"{name}={json.dumps(getattr(c, name))}"]
+        learn = [*py, "learn", "--task", c.task, "--store", str(self.dir / "store"),
+                 "--models", str(self.dir / "models"), "--retrain-every", str(c.steps),
+                 "--min-transitions", str(c.steps), "--hidden-units", str(c.hidden_units),
+                 "--hidden-layers", str(c.hidden_layers), "--members", str(c.members),
+                 "--max-epochs", str(c.max_epochs), "--seed", str(c.seed),
+                 "--metrics", str(self.dir / "metrics" / "learner.jsonl")]  # fmt: skip
+        for name, cmd in (("serve", serve), ("learn", learn)):
+            log = open(self.dir / "logs" / f"{name}.log", "ab")  # the child writes it
+            self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=log)
+        request(self.endpoints["control"], {"cmd": "get"}, timeout_s=120.0)  # the service is up
+        self._telemetry = threading.Thread(target=self._record_telemetry, daemon=True)
+        self._telemetry.start()
+
+    def episode(self, index: int) -> dict[str, Any]:
+        """Run episode ``index`` (0-based) and return its metrics line."""
+        c = self.config
+        settings = BridgeSettings(episode_steps=c.episode_steps or None, connect_timeout_s=60.0)
+        bridge = MujocoBridge(c.task, "sim-0", seed=c.seed + 1000 * index, settings=settings)
+        started = time.perf_counter()
+        try:
+            stats = bridge.run(self.endpoints["robots"], mode="realtime" if c.realtime else
+                               "lockstep", episodes=1)  # fmt: skip
+        finally:
+            bridge.close()
+        wall = time.perf_counter() - started
+        self._check_alive()
+        robot = request(self.endpoints["control"], {"cmd": "status"})["robots"].get("sim-0", {})
+        line = {
+            "episode": index + 1, "return": stats.returns[0] if stats.returns else None,
+            "steps": stats.ticks - 1, "ticks_per_s": round(stats.ticks / wall, 1),
+            "plan_ms_p99": robot.get("plan_ms_p99"),
+            "deadline_misses": robot.get("deadline_misses"),
+            "safe_actions": stats.safe_actions, "model_version": robot.get("model_version", 0),
+            "wall_time": time.time(), "seconds": round(wall, 2),
+        }  # fmt: skip
+        with open(self.dir / "metrics" / "episodes.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return line
+
+    def wait_for_model(self) -> int:
+        """Lockstep: wait until the learner has trained on everything stored and the service
+        serves the result; returns the served version."""
+        deadline = time.monotonic() + self.config.model_timeout_s
+        metrics = self.dir / "metrics" / "learner.jsonl"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            rows = len(TransitionReader(self.dir / "store")) if (self.dir / "store").exists() else 0
+            trained = (
+                [json.loads(x) for x in metrics.read_text().splitlines()]
+                if metrics.exists()
+                else []
+            )
+            if trained and trained[-1]["rows"] >= rows:
+                latest = ModelDirectory(self.dir / "models").latest()
+                want = latest.version if latest else 0
+                served = request(self.endpoints["control"], {"cmd": "status"})["model_version"]
+                if served >= want:
+                    return int(served)
+            time.sleep(0.2)
+        raise TimeoutError(f"no retrain within {self.config.model_timeout_s} s")
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the processes (SIGTERM, then SIGKILL after 20 s); returns their exit codes."""
+        self.stop_event.set()
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, proc in self.processes.items():
+            try:
+                codes[name] = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        if self._telemetry is not None:
+            self._telemetry.join(timeout=5)
+        return codes
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {name} process exited ({proc.returncode}); see "
+                                   f"{self.dir / 'logs' / (name + '.log')}")  # fmt: skip
+
+    def _record_telemetry(self) -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        with context.socket(zmq.SUB) as sub, open(self.dir / "metrics" / "ticks.jsonl", "a") as out:
+            sub.setsockopt(zmq.SUBSCRIBE, b"tick")
+            sub.connect(self.endpoints["telemetry"])
+            while not self.stop_event.is_set():
+                if sub.poll(200):
+                    out.write(sub.recv_multipart()[1].decode() + "\n")
+
+
+def plot_learning_curve(run_dir: Path, task: str) -> Path:
+    """Episode return against episodes and against wall time, as a PNG in ``run_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text().splitlines()
+    ]
+    returns = [x["return"] for x in lines]
+    minutes = [(x["wall_time"] - lines[0]["wall_time"] + lines[0]["seconds"]) / 60 for x in lines]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = ((axes[0], list(range(1, len(lines) + 1)), "episode"), (axes[1], minutes, "minutes"))
+    for ax, xs, label in panels:
+        ax.plot(list(xs), returns, marker="o", label="tickmpc")
+        if task in PETS_REFERENCE:
+            ax.axhline(PETS_REFERENCE[task], color="gray", linestyle="--", label="PETS target")
+        ax.set_xlabel(label)
+        ax.set_ylabel("episode return")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{task}: learning from scratch ({run_dir.name})")
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_closed_loop(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    first_episode: int = 0,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
+    """Run episodes ``first_episode..config.episodes-1``; returns their lines and exit codes."""
+    loop = ClosedLoop(config, run_dir)
+    lines = []
+    codes: dict[str, int | None] = {}
+    try:
+        loop.start()
+        for index in range(first_episode, config.episodes):
+            line = loop.episode(index)
+            if not config.realtime and index + 1 < config.episodes:
+                line["next_model_version"] = loop.wait_for_model()
+            lines.append(line)
+            if on_episode is not None:
+                on_episode(line)
+    finally:
+        codes = loop.stop()
+    return lines, codes
