@@ -121,6 +121,7 @@ class Learner:
         self.model: GaussianEnsemble | None = None
         self.trained_rows = 0
         self.history: list[Retrain] = []
+        self._store_reader: TransitionReader | None = None
         self._resume()
 
     def run(self, max_retrains: int | None = None) -> list[Retrain]:
@@ -136,9 +137,9 @@ class Learner:
 
     def step(self) -> bool:
         """Retrain once if enough new transitions arrived; True if it did."""
-        if not (self.store / "meta.json").exists():
+        reader = self._reader()
+        if reader is None:
             return False
-        reader = TransitionReader(self.store)
         rows = len(reader)
         needed = (
             self.config.retrain_every if self.model is not None else self.config.min_transitions
@@ -150,8 +151,21 @@ class Learner:
 
     def retrain_now(self) -> Retrain:
         """Retrain on everything in the store now, whatever arrived since the last time."""
-        reader = TransitionReader(self.store)
+        reader = self._reader()
+        if reader is None:
+            raise FileNotFoundError(f"no transition store at {self.store}")
         return self.retrain(reader.read(0, len(reader)))
+
+    def _reader(self) -> TransitionReader | None:
+        """The store's reader, opened once and then refreshed: a new reader would re-validate
+        every row on each poll, a refresh only the rows flushed since."""
+        if self._store_reader is None:
+            if not (self.store / "meta.json").exists():
+                return None
+            self._store_reader = TransitionReader(self.store)
+        else:
+            self._store_reader.refresh()
+        return self._store_reader
 
     def retrain(self, data: Transitions) -> Retrain:
         c = self.config
