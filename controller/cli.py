@@ -255,24 +255,34 @@ def learn(
         int, typer.Option(help="Torch threads (leave the planner its cores).")
     ] = 1,
     metrics: Annotated[Path | None, typer.Option(help="JSON lines, one per retrain.")] = None,
+    announce: Annotated[
+        str | None, typer.Option(help="A service's control socket to tell of each new version.")
+    ] = None,
+    episode_end: Annotated[bool, typer.Option(help="Also retrain at each episode end.")] = True,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
 ) -> None:
     """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C."""
     from controller.tasks import get_task
-    from models.learner import Learner, LearnerConfig
+    from models.learner import Learner, LearnerConfig, ModelVersion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = LearnerConfig(
             preprocess=get_task(task).preprocess, members=members, hidden_layers=hidden_layers,
             hidden_units=hidden_units, min_transitions=min_transitions,
-            retrain_every=retrain_every, max_epochs=max_epochs, torch_threads=torch_threads,
-            seed=seed,
+            retrain_every=retrain_every, retrain_at_episode_end=episode_end, max_epochs=max_epochs,
+            torch_threads=torch_threads, seed=seed,
         )  # fmt: skip
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    learner = Learner(store, models, config, metrics=metrics)
+    from controller.service.control import request
+
+    def tell_service(version: ModelVersion) -> None:
+        request(str(announce), {"cmd": "model"}, timeout_s=2.0)
+
+    learner = Learner(store, models, config, metrics=metrics,
+                      on_publish=tell_service if announce else None)  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
     try:
         learner.run()

@@ -37,6 +37,8 @@ from models.store import TransitionReader
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
 
+FIRST_MODEL_ROWS = 200
+ROBOT = "sim-0"
 PETS_REFERENCE = {"cartpole-swingup": 170.0}
 """Return lines drawn on the learning curve (the issue's target for the PETS cartpole)."""
 
@@ -71,6 +73,12 @@ class RunConfig:
     def steps(self) -> int:
         return self.episode_steps or get_task(self.task).episode_steps
 
+    @property
+    def first_model_rows(self) -> int:
+        """Random transitions before the first model: one episode, at most FIRST_MODEL_ROWS
+        (episodes that end early, as InvertedPendulum's do, add up to it)."""
+        return min(self.steps, FIRST_MODEL_ROWS)
+
 
 class ClosedLoop:
     """Starts, drives and stops the three parts of a run in ``run_dir``."""
@@ -85,6 +93,8 @@ class ClosedLoop:
         self.endpoints = {k: f"ipc://{where}/{k}.sock" for k in ("robots", "control", "telemetry")}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_event = threading.Event()
+        self._misses = 0
+        """The robot's deadline misses so far (the service counts them cumulatively)."""
         self._telemetry: threading.Thread | None = None
 
     @staticmethod
@@ -107,7 +117,8 @@ class ClosedLoop:
             serve += ["--set", f"{name}={json.dumps(getattr(c, name))}"]
         learn = [*py, "learn", "--task", c.task, "--store", str(self.dir / "store"),
                  "--models", str(self.dir / "models"), "--retrain-every", str(c.steps),
-                 "--min-transitions", str(c.steps), "--hidden-units", str(c.hidden_units),
+                 "--min-transitions", str(c.first_model_rows),
+                 "--announce", self.endpoints["control"], "--hidden-units", str(c.hidden_units),
                  "--hidden-layers", str(c.hidden_layers), "--members", str(c.members),
                  "--max-epochs", str(c.max_epochs), "--seed", str(c.seed),
                  "--metrics", str(self.dir / "metrics" / "learner.jsonl")]  # fmt: skip
@@ -122,27 +133,48 @@ class ClosedLoop:
         """Run episode ``index`` (0-based) and return its metrics line."""
         c = self.config
         settings = BridgeSettings(episode_steps=c.episode_steps or None, connect_timeout_s=60.0)
-        bridge = MujocoBridge(c.task, "sim-0", seed=c.seed + 1000 * index, settings=settings)
+        bridge = MujocoBridge(c.task, ROBOT, seed=c.seed + 1000 * index, settings=settings)
+        before = self._robot().get("episodes", 0)
+        watch = threading.Thread(target=self._watch_children, args=(bridge.stop_event,),
+                                 daemon=True)  # fmt: skip
         started = time.perf_counter()
         try:
+            watch.start()
             stats = bridge.run(self.endpoints["robots"], mode="realtime" if c.realtime else
                                "lockstep", episodes=1)  # fmt: skip
         finally:
+            bridge.stop_event.set()  # also ends the watch thread
             bridge.close()
         wall = time.perf_counter() - started
         self._check_alive()
-        robot = request(self.endpoints["control"], {"cmd": "status"})["robots"].get("sim-0", {})
+        robot = self._robot()
+        deadline = time.monotonic() + 10.0
+        while robot.get("episodes", 0) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)  # the service has not read the episode's end yet (it flushes then)
+            robot = self._robot()
+        misses = robot.get("deadline_misses", self._misses)
         line = {
             "episode": index + 1, "return": stats.returns[0] if stats.returns else None,
             "steps": stats.ticks - 1, "ticks_per_s": round(stats.ticks / wall, 1),
             "plan_ms_p99": robot.get("plan_ms_p99"),
-            "deadline_misses": robot.get("deadline_misses"),
+            "deadline_misses": misses - self._misses,
             "safe_actions": stats.safe_actions, "model_version": robot.get("model_version", 0),
             "wall_time": time.time(), "seconds": round(wall, 2),
         }  # fmt: skip
+        self._misses = misses
         with open(self.dir / "metrics" / "episodes.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         return line
+
+    def _robot(self) -> dict[str, Any]:
+        robots = request(self.endpoints["control"], {"cmd": "status"})["robots"]
+        return dict(robots.get(ROBOT, {}))
+
+    def _watch_children(self, stop: threading.Event) -> None:
+        """Ends the episode early (``stop``) if the service or the learner dies in it."""
+        while not stop.wait(0.5):
+            if any(proc.poll() is not None for proc in self.processes.values()):
+                stop.set()
 
     def wait_for_model(self) -> int:
         """Lockstep: wait until the learner has trained on everything stored and the service
@@ -152,6 +184,11 @@ class ClosedLoop:
         while time.monotonic() < deadline:
             self._check_alive()
             rows = len(TransitionReader(self.dir / "store")) if (self.dir / "store").exists() else 0
+            if (
+                rows < self.config.first_model_rows
+                and ModelDirectory(self.dir / "models").latest() is None
+            ):
+                return 0  # still collecting random transitions for the first model
             trained = (
                 [json.loads(x) for x in metrics.read_text().splitlines()]
                 if metrics.exists()

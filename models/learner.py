@@ -12,8 +12,10 @@ normalization refit, exports the candidate to ONNX and checks it through ONNX Ru
 
 Those newest rows are new to the current model and mostly seen by the candidate, so the gate
 favours the candidate: it is there to catch a diverged or broken training, not to rank close
-models. A passing candidate becomes the next version in the model directory (the controller
-finds it there, also after a restart); a failing one is kept under ``rejected/`` and logged.
+models. A passing candidate becomes the next version in the model directory, and ``on_publish``
+is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
+loads the version at once; the service also finds it there on its own, after a restart too); a
+failing one is kept under ``rejected/`` and logged.
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
 warm-starts from the newest one. The store is the single source of real data; model-generated
 rollouts (MBPO) can be added as another consumer of the current model.
@@ -27,7 +29,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,10 @@ class LearnerConfig:
     """Transitions before the first model (until then the controller acts randomly)."""
     retrain_every: int = 200
     """New transitions that trigger a retrain (one cartpole episode by default)."""
+    retrain_at_episode_end: bool = True
+    """Also retrain when a stored episode ended (terminated or truncated) since the last
+    retrain, however few rows it added: tasks whose episodes end early (InvertedPendulum) get a
+    model after every episode, as PETS trains after every trial."""
     max_epochs: int = 200
     """Epochs per retrain (holdout early stopping usually ends it sooner). With a few hundred
     rows an epoch is two or three gradient steps: 15 epochs on 400 cartpole rows left a model
@@ -80,6 +86,9 @@ class LearnerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.retrain_at_episode_end, bool):
+            raise ValueError(f"retrain_at_episode_end must be true or false, "
+                             f"got {self.retrain_at_episode_end!r}")  # fmt: skip
         if not (self.max_seconds > 0 and self.gate_margin >= 0 and self.poll_s > 0):
             raise ValueError("max_seconds and poll_s must be > 0, gate_margin >= 0")
 
@@ -114,8 +123,10 @@ class Learner:
         config: LearnerConfig,
         *,
         metrics: Path | None = None,
+        on_publish: Callable[[ModelVersion], None] | None = None,
     ) -> None:
         self.store, self.config, self.metrics = Path(store), config, metrics
+        self.on_publish = on_publish
         self.directory = ModelDirectory(models)
         self.stop_event = threading.Event()
         self.model: GaussianEnsemble | None = None
@@ -141,13 +152,21 @@ class Learner:
         if reader is None:
             return False
         rows = len(reader)
-        needed = (
-            self.config.retrain_every if self.model is not None else self.config.min_transitions
-        )
-        if rows - self.trained_rows < needed:
+        if not self._due(reader, rows):
             return False
         self.retrain(reader.read(0, rows))
         return True
+
+    def _due(self, reader: TransitionReader, rows: int) -> bool:
+        new = rows - self.trained_rows
+        if self.model is None:  # after a rejected first candidate, wait for as many again
+            return new >= self.config.min_transitions
+        if new >= self.config.retrain_every:
+            return True
+        if not self.config.retrain_at_episode_end or new <= 0:
+            return False
+        fresh = reader.read(self.trained_rows, rows)
+        return bool(fresh.terminated.any() or fresh.truncated.any())
 
     def retrain_now(self) -> Retrain:
         """Retrain on everything in the store now, whatever arrived since the last time."""
@@ -192,6 +211,11 @@ class Learner:
             published = self.directory.adopt(candidate)
             torch.save(model.state_dict(), published.path.with_suffix(".pt"))
             self.model, version = model, published.version
+            if self.on_publish is not None:
+                try:
+                    self.on_publish(published)
+                except Exception as exc:  # an absent controller finds the version on its own
+                    log.warning("announcing v%d failed: %s", published.version, exc)
         else:
             rejected = self.directory.root / "rejected"
             rejected.mkdir(exist_ok=True)

@@ -1,6 +1,8 @@
 """Follows a model directory and loads each new version off the hot path.
 
-A background thread polls ``LATEST``; a newer version is read, verified, composed into rollout
+A background thread polls ``LATEST`` every ``poll_s`` and at once when the learner announces a
+version (``{"cmd": "model"}`` on the control socket calls :meth:`ModelWatcher.poke`); a newer
+version is read, verified, composed into rollout
 graphs, loaded into ONNX Runtime and run once on a dummy batch, all in that thread. The service
 then takes the ready evaluator between ticks (a pointer swap). A version that fails to load is
 logged, remembered and skipped; the previous model keeps serving.
@@ -36,6 +38,7 @@ class ModelWatcher:
         self._ready: tuple[int, RolloutEvaluator] | None = None
         self._seen = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="model-watch", daemon=True)
 
     def start(self) -> None:
@@ -43,11 +46,16 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
 
     def load_now(self) -> None:
         """Look once, in the caller's thread (used at start-up so the first tick has a model)."""
         self._check()
+
+    def poke(self) -> None:
+        """Look now rather than at the next poll (a new version was announced)."""
+        self._wake.set()
 
     def take(self) -> tuple[int, RolloutEvaluator] | None:
         """The newest loaded (version, evaluator) not taken yet, or None."""
@@ -56,8 +64,11 @@ class ModelWatcher:
         return ready
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self._check()
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._check()
 
     def _check(self) -> None:
         latest = self.directory.latest()

@@ -33,6 +33,8 @@ from sim_bridge import protocol as p
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.2
 MAX_DRAIN = 1000
+COMMANDS = ("get", "set", "status", "model")
+"""Control requests; "model" is the learner announcing a new version (see docs/protocol.md)."""
 """Messages read per pass before planning, so a flood cannot starve the robots."""
 
 
@@ -375,8 +377,12 @@ class MPCService:
             self.control.send_multipart([*route, json.dumps(reply).encode()])
 
     def _control(self, request: Any) -> dict[str, Any]:
-        if not isinstance(request, dict) or request.get("cmd") not in ("get", "set", "status"):
-            raise ValueError('a request is {"cmd": "get" | "set" | "status", ...}')
+        if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
+            raise ValueError('a request is {"cmd": "get" | "set" | "status" | "model", ...}')
+        if request["cmd"] == "model":  # the learner announces a new version
+            if self.watcher is not None:
+                self.watcher.poke()
+            return {"ok": True, "model_version": self.model_version}
         if request["cmd"] == "set":
             changes = request.get("changes")
             if not isinstance(changes, dict) or not changes:

@@ -1,0 +1,140 @@
+"""Learning from scratch through the real closed loop (``tickmpc run``), several seeds per task.
+
+Each run is what ``tickmpc run`` does: the MuJoCo bridge, ``tickmpc serve`` and ``tickmpc learn``
+as processes on ipc:// sockets, the first episode random, a retrain after every episode. Per task
+variant it prints a row per seed and a summary:
+
+- cartpole (lockstep) and cartpole-realtime (the bridge on the wall clock at 25 Hz, the learner
+  training in the background, models swapped in whenever they pass the gate): the episode at
+  which the return first reaches 170 (PETS's level; the maximum is about 200) and the final
+  return. Target: within 10 episodes in at least 4 of 5 seeds, and in realtime with at most 1%
+  deadline misses.
+- inverted-pendulum and reacher: the best return within 10 and within 30 episodes.
+
+Plan times come from the service's telemetry (``metrics/ticks.jsonl``): p99 over planned ticks,
+the miss fraction, and the plan time of the first tick on each new model version (a swap costs
+no tick if those look like the rest). Run directories are kept under ``--out``.
+
+    python benchmarks/learning_curve.py [--quick] [--variants cartpole,reacher] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.closed_loop import RunConfig, run_closed_loop
+
+THRESHOLD = 170.0
+VARIANTS: dict[str, RunConfig] = {
+    "cartpole": RunConfig(task="cartpole-swingup", episodes=10),
+    "cartpole-realtime": RunConfig(task="cartpole-swingup", episodes=10, realtime=True),
+    # 1000-step episodes once it balances: a cheaper plan keeps 30 episodes within minutes.
+    "inverted-pendulum": RunConfig(
+        task="inverted-pendulum", episodes=30, horizon=15, population=100
+    ),
+    "reacher": RunConfig(task="reacher", episodes=30),
+}
+CHECKPOINTS = (10, 30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one cartpole seed, 3 episodes")
+    parser.add_argument("--variants", default="cartpole,cartpole-realtime,inverted-pendulum,"
+                        "reacher", help="comma-separated: " + ", ".join(VARIANTS))  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=0, help="override (0: the variant's)")
+    parser.add_argument("--out", type=Path, default=None, help="run directories go here")
+    args = parser.parse_args()
+    names = ["cartpole"] if args.quick else args.variants.split(",")
+    seeds = 1 if args.quick else args.seeds
+    episodes = 3 if args.quick else args.episodes
+    out = args.out or Path("runs") / time.strftime("bench-learning-%Y%m%d-%H%M%S")
+    figures: dict[str, Any] = {}
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        runs = []
+        for seed in range(seeds):
+            config = replace(VARIANTS[name], seed=seed)
+            if episodes:
+                config = replace(config, episodes=episodes)
+            run = measure(config, out / f"{name}-seed{seed}")
+            runs.append(run)
+            print(f"{name} seed {seed}: " + "  ".join(f"{k} {v}" for k, v in row(run).items()),
+                  flush=True)  # fmt: skip
+        figures[name] = summarize(name, runs)
+        print(f"{name}: " + json.dumps(figures[name]), flush=True)
+    print(json.dumps({"benchmark": "learning_curve", "quick": args.quick, "out": str(out),
+                      "variants": figures}))  # fmt: skip
+
+
+def measure(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    lines, codes = run_closed_loop(config, run_dir)
+    wall = time.perf_counter() - started
+    returns = [float(x["return"]) for x in lines]
+    ticks = [json.loads(x) for x in (run_dir / "metrics" / "ticks.jsonl").read_text().splitlines()]
+    planned = [t for t in ticks if t["planner"] != "explore"]
+    plan_ms = np.array([t["plan_ms"] for t in planned]) if planned else np.zeros(1)
+    swaps = [b["plan_ms"] for a, b in itertools.pairwise(planned)
+             if b["model_version"] != a["model_version"]]  # fmt: skip
+    reached = next((i + 1 for i, r in enumerate(returns) if r >= THRESHOLD), None)
+    return {
+        "seed": config.seed,
+        "returns": [round(r, 1) for r in returns],
+        "episodes_to_170": reached,
+        "final_return": round(returns[-1], 1),
+        "best_at": {str(k): round(max(returns[:k]), 1) for k in CHECKPOINTS if len(returns) >= k},
+        "plan_ms_p50": round(float(np.percentile(plan_ms, 50)), 1),
+        "plan_ms_p99": round(float(np.percentile(plan_ms, 99)), 1),
+        "planned_ticks": len(planned),
+        "deadline_misses": sum(bool(t["deadline_miss"]) for t in planned),
+        "safe_actions": sum(int(x["safe_actions"]) for x in lines),
+        "swap_plan_ms_max": round(max(swaps), 1) if swaps else None,
+        "swaps": len(swaps),
+        "exit_codes": codes,
+        "minutes": round(wall / 60, 2),
+    }
+
+
+def row(run: dict[str, Any]) -> dict[str, Any]:
+    keys = ("episodes_to_170", "final_return", "best_at", "plan_ms_p99", "deadline_misses",
+            "planned_ticks", "swap_plan_ms_max", "minutes", "returns")  # fmt: skip
+    return {k: run[k] for k in keys}
+
+
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ticks = sum(r["planned_ticks"] for r in runs)
+    misses = sum(r["deadline_misses"] for r in runs)
+    summary: dict[str, Any] = {
+        "seeds": len(runs),
+        "final_return_mean": round(float(np.mean([r["final_return"] for r in runs])), 1),
+        "plan_ms_p99_max": max(r["plan_ms_p99"] for r in runs),
+        "miss_fraction": round(misses / ticks, 4) if ticks else None,
+        "swap_plan_ms_max": max((r["swap_plan_ms_max"] or 0.0) for r in runs),
+        "minutes": round(sum(r["minutes"] for r in runs), 1),
+        "runs": runs,
+    }
+    if name.startswith("cartpole"):
+        hits = [r["episodes_to_170"] for r in runs]
+        summary["episodes_to_170"] = hits
+        summary["seeds_reaching_170_in_10"] = sum(h is not None and h <= 10 for h in hits)
+    else:
+        for k in CHECKPOINTS:
+            best = [r["best_at"][str(k)] for r in runs if str(k) in r["best_at"]]
+            if best:
+                summary[f"best_in_{k}_mean"] = round(float(np.mean(best)), 1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
