@@ -125,7 +125,15 @@ class ClosedLoop:
         for name, cmd in (("serve", serve), ("learn", learn)):
             log = open(self.dir / "logs" / f"{name}.log", "ab")  # the child writes it
             self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=log)
-        request(self.endpoints["control"], {"cmd": "get"}, timeout_s=120.0)  # the service is up
+        deadline = time.monotonic() + 120.0
+        while True:  # until the service answers (or dies, or does not come up)
+            try:
+                request(self.endpoints["control"], {"cmd": "get"}, timeout_s=1.0)
+                break
+            except TimeoutError:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise
         self._telemetry = threading.Thread(target=self._record_telemetry, daemon=True)
         self._telemetry.start()
 
@@ -167,8 +175,15 @@ class ClosedLoop:
         return line
 
     def _robot(self) -> dict[str, Any]:
-        robots = request(self.endpoints["control"], {"cmd": "status"})["robots"]
-        return dict(robots.get(ROBOT, {}))
+        return dict(self._status()["robots"].get(ROBOT, {}))
+
+    def _status(self) -> dict[str, Any]:
+        """The service's status; a service that died meanwhile is reported as such."""
+        try:
+            return request(self.endpoints["control"], {"cmd": "status"})
+        except TimeoutError:
+            self._check_alive()
+            raise
 
     def _watch_children(self, stop: threading.Event) -> None:
         """Ends the episode early (``stop``) if the service or the learner dies in it."""
@@ -197,7 +212,7 @@ class ClosedLoop:
             if trained and trained[-1]["rows"] >= rows:
                 latest = ModelDirectory(self.dir / "models").latest()
                 want = latest.version if latest else 0
-                served = request(self.endpoints["control"], {"cmd": "status"})["model_version"]
+                served = self._status()["model_version"]
                 if served >= want:
                     return int(served)
             time.sleep(0.2)

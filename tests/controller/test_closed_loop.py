@@ -3,15 +3,26 @@ and learner as subprocesses, the MuJoCo bridge in the CLI), learns, swaps models
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
+
+from controller.tasks import get_task
 from models.registry import ModelDirectory
+from models.runtime import OnnxEnsemble
 from models.store import TransitionReader
 
 EPISODES, STEPS = 4, 80
+MARGIN = 5.0
 
 
 def test_tickmpc_run_learns_swaps_models_records_and_stops_cleanly(tmp_path: Path) -> None:
@@ -42,6 +53,149 @@ def test_tickmpc_run_learns_swaps_models_records_and_stops_cleanly(tmp_path: Pat
     ]
     assert {t["model_version"] for t in ticks} >= {0, 1}
     assert all(e["return"] is not None and e["steps"] == STEPS for e in episodes)
-    # Not yet asserted: that the last episode beats random actions. At this smoke-test scale
-    # (80-step episodes, 64 units, 3 retrains) planned returns measured 0.5-33 against a random
-    # 0.5, not reliably better; issue 5 continues there.
+    # The last episode, planned through the learned model, beats random actions from the same
+    # initial state by MARGIN (see its note for the measured figures).
+    baseline = _random_return(seed=1000 * (EPISODES - 1), steps=STEPS)
+    assert episodes[-1]["return"] > baseline + MARGIN, (episodes, baseline)
+
+
+def _random_return(seed: int, steps: int) -> float:
+    """Return of uniform random actions from the reset the run's episode used (same seed)."""
+    env = gym.make(get_task("cartpole-swingup").env_id)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(steps):
+        total += float(env.step(rng.uniform(-1.0, 1.0, size=1))[1])
+    env.close()
+    return total
+
+
+TINY = ["--hidden-units", "32", "--population", "50", "--iterations", "1", "--horizon", "10",
+        "--episode-steps", "60"]  # fmt: skip
+
+
+def _start_run(run_dir: Path, *args: str) -> subprocess.Popen[str]:
+    """`tickmpc run` in its own process group, as a terminal would start it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "run", *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
+    end = time.monotonic() + 120
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"run exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stdout.read() if proc.stdout else ''}")  # fmt: skip
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _rows(run_dir: Path) -> int:
+    return (
+        len(TransitionReader(run_dir / "store"))
+        if (run_dir / "store" / "meta.json").exists()
+        else 0
+    )
+
+
+def _episodes_done(run_dir: Path) -> int:
+    path = run_dir / "metrics" / "episodes.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _models(run_dir: Path) -> dict[int, str]:
+    directory = ModelDirectory(run_dir / "models")
+    return {v: hashlib.sha256(directory.path_of(v).read_bytes()).hexdigest()
+            for v in directory.versions()}  # fmt: skip
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not _group_gone(pgid):
+        assert time.monotonic() < end, "processes of the run are still alive"
+        time.sleep(0.1)
+
+
+def test_resume_after_kill_9_of_the_whole_group_loses_no_flushed_transition_or_model(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start_run(run_dir, "--episodes", "4", "--run-dir", str(run_dir), *TINY)
+    # Mid-episode 3: models exist and part of the episode is stored.
+    _wait_until(lambda: _episodes_done(run_dir) >= 2 and _rows(run_dir) > 130, proc, "episode 3")
+    os.killpg(proc.pid, signal.SIGKILL)  # the controller, the learner and the CLI at once
+    proc.wait()
+    _wait_group_gone(proc.pid)
+    before = TransitionReader(run_dir / "store").read_all()
+    models = _models(run_dir)
+    assert len(before) > 130 and max(models) >= 2
+
+    resumed = _start_run(run_dir, "--resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    after = TransitionReader(run_dir / "store").read_all()
+    assert len(after) >= len(before) + 60  # at least the rerun episode 3 and episode 4
+    np.testing.assert_array_equal(after.obs[: len(before)], before.obs)
+    np.testing.assert_array_equal(after.act[: len(before)], before.act)
+    kept = _models(run_dir)
+    assert all(kept[v] == digest for v, digest in models.items())  # every version, unchanged
+    assert max(kept) > max(models)  # and the learner went on from them
+    lines = [json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text().split()]
+    assert [x["episode"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_stops_every_process_and_a_dead_service_ends_the_run_with_an_error(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start_run(run_dir, "--episodes", "6", "--run-dir", str(run_dir), *TINY)
+    _wait_until(lambda: _rows(run_dir) > 90, proc, "episode 2")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "resume with --resume" in out
+    _wait_group_gone(proc.pid)
+    # The run directory is consistent: every part reads back whole.
+    assert TransitionReader(run_dir / "store").read_all().obs.shape[1] == 4
+    for line in (run_dir / "metrics" / "episodes.jsonl").read_text().splitlines():
+        json.loads(line)
+    for version in ModelDirectory(run_dir / "models").versions():
+        OnnxEnsemble(ModelDirectory(run_dir / "models").path_of(version))
+    assert "[run]" in (run_dir / "config.toml").read_text()
+
+    # Resumed, then the service alone is killed: the run stops with an error naming it, and
+    # stops the learner too.
+    resumed = _start_run(run_dir, "--resume", str(run_dir))
+    rows = _rows(run_dir)
+    _wait_until(lambda: _rows(run_dir) > rows + 30, resumed, "the resumed episode")
+    serve = _child_pid(resumed.pid, "serve")
+    os.kill(serve, signal.SIGKILL)
+    out, _ = resumed.communicate(timeout=60)
+    assert resumed.returncode == 1, out
+    assert "serve process exited" in out
+    _wait_group_gone(resumed.pid)
+
+
+def _child_pid(pgid: int, command: str) -> int:
+    """The pid of the run's `tickmpc <command>` child, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if os.getpgid(int(entry.name)) == pgid and command.encode() in argv[2:4]:
+                return int(entry.name)
+        except (OSError, ProcessLookupError):
+            continue
+    raise AssertionError(f"no {command} process in group {pgid}")

@@ -285,6 +285,22 @@ def test_a_new_model_version_is_swapped_in_between_ticks(tmp_path: Path) -> None
     _stop(running)
 
 
+def test_an_announced_version_is_loaded_without_waiting_for_the_poll(tmp_path: Path) -> None:
+    running = _start(tmp_path, model_poll_s=600.0)  # the poll alone would take ten minutes
+    assert request(running.control, {"cmd": "model"}) == {"ok": True, "model_version": 0}
+    _publish_cartpole(tmp_path / "models", 1)
+    request(running.control, {"cmd": "model"})  # what `tickmpc learn --announce` sends
+    link = BridgeLink(running.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+    version, step, end = 0, 0, time.monotonic() + 30
+    while version != 1 and time.monotonic() < end:
+        _state(link, step, np.zeros(4), 0.0 if step else None)
+        version, step = _reply(link)["model_version"], step + 1
+    assert version == 1
+    link.close()
+    _stop(running)
+
+
 def test_a_silent_robot_is_forgotten_and_must_say_hello_again(tmp_path: Path) -> None:
     running = _start(tmp_path, stale_after_s=0.3)
     link = BridgeLink(running.endpoint, SPEC, "lockstep")

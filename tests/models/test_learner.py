@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.learner import Learner, LearnerConfig
 from models.registry import ModelDirectory
@@ -21,11 +22,14 @@ CONFIG = LearnerConfig(
 )  # fmt: skip
 
 
-def _append(store: Path, steps: int, seed: int) -> None:
+def _append(store: Path, steps: int, seed: int, *, end: bool = False) -> None:
+    """Append ``steps`` random cartpole transitions; ``end``: the last one ends its episode."""
     data = collect_random("tickmpc/CartpoleSwingup-v0", steps, seed=seed)
+    terminated = data.terminated.copy()
+    terminated[-1] |= end
     rows = Transitions(
         obs=data.obs, act=data.act, next_obs=data.next_obs, reward=data.reward,
-        terminated=data.terminated, truncated=data.truncated, episode=data.episode + seed * 100,
+        terminated=terminated, truncated=data.truncated, episode=data.episode + seed * 100,
         step=data.step, wall_time=np.full(len(data), time.time()), robot=np.full(len(data), "r"),
     )  # fmt: skip
     with TransitionWriter(store, 4, 1) as writer:
@@ -71,3 +75,37 @@ def test_a_candidate_worse_than_the_current_model_is_kept_aside_not_published(
     assert not result.accepted and "nmse" in result.reason
     assert ModelDirectory(models).versions() == [1]
     assert len(list((models / "rejected").glob("*.onnx"))) == 1
+
+
+def test_an_episode_end_triggers_a_retrain_before_retrain_every_rows_and_is_announced(
+    tmp_path: Path,
+) -> None:
+    store, models = tmp_path / "store", tmp_path / "models"
+    announced: list[int] = []
+    _append(store, 200, seed=6)
+    learner = Learner(store, models, CONFIG, on_publish=lambda v: announced.append(v.version))
+    assert learner.step() and announced == [1]
+    _append(store, 30, seed=7)  # a running episode: 30 rows of the 200 needed
+    assert not learner.step()
+    _append(store, 12, seed=8, end=True)  # the episode ends (e.g. the pole fell)
+    steps_only = Learner(store, models, LearnerConfig(**{**CONFIG.__dict__,
+                         "retrain_at_episode_end": False}))  # fmt: skip
+    assert not steps_only.step()
+    assert learner.step() and learner.history[-1].rows == 242
+    assert announced == ([1, 2] if learner.history[-1].accepted else [1])
+
+
+def test_a_failing_announcement_does_not_stop_the_learner(tmp_path: Path) -> None:
+    store, models = tmp_path / "store", tmp_path / "models"
+    _append(store, 200, seed=9)
+
+    def unreachable(version: object) -> None:
+        raise TimeoutError("no reply from the control socket")
+
+    learner = Learner(store, models, CONFIG, on_publish=unreachable)
+    assert learner.step() and ModelDirectory(models).versions() == [1]
+
+
+def test_learner_config_refuses_a_non_boolean_episode_end_switch() -> None:
+    with pytest.raises(ValueError, match="retrain_at_episode_end"):
+        LearnerConfig(retrain_at_episode_end="yes")  # type: ignore[arg-type]
