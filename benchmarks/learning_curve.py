@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--variants", default="cartpole,cartpole-realtime,inverted-pendulum,"
                         "reacher", help="comma-separated: " + ", ".join(VARIANTS))  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=0, help="override (0: the variant's)")
     parser.add_argument("--out", type=Path, default=None, help="run directories go here")
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         runs = []
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             config = replace(VARIANTS[name], seed=seed)
             if episodes:
                 config = replace(config, episodes=episodes)

@@ -342,7 +342,10 @@ def _control_request(endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
 @app.command("run")
 def run(
     task: Annotated[str, typer.Option(help="Task to learn.")] = "cartpole-swingup",
-    episodes: Annotated[int, typer.Option(help="Episodes (the first is random actions).")] = 10,
+    episodes: Annotated[
+        int | None,
+        typer.Option(help="Episodes, the first random [default: 10; on --resume: the run's]."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of resets, planner and training.")] = 0,
     planner: Annotated[str, typer.Option(help="random, cem, icem or mppi.")] = "cem",
     horizon: Annotated[int, typer.Option(help="Planning horizon.")] = 25,
@@ -368,11 +371,13 @@ def run(
     try:
         if resume is not None:
             config, first = ClosedLoop.resume(resume)
-            config = RunConfig(**{**config.__dict__, "episodes": max(config.episodes, episodes)})
+            if episodes is not None:  # continue to a new total
+                config = RunConfig(**{**config.__dict__, "episodes": episodes})
             run_dir = resume
         else:
             config = RunConfig(
-                task=task, episodes=episodes, seed=seed, planner=planner, horizon=horizon,
+                task=task, episodes=10 if episodes is None else episodes, seed=seed,
+                planner=planner, horizon=horizon,
                 population=population, iterations=iterations, realtime=realtime,
                 hidden_units=hidden_units, episode_steps=episode_steps,
             )  # fmt: skip

@@ -87,8 +87,9 @@ class ClosedLoop:
         self.config, self.dir = config, run_dir
         for sub in ("metrics", "logs", "models"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.toml").exists():
-            (run_dir / "config.toml").write_text(tomli_w.dumps({"run": asdict(config)}))
+        staged = run_dir / "config.toml.tmp"  # (re)written whole: a resume may change episodes
+        staged.write_text(tomli_w.dumps({"run": asdict(config)}))
+        staged.replace(run_dir / "config.toml")
         where = run_dir.resolve()
         self.endpoints = {k: f"ipc://{where}/{k}.sock" for k in ("robots", "control", "telemetry")}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

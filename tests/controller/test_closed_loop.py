@@ -21,16 +21,19 @@ from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
 from models.store import TransitionReader
 
-EPISODES, STEPS = 4, 80
-MARGIN = 5.0
+EPISODES, STEPS = 4, 200
+MARGIN = 20.0
+"""The default run (CEM H25 N200 x3, 3x200 model) at episode 4 returned 163, 81, 170, 70 and 37
+on seeds 0-4 (benchmarks/learning_curve.py), random actions 0.1-1.4; smaller planners or
+shorter episodes were not reliably better than random by episode 4 (seed 0 of H15 N100 x2 made
+91, seeds 1 and 2 made 0.6 and 15)."""
 
 
 def test_tickmpc_run_learns_swaps_models_records_and_stops_cleanly(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "run", "--episodes", str(EPISODES),
-         "--episode-steps", str(STEPS), "--hidden-units", "64", "--population", "100",
-         "--iterations", "2", "--horizon", "15", "--run-dir", str(run_dir)],
+         "--run-dir", str(run_dir)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
@@ -151,7 +154,9 @@ def test_resume_after_kill_9_of_the_whole_group_loses_no_flushed_transition_or_m
     kept = _models(run_dir)
     assert all(kept[v] == digest for v, digest in models.items())  # every version, unchanged
     assert max(kept) > max(models)  # and the learner went on from them
-    lines = [json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text().split()]
+    lines = [
+        json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text().splitlines()
+    ]
     assert [x["episode"] for x in lines] == [1, 2, 3, 4]
 
 

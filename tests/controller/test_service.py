@@ -63,8 +63,8 @@ def _start(root: Path, live: LiveSettings | None = None, **settings: object) -> 
     service = MPCService(
         ServiceSettings(
             endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
-            models=root / "models", store=root / "store", model_poll_s=0.1,
-            **{"stale_after_s": 60.0, **settings},  # type: ignore[arg-type]
+            models=root / "models", store=root / "store",
+            **{"stale_after_s": 60.0, "model_poll_s": 0.1, **settings},  # type: ignore[arg-type]
         ),
         live or LiveSettings(FAST),
     )  # fmt: skip
