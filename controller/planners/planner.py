@@ -133,6 +133,7 @@ class Planner:
         else:
             actions, predicted_return = previous, math.nan
             self._warm = warm
+            self._cost.skipped()
         actions = np.array(actions, np.float64)
         actions.setflags(write=False)
         self._previous = actions

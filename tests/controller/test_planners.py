@@ -169,6 +169,21 @@ def test_tiny_budget_returns_the_shifted_previous_plan(evaluator: RolloutEvaluat
     assert np.isnan(late.predicted_return) and late.action.shape == (1,)
 
 
+def test_one_slow_iteration_does_not_make_every_later_plan_skip(
+    evaluator: RolloutEvaluator,
+) -> None:
+    planner = Planner(evaluator, PlannerSettings(horizon=12, population=100, iterations=3))
+    obs = np.array([0.0, 1.0, 0.0])
+    planner.warmup(obs)
+    normal = planner.plan(obs, budget_s=None).elapsed_s / 3
+    rows = evaluator.rows(100, 12, planner.settings.rollout)
+    planner._cost.update(rows, 100 * normal)  # an outlier, e.g. the machine was busy
+    budget = 4 * normal
+    plans = [planner.plan(obs, budget_s=budget) for _ in range(12)]
+    assert plans[0].fallback  # the estimate says no iteration fits...
+    assert plans[-1].iterations >= 1 and not plans[-1].fallback  # ...until it is measured again
+
+
 def test_seeded_planners_are_deterministic(evaluator: RolloutEvaluator) -> None:
     obs_seq = [np.array([np.cos(a), np.sin(a), 0.0]) for a in (3.0, 2.5, 2.0)]
 
