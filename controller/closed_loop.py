@@ -61,13 +61,15 @@ class RunConfig:
     max_epochs: int = 200
     episode_steps: int = 0
     """Truncate episodes here (0: the task's own length)."""
+    random_rows: int = 0
+    """Random transitions before the first model (0: one episode, at most FIRST_MODEL_ROWS)."""
     model_timeout_s: float = 600.0
     """Lockstep: how long to wait for the retrain after an episode."""
 
     def __post_init__(self) -> None:
         get_task(self.task)
-        if self.episodes < 1 or self.episode_steps < 0:
-            raise ValueError("episodes must be >= 1 and episode_steps >= 0")
+        if self.episodes < 1 or self.episode_steps < 0 or self.random_rows < 0:
+            raise ValueError("episodes must be >= 1, episode_steps and random_rows >= 0")
 
     @property
     def steps(self) -> int:
@@ -75,9 +77,9 @@ class RunConfig:
 
     @property
     def first_model_rows(self) -> int:
-        """Random transitions before the first model: one episode, at most FIRST_MODEL_ROWS
-        (episodes that end early, as InvertedPendulum's do, add up to it)."""
-        return min(self.steps, FIRST_MODEL_ROWS)
+        """Random transitions before the first model: ``random_rows``, or one episode, at most
+        FIRST_MODEL_ROWS (episodes that end early, as InvertedPendulum's do, add up to it)."""
+        return self.random_rows or min(self.steps, FIRST_MODEL_ROWS)
 
 
 class ClosedLoop:
