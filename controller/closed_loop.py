@@ -33,7 +33,7 @@ import zmq
 from controller.service.control import request
 from controller.tasks import get_task
 from models.registry import ModelDirectory
-from models.store import TransitionReader
+from models.store import TransitionReader, follow
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
 
@@ -99,6 +99,9 @@ class ClosedLoop:
         self._misses = 0
         """The robot's deadline misses so far (the service counts them cumulatively)."""
         self._telemetry: threading.Thread | None = None
+        self.models = ModelDirectory(run_dir / "models")
+        self._store: TransitionReader | None = None
+        """The run's store, followed by one reader (see models.store.follow)."""
 
     @staticmethod
     def resume(run_dir: Path) -> tuple[RunConfig, int]:
@@ -201,11 +204,9 @@ class ClosedLoop:
         metrics = self.dir / "metrics" / "learner.jsonl"
         while time.monotonic() < deadline:
             self._check_alive()
-            rows = len(TransitionReader(self.dir / "store")) if (self.dir / "store").exists() else 0
-            if (
-                rows < self.config.first_model_rows
-                and ModelDirectory(self.dir / "models").latest() is None
-            ):
+            self._store = follow(self.dir / "store", self._store)
+            rows = len(self._store) if self._store is not None else 0
+            if rows < self.config.first_model_rows and self.models.latest() is None:
                 return 0  # still collecting random transitions for the first model
             trained = (
                 [json.loads(x) for x in metrics.read_text().splitlines()]
@@ -213,7 +214,7 @@ class ClosedLoop:
                 else []
             )
             if trained and trained[-1]["rows"] >= rows:
-                latest = ModelDirectory(self.dir / "models").latest()
+                latest = self.models.latest()
                 want = latest.version if latest else 0
                 served = self._status()["model_version"]
                 if served >= want:

@@ -42,7 +42,7 @@ from models.evaluate import one_step_metrics
 from models.export import export_ensemble
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
-from models.store import TransitionReader
+from models.store import TransitionReader, follow
 from models.train import TrainConfig, train_ensemble
 from models.transitions import Transitions
 
@@ -176,14 +176,8 @@ class Learner:
         return self.retrain(reader.read(0, len(reader)))
 
     def _reader(self) -> TransitionReader | None:
-        """The store's reader, opened once and then refreshed: a new reader would re-validate
-        every row on each poll, a refresh only the rows flushed since."""
-        if self._store_reader is None:
-            if not (self.store / "meta.json").exists():
-                return None
-            self._store_reader = TransitionReader(self.store)
-        else:
-            self._store_reader.refresh()
+        """The store's reader, opened once and then refreshed (see models.store.follow)."""
+        self._store_reader = follow(self.store, self._store_reader)
         return self._store_reader
 
     def retrain(self, data: Transitions) -> Retrain:

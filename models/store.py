@@ -527,3 +527,19 @@ class TransitionReader:
     def read_all(self) -> Transitions:
         """Every visible row; memory grows with the store, so prefer iter_chunks for big ones."""
         return self.read(0, len(self))
+
+
+def follow(
+    path: str | os.PathLike[str], reader: TransitionReader | None
+) -> TransitionReader | None:
+    """``reader`` refreshed, or a new reader once the store at ``path`` exists (None before).
+
+    For a process that polls a store another process writes: keep the returned reader and pass
+    it back, so each poll validates only the rows flushed since (a new reader re-validates all).
+    """
+    if reader is not None:
+        reader.refresh()
+        return reader
+    if not (Path(path) / META_FILE).exists():
+        return None
+    return TransitionReader(path)
