@@ -1,9 +1,9 @@
 """Build the rollout graph: a whole horizon of ensemble propagation and task reward in one ONNX run.
 
 The graph is composed by graph surgery from two exported graphs: the dynamics model file (as the
-learner publishes it) and the task's reward graph (:mod:`controller.rollout.reward_graph`). Their
-nodes are copied, with prefixed names, into the body of an ONNX ``Loop`` whose trip count is the
-horizon of the ``actions`` input. So:
+learner publishes it) and the task's reward graph (:mod:`controller.rollout.reward_graph`). The
+model's nodes are copied, with prefixed names, into the body of an ONNX ``Loop`` whose trip count
+is the horizon of the ``actions`` input, and the reward's after it. So:
 
 - the horizon is a run-time property of the input, not of the graph: a live horizon change
   needs no new graph (measured against graphs unrolled per horizon in
@@ -16,17 +16,27 @@ padded to a multiple of E in routed mode), T reward terms.
 
 Inputs (both modes): ``obs [S]`` the current state; ``actions [N, H, A]``; ``particle_candidate
 [M]`` int64, which candidate each particle row follows; ``noise [H, M, S]`` standard normal
-draws for sampling the next state (zeros for mean propagation); ``weights [T]``; ``discount []``.
+draws for sampling the next state (zeros for mean propagation; the draws are i.i.d., so which
+row takes which draw does not matter and routed mode takes them in member order);
+``weights [T]``; ``discount []``.
 
 - ``routed`` mode (TS1 and TS-infinity): each particle row goes through exactly one member, so
   a step costs M member-rows. ``gather_idx [H, M]`` int64 orders the particle rows at each step
   so that consecutive blocks of M / E rows go to members 0..E-1; ``scatter_idx [H, M]`` is its
-  inverse permutation. TS1 draws a new permutation per step, TS-infinity repeats one.
+  inverse permutation. TS1 draws a new permutation per step, TS-infinity repeats one. The loop
+  keeps the state in member order: each step takes one Gather (step t-1's order to step t's,
+  composed outside the loop), and the whole trajectory goes back to particle order once.
 - ``mixed`` mode (expectation, or any propagation with a disagreement penalty): every member
   sees every particle row (E x M member-rows per step). ``member_weight [H, E, M]`` mixes the
   members' Gaussians (1/E each for expectation, one-hot for TS1/TS-infinity). The ensemble
   disagreement, the variance of the members' means divided by ``inv_scale2 [S]``-weighted
   state scales and averaged over S, is subtracted from the reward times ``penalty []``.
+
+The loop body holds only the model step and the sampling; it stacks the next states (and the
+disagreement) as scan outputs, and the reward of all H x M steps is computed after the loop in
+one batch. Measured on 2 cores (E=5, 4x200, 200 candidates, H=15): this halved the body's node
+count (88 to 52) without changing the run time, which the small batched MatMuls dominate; with
+7,000 particle rows per step the run went from 256 to 203 ms.
 
 Output: ``returns [M]``, the discounted sum of rewards per particle row; rewards after a
 terminal state count zero.
@@ -48,6 +58,7 @@ Mode = Literal["routed", "mixed"]
 MODES: tuple[Mode, ...] = ("routed", "mixed")
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
+BOOL = TensorProto.BOOL
 
 
 @dataclass(frozen=True)
@@ -122,34 +133,33 @@ class _Builder:
         return {o.name: rename.get(o.name, prefix + o.name) for o in graph.output}
 
 
-def _step(
+def _model_step(
     b: _Builder,
     model: ModelGraph,
-    reward: onnx.ModelProto,
     mode: Mode,
     t: str,
     state: str,
-    ret: str,
-    alive: str,
-    disc: str,
     prefix: str,
-) -> tuple[str, str, str, str]:
-    """Nodes of one horizon step; returns the names of (state, ret, alive, disc) after it."""
+) -> tuple[str, str | None]:
+    """Nodes of one horizon step; returns the names of (next state, disagreement or None).
+
+    Routed: ``state`` is in step t-1's member order and is reordered to step t's; the next
+    state comes out in step t's order. Mixed: particle order throughout.
+    """
     e, s, a = model.members, model.obs_dim, model.act_dim
-    act_t = b.op("Gather", ["act_particles", t], "act_t", axis=1)  # [M, A]
     noise_t = b.op("Gather", ["noise", t], "noise_t", axis=0)  # [M, S]
     if mode == "routed":
-        order = b.op("Gather", ["gather_idx", t], "order", axis=0)  # [M]
-        back = b.op("Gather", ["scatter_idx", t], "back", axis=0)
+        order = b.op("Gather", ["reorder", t], "order", axis=0)  # [M]
         x = b.op("Reshape", [b.op("Gather", [state, order], axis=0), b.ints(e, -1, s)])
-        u = b.op("Reshape", [b.op("Gather", [act_t, order], axis=0), b.ints(e, -1, a)])
+        u = b.op("Reshape", [b.op("Gather", ["act_routed", t], axis=0), b.ints(e, -1, a)])
         out = b.inline(model.proto.graph, prefix + "model/", {"obs": x, "act": u}, "model/")
         flat = b.ints(-1, s)
-        mean = b.op("Gather", [b.op("Reshape", [out["next_obs_mean"], flat]), back], axis=0)
-        logvar = b.op("Gather", [b.op("Reshape", [out["next_obs_logvar"], flat]), back], axis=0)
+        mean = b.op("Reshape", [out["next_obs_mean"], flat])
+        logvar = b.op("Reshape", [out["next_obs_logvar"], flat])
         std = b.op("Exp", [b.op("Mul", [logvar, b.const(np.float32(0.5))])], "std")
         disagreement = None
     else:
+        act_t = b.op("Gather", ["act_steps", t], "act_t", axis=0)  # [M, A]
         if model.member_batched:
             reps = b.ints(e, 1, 1)
             x = b.op("Tile", [b.op("Unsqueeze", [state, b.ints(0)]), reps])
@@ -169,16 +179,7 @@ def _step(
         scaled = b.op("Mul", [spread, "inv_scale2"])
         disagreement = b.op("ReduceMean", [scaled, b.ints(1)], "disagreement", keepdims=0)
     nxt = b.op("Add", [mean, b.op("Mul", [std, noise_t])], "next_state")
-    bind = dict(zip(REWARD_INPUTS, (state, act_t, nxt, "weights"), strict=True))
-    r = b.inline(reward.graph, prefix + "reward/", bind, "reward/")
-    step_reward = r["reward"]
-    if disagreement is not None:
-        step_reward = b.op("Sub", [step_reward, b.op("Mul", ["penalty", disagreement])])
-    gain = b.op("Mul", [b.op("Mul", [step_reward, alive]), disc])
-    new_ret = b.op("Add", [ret, gain], "ret")
-    new_alive = b.op("Mul", [alive, b.op("Sub", [b.const(np.float32(1.0)), r["done"]])], "alive")
-    new_disc = b.op("Mul", [disc, "discount"], "disc")
-    return nxt, new_ret, new_alive, new_disc
+    return nxt, disagreement
 
 
 def _inputs(model: ModelGraph, mode: Mode, terms: int) -> list[onnx.ValueInfoProto]:
@@ -203,6 +204,99 @@ def _inputs(model: ModelGraph, mode: Mode, terms: int) -> list[onnx.ValueInfoPro
     return inputs
 
 
+def _routing(b: _Builder, a: int, h: str, m: str) -> str:
+    """Outer nodes that turn the per-step member orders into what the loop body reads:
+    ``act_routed [H, M, A]`` (each step's actions in its member order) and ``reorder [H, M]``
+    (which row of the previous step's output each row of this step takes). Returns the name
+    of ``offsets [H, 1]`` (t x M), which maps step-t indices to rows of [H x M, ...]."""
+    steps = b.op("Range", [b.const(np.int64(0)), h, b.const(np.int64(1))])
+    offsets = b.op("Unsqueeze", [b.op("Mul", [steps, m]), b.ints(1)])
+    flat_act = b.op("Reshape", ["act_steps", b.ints(-1, a)])
+    rows = b.op("Add", ["gather_idx", offsets])
+    b.nodes.append(helper.make_node("Gather", [flat_act, rows], ["act_routed"], axis=0))
+    # Step t-1 leaves particle p in row scatter_idx[t-1][p], so step t takes rows
+    # scatter_idx[t-1][gather_idx[t]]. Step 0 starts from identical rows: any order will do.
+    first = b.op("Slice", ["scatter_idx", b.ints(0), b.ints(1)])
+    before = b.op("Concat", [first, b.op("Slice", ["scatter_idx", b.ints(0), b.ints(-1)])], axis=0)
+    b.nodes.append(helper.make_node("GatherElements", [before, "gather_idx"], ["reorder"], axis=1))
+    return offsets
+
+
+def _loop(
+    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str
+) -> tuple[str, str | None]:
+    """The ``Loop`` over the horizon; returns ``next_states [H, M, S]`` and, in mixed mode,
+    ``disagreements [H, M]``, both stacked by the loop as scan outputs."""
+    body = _Builder("step/")
+    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", prefix="")
+    outs = [nxt, body.op("Identity", [nxt], "next_out")]
+    if disagreement is not None:
+        outs.append(disagreement)
+    info = helper.make_tensor_value_info
+    body_graph = helper.make_graph(
+        [*body.nodes, helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "rollout_step",
+        [info("iter", INT64, []), info("cond_in", BOOL, []), info("state_in", FLOAT, None)],
+        [info("cond_out", BOOL, []), *(info(n, FLOAT, None) for n in outs)],
+        initializer=body.initializers,
+    )
+    next_states = b.name("next_states")
+    disagreements = b.name("disagreements") if disagreement is not None else None
+    loop_outs = [b.name("final_state"), next_states, *([disagreements] if disagreements else [])]
+    b.nodes.append(helper.make_node("Loop", [h, "", state0], loop_outs, body=body_graph))
+    return next_states, disagreements
+
+
+def _unrolled(
+    b: _Builder, model: ModelGraph, mode: Mode, horizon: int, state0: str
+) -> tuple[str, str | None]:
+    """The same steps as :func:`_loop`, written out for a fixed horizon."""
+    states, disagreements = [], []
+    state = state0
+    for step in range(horizon):
+        t = b.const(np.int64(step), "t")
+        state, disagreement = _model_step(b, model, mode, t, state, prefix=f"s{step}/")
+        states.append(b.op("Unsqueeze", [state, b.ints(0)]))
+        if disagreement is not None:
+            disagreements.append(b.op("Unsqueeze", [disagreement, b.ints(0)]))
+    stacked = b.op("Concat", disagreements, axis=0) if disagreements else None
+    return b.op("Concat", states, axis=0), stacked
+
+
+def _returns(
+    b: _Builder,
+    reward: onnx.ModelProto,
+    s: int,
+    a: int,
+    state0: str,
+    next_states: str,
+    disagreements: str | None,
+    hm: str,
+    h_float: str,
+) -> None:
+    """Outer nodes from the particle-order trajectory to ``returns``: every step's reward in
+    one batch of H x M rows, the disagreement penalty, termination and discount."""
+    earlier = b.op("Slice", [next_states, b.ints(0), b.ints(-1)])
+    states = b.op("Concat", [b.op("Unsqueeze", [state0, b.ints(0)]), earlier], axis=0)
+    flat_states = b.op("Reshape", [states, b.ints(-1, s)])
+    flat_actions = b.op("Reshape", ["act_steps", b.ints(-1, a)])
+    flat_next = b.op("Reshape", [next_states, b.ints(-1, s)])
+    values = (flat_states, flat_actions, flat_next, "weights")
+    bind = dict(zip(REWARD_INPUTS, values, strict=True))
+    r = b.inline(reward.graph, "reward/", bind, "reward/")
+    step_reward = b.op("Reshape", [r["reward"], hm])  # [H, M]
+    if disagreements is not None:
+        step_reward = b.op("Sub", [step_reward, b.op("Mul", ["penalty", disagreements])])
+    # Rewards after a terminal state count zero: alive while no earlier step ended (done is 0/1).
+    done = b.op("Reshape", [r["done"], hm])
+    ended = b.op("CumSum", [done, b.const(np.int64(0))], exclusive=1)
+    alive = b.op("Relu", [b.op("Sub", [b.const(np.float32(1.0)), ended])])
+    powers = b.op("Range", [b.const(np.float32(0.0)), h_float, b.const(np.float32(1.0))])
+    disc = b.op("Unsqueeze", [b.op("Pow", ["discount", powers]), b.ints(1)])  # [H, 1]
+    gains = b.op("Mul", [b.op("Mul", [step_reward, alive]), disc])
+    b.nodes.append(helper.make_node("ReduceSum", [gains, b.ints(0)], ["returns"], keepdims=0))
+
+
 def build_rollout_graph(
     model: ModelGraph, reward: onnx.ModelProto, mode: Mode, *, unroll: int | None = None
 ) -> onnx.ModelProto:
@@ -217,58 +311,34 @@ def build_rollout_graph(
         raise ValueError("routed mode needs a member-batched model ([E, B, ...] inputs)")
     terms = next(i for i in reward.graph.input if i.name == "weights")
     n_terms = terms.type.tensor_type.shape.dim[0].dim_value
-    outer = _Builder("outer/")
-    outer.nodes.append(
-        helper.make_node("Gather", ["actions", "particle_candidate"], ["act_particles"], axis=0)
-    )
-    m_shape = outer.op("Shape", ["particle_candidate"])
-    state_shape = outer.op("Concat", [m_shape, outer.ints(model.obs_dim)], axis=0)
-    state0 = outer.op("Expand", [outer.op("Unsqueeze", ["obs", outer.ints(0)]), state_shape])
-    zero = numpy_helper.from_array(np.zeros(1, np.float32))
-    one = numpy_helper.from_array(np.ones(1, np.float32))
-    ret0 = outer.op("ConstantOfShape", [m_shape], "ret0", value=zero)
-    alive0 = outer.op("ConstantOfShape", [m_shape], "alive0", value=one)
-    disc0 = outer.const(np.float32(1.0), "disc0")
-
+    s, a = model.obs_dim, model.act_dim
+    b = _Builder("outer/")
+    act_particles = b.op("Gather", ["actions", "particle_candidate"], axis=0)  # [M, H, A]
+    b.nodes.append(helper.make_node("Transpose", [act_particles], ["act_steps"], perm=[1, 0, 2]))
+    m_1d = b.op("Shape", ["particle_candidate"], "m")  # [1]
+    h_1d = b.op("Slice", [b.op("Shape", ["actions"]), b.ints(1), b.ints(2)], "h")  # [1]
+    m, h = b.op("Reshape", [m_1d, b.ints()], "m"), b.op("Reshape", [h_1d, b.ints()], "h")
+    row0 = b.op("Unsqueeze", ["obs", b.ints(0)])
+    state0 = b.op("Expand", [row0, b.op("Concat", [m_1d, b.ints(s)], axis=0)], "state0")
+    offsets = _routing(b, a, h, m) if mode == "routed" else None
     if unroll is None:
-        body = _Builder("step/")
-        loop_vars = ("state_in", "ret_in", "alive_in", "disc_in")
-        outs = _step(body, model, reward, mode, "iter", *loop_vars, prefix="")
-        cond_out = body.op("Identity", ["cond_in"], "cond_out")
-        info = helper.make_tensor_value_info
-        body_graph = helper.make_graph(
-            body.nodes,
-            "rollout_step",
-            [info("iter", INT64, []), info("cond_in", TensorProto.BOOL, [])]
-            + [info(n, FLOAT, None) for n in loop_vars],
-            [info(cond_out, TensorProto.BOOL, [])] + [info(n, FLOAT, None) for n in outs],
-            initializer=body.initializers,
-        )
-        horizon = outer.op(
-            "Gather", [outer.op("Shape", ["actions"]), outer.const(np.int64(1))], "horizon"
-        )
-        loop = helper.make_node(
-            "Loop",
-            [horizon, "", state0, ret0, alive0, disc0],
-            ["final_state", "returns", "final_alive", "final_disc"],
-            body=body_graph,
-        )
-        outer.nodes.append(loop)
+        next_states, disagreements = _loop(b, model, mode, h, state0)
     else:
-        state, ret, alive, disc = state0, ret0, alive0, disc0
-        for step in range(unroll):
-            t = outer.const(np.int64(step), "t")
-            state, ret, alive, disc = _step(
-                outer, model, reward, mode, t, state, ret, alive, disc, prefix=f"s{step}/"
-            )
-        outer.nodes.append(helper.make_node("Identity", [ret], ["returns"]))
+        next_states, disagreements = _unrolled(b, model, mode, unroll, state0)
+    if offsets is not None:  # back to particle order: step t left particle p in scatter_idx[t][p]
+        rows = b.op("Add", ["scatter_idx", offsets])
+        flat = b.op("Reshape", [next_states, b.ints(-1, s)])
+        next_states = b.op("Gather", [flat, rows], "next_states", axis=0)
+    hm = b.op("Concat", [h_1d, m_1d], axis=0)
+    h_float = b.op("Cast", [h], to=FLOAT)
+    _returns(b, reward, s, a, state0, next_states, disagreements, hm, h_float)
 
     graph = helper.make_graph(
-        outer.nodes,
+        b.nodes,
         f"tickmpc_rollout_{mode}",
         _inputs(model, mode, n_terms),
         [helper.make_tensor_value_info("returns", FLOAT, ["M"])],
-        initializer=outer.initializers,
+        initializer=b.initializers,
     )
     opset = max(
         (o.version for p in (model.proto, reward) for o in p.opset_import if o.domain == ""),
