@@ -41,6 +41,14 @@ class RuntimeOptions:
     """Let ONNX Runtime's worker threads spin-wait between operators (its default). Spinning
     shaves wake-up latency inside a run but burns the cores for a while after it, which other
     processes on a small machine (the bridge, the learner) feel; see benchmarks/loop_latency.py."""
+    rollout_slices: int = 0
+    """Rollout evaluation (controller.rollout): cut each batch of particle rows into up to this
+    many slices run at once, each on its own single-threaded session (0: one per core this
+    process may use on the CPU, 1 on CUDA; 1: one session with ``intra_op_threads``). Measured
+    on 2 cores, E=5 4x200, H=15: 200 candidates took 7.6 ms in one 2-thread session and 6.3 ms
+    as two single-threaded halves; 7,000 particle rows 204 and 167 ms. Only batches under
+    ~50 rows are faster in one multi-threaded session (20 candidates: 1.8 ms against 2.2 ms
+    in halves, and 2.5 ms whole on one thread); they are a few milliseconds either way."""
     chunk_rows: int = 1024
     """Split larger batches into runs of at most this many rows (0: never). On the CPU the
     activations of a 10^4-row batch ([E, B, 200] floats per layer) spill out of cache and the
@@ -54,7 +62,7 @@ class RuntimeOptions:
             raise ValueError(
                 f"chunk_rows must be an integer in [0, {MAX_CHUNK_ROWS}], got {self.chunk_rows!r}"
             )
-        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
+        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id", "rollout_slices"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
                 raise ValueError(f"{name} must be an integer in [0, {MAX_THREADS}], got {value!r}")

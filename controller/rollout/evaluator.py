@@ -12,8 +12,11 @@ M particle rows.
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +27,11 @@ from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
 from controller.rollout.reward_graph import export_reward, reward_graph
 from controller.tasks import TASKS, Task
 from models.export import ModelFileError, ModelMetadata
-from models.runtime import RuntimeOptions, create_session, read_model
+from models.runtime import RuntimeOptions, create_session, read_model, select_providers
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
+MIN_SLICE_ROWS = 16
+"""A batch is cut into slices of at least this many particle rows (see RuntimeOptions)."""
 MAX_PARTICLES = 1000
 MAX_PENALTY = 1e6
 
@@ -74,11 +79,29 @@ def task_reward_graph(task: Task) -> onnx.ModelProto:
     return export_reward(task)
 
 
+@dataclass
+class _Slice:
+    """Input buffers of one slice of a batch: particle rows [lo, hi) of the N x P rows,
+    padded to ``rows`` (padding rows follow the slice's first candidate; their returns are
+    dropped)."""
+
+    lo: int
+    hi: int
+    rows: int
+    candidate: np.ndarray
+    noise: np.ndarray
+    gather: np.ndarray | None = None
+    scatter: np.ndarray | None = None
+    member_weight: np.ndarray | None = None
+
+
 class RolloutEvaluator:
     """Rollout sessions for one model version and one task.
 
     Construction reads and verifies the model file, composes the rollout graphs and loads them
-    into ONNX Runtime: do it off the hot path, then swap the new evaluator in.
+    into ONNX Runtime: do it off the hot path, then swap the new evaluator in. On the CPU a
+    batch is cut into slices evaluated at once on single-threaded sessions, one per core
+    (``RuntimeOptions.rollout_slices``).
     """
 
     def __init__(
@@ -107,17 +130,17 @@ class RolloutEvaluator:
         )
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
-        self.sessions = {
-            mode: create_session(
-                build_rollout_graph(model, reward, mode).SerializeToString(),
-                self.options,
-                f"{self.path} ({mode} rollout)",
-            )
-            for mode in modes
-        }
+        slices = _slice_count(self.options)
+        options = self.options if slices == 1 else replace(self.options, intra_op_threads=1)
+        self.sessions = {}
+        for mode in modes:
+            graph = build_rollout_graph(model, reward, mode).SerializeToString()
+            source = f"{self.path} ({mode} rollout)"
+            self.sessions[mode] = [create_session(graph, options, source) for _ in range(slices)]
         self.inv_scale2 = _inverse_scale2(self.metadata)
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
         self._layout_key: tuple[object, ...] | None = None
+        self._slices: list[_Slice] = []
 
     @property
     def members(self) -> int:
@@ -125,7 +148,9 @@ class RolloutEvaluator:
 
     def rows(self, candidates: int, horizon: int, settings: RolloutSettings) -> int:
         """Member-rows one evaluation computes (the unit of model cost)."""
-        m = self._particle_rows(candidates * settings.particles, settings)
+        particle_rows = candidates * settings.particles
+        cuts = self._cuts(particle_rows, len(self.sessions[settings.mode]))
+        m = sum(self._particle_rows(hi - lo, settings.mode) for lo, hi in cuts)
         per_row = self.members if settings.mode == "mixed" else 1
         return m * horizon * per_row
 
@@ -156,79 +181,125 @@ class RolloutEvaluator:
         if mode not in self.sessions:
             raise ValueError(f"{self.path} is not member-batched: only mixed-mode rollouts "
                              "(expectation or a disagreement penalty) can use it")  # fmt: skip
-        m = self._particle_rows(n * p, settings)
-        self._layout(n, h, m, p, mode)
-        feeds: dict[str, np.ndarray] = {
+        self._layout(n, h, p, mode)
+        shared: dict[str, np.ndarray] = {
             "obs": obs,
             "actions": np.ascontiguousarray(actions, np.float32),
-            "particle_candidate": self._candidate,
-            "noise": self._noise,
             "weights": self.default_weights if weights is None else weights,
             "discount": np.array(settings.discount, np.float32),
         }
-        if settings.sample:
-            rng.standard_normal(dtype=np.float32, out=self._noise)
-        else:
-            self._noise.fill(0.0)
-        if mode == "routed":
-            feeds.update(self._routing(rng, h, m, settings.propagation))
-        else:
-            feeds["member_weight"] = self._member_weights(rng, h, m, settings.propagation)
-            feeds["penalty"] = np.array(settings.disagreement_penalty, np.float32)
-            feeds["inv_scale2"] = self.inv_scale2
-        (returns,) = self.sessions[mode].run(["returns"], feeds)
-        per_particle = returns[: n * p].reshape(n, p)
+        if mode == "mixed":
+            shared["penalty"] = np.array(settings.disagreement_penalty, np.float32)
+            shared["inv_scale2"] = self.inv_scale2
+        # Every random draw happens here, in slice order, so results depend only on the seed.
+        feeds = [self._feeds(part, shared, settings, rng) for part in self._slices]
+        sessions = self.sessions[mode]
+        runs = [_executor(len(feeds) - 1).submit(sessions[i].run, ["returns"], feeds[i])
+                for i in range(1, len(feeds))]  # fmt: skip
+        outputs = [sessions[0].run(["returns"], feeds[0]), *(run.result() for run in runs)]
+        returns = np.concatenate(
+            [out[0][: part.hi - part.lo] for out, part in zip(outputs, self._slices, strict=True)]
+        )
+        per_particle = returns.reshape(n, p)
         score = per_particle.mean(axis=1)
         if p > 1 and settings.risk > 0:
             score = score - settings.risk * per_particle.std(axis=1)
         return np.asarray(score, np.float64)
 
-    def _particle_rows(self, real: int, settings: RolloutSettings) -> int:
-        if settings.mode == "mixed":
+    def _feeds(
+        self,
+        part: _Slice,
+        shared: dict[str, np.ndarray],
+        settings: RolloutSettings,
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
+        feeds = dict(shared, particle_candidate=part.candidate, noise=part.noise)
+        if settings.sample:
+            rng.standard_normal(dtype=np.float32, out=part.noise)
+        else:
+            part.noise.fill(0.0)
+        if part.gather is not None and part.scatter is not None:
+            _routing(rng, part.gather, part.scatter, settings.propagation)
+            feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
+        elif part.member_weight is not None:
+            _member_weights(rng, part.member_weight, settings.propagation)
+            feeds["member_weight"] = part.member_weight
+        return feeds
+
+    def _particle_rows(self, real: int, mode: Mode) -> int:
+        if mode == "mixed":
             return real
         e = self.members
         return -(-real // e) * e  # routed: blocks of M / E rows per member, padded
 
-    def _layout(self, n: int, h: int, m: int, p: int, mode: Mode) -> None:
-        """(Re)allocate the input buffers when the batch shape changes; reused otherwise."""
-        key = (n, h, m, p, mode)
+    @staticmethod
+    def _cuts(particle_rows: int, sessions: int) -> list[tuple[int, int]]:
+        """[lo, hi) particle rows of each slice: as many as sessions, at least MIN_SLICE_ROWS
+        rows each (one slice when the batch is smaller)."""
+        k = max(1, min(sessions, particle_rows // MIN_SLICE_ROWS))
+        edges = [particle_rows * i // k for i in range(k + 1)]
+        return list(itertools.pairwise(edges))
+
+    def _layout(self, n: int, h: int, p: int, mode: Mode) -> None:
+        """(Re)allocate the slices' input buffers when the batch shape changes; reused
+        otherwise."""
+        key = (n, h, p, mode)
         if key == self._layout_key:
             return
-        # Padding rows follow candidate 0; their returns are dropped.
-        cand = np.zeros(m, np.int64)
-        cand[: n * p] = np.repeat(np.arange(n, dtype=np.int64), p)
-        self._candidate = cand
-        self._noise = np.zeros((h, m, self.task.obs_dim), np.float32)
-        if mode == "routed":
-            self._gather = np.empty((h, m), np.int64)
-            self._scatter = np.empty((h, m), np.int64)
-            self._arange = np.broadcast_to(np.arange(m, dtype=np.int64), (h, m))
-        else:
-            self._weights = np.empty((h, self.members, m), np.float32)
+        candidate_of_row = np.repeat(np.arange(n, dtype=np.int64), p)
+        self._slices = []
+        for lo, hi in self._cuts(n * p, len(self.sessions[mode])):
+            m = self._particle_rows(hi - lo, mode)
+            cand = np.full(m, candidate_of_row[lo], np.int64)
+            cand[: hi - lo] = candidate_of_row[lo:hi]
+            part = _Slice(lo, hi, m, cand, np.zeros((h, m, self.task.obs_dim), np.float32))
+            if mode == "routed":
+                part.gather = np.empty((h, m), np.int64)
+                part.scatter = np.empty((h, m), np.int64)
+            else:
+                part.member_weight = np.empty((h, self.members, m), np.float32)
+            self._slices.append(part)
         self._layout_key = key
 
-    def _routing(
-        self, rng: np.random.Generator, h: int, m: int, propagation: str
-    ) -> dict[str, np.ndarray]:
-        if propagation == "tsinf":
-            self._gather[:] = rng.permutation(m)
-        else:
-            self._gather[:] = rng.permuted(self._arange, axis=1)
-        np.put_along_axis(self._scatter, self._gather, self._arange, axis=1)
-        return {"gather_idx": self._gather, "scatter_idx": self._scatter}
 
-    def _member_weights(
-        self, rng: np.random.Generator, h: int, m: int, propagation: str
-    ) -> np.ndarray:
-        e = self.members
-        if propagation == "expectation":
-            self._weights.fill(1.0 / e)
-            return self._weights
-        shape = (1, m) if propagation == "tsinf" else (h, m)
-        member = np.broadcast_to(rng.integers(0, e, size=shape), (h, m))
-        self._weights.fill(0.0)
-        np.put_along_axis(self._weights, member[:, None, :], 1.0, axis=1)
-        return self._weights
+def _routing(
+    rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray, propagation: str
+) -> None:
+    """Fill the per-step member orders ``gather [H, M]`` and their inverses ``scatter``."""
+    h, m = gather.shape
+    if propagation == "tsinf":
+        gather[:] = rng.permutation(m)
+    else:
+        gather[:] = rng.permuted(np.broadcast_to(np.arange(m), (h, m)), axis=1)
+    np.put_along_axis(scatter, gather, np.broadcast_to(np.arange(m), (h, m)), axis=1)
+
+
+def _member_weights(rng: np.random.Generator, weights: np.ndarray, propagation: str) -> None:
+    """Fill ``weights [H, E, M]``: 1/E each (expectation) or one-hot per particle row."""
+    h, e, m = weights.shape
+    if propagation == "expectation":
+        weights.fill(1.0 / e)
+        return
+    shape = (1, m) if propagation == "tsinf" else (h, m)
+    member = np.broadcast_to(rng.integers(0, e, size=shape), (h, m))
+    weights.fill(0.0)
+    np.put_along_axis(weights, member[:, None, :], 1.0, axis=1)
+
+
+def _slice_count(options: RuntimeOptions) -> int:
+    if options.rollout_slices:
+        return options.rollout_slices
+    first = select_providers(options)[0]
+    if (first if isinstance(first, str) else first[0]) == "CUDAExecutionProvider":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@cache
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool running all slices but the caller's (ONNX Runtime releases the
+    GIL while it runs)."""
+    return ThreadPoolExecutor(max(workers, 1), thread_name_prefix="rollout-slice")
 
 
 def _inverse_scale2(meta: ModelMetadata) -> np.ndarray:

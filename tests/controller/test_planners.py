@@ -217,7 +217,9 @@ def test_nonfinite_predictions_are_counted_and_never_chosen(tmp_path: Path) -> N
     )
     plan = planner.plan(np.array([-1.0, 0.0, 0.0]))
     assert plan.nonfinite > 0
-    assert (plan.actions <= 1.0).all() and np.isfinite(plan.predicted_return)
+    # A torque above 1 poisons every later state, so every reward after it; the pendulum's
+    # reward reads the state before the step, so only the last step's torque stays harmless.
+    assert (plan.actions[:-1] <= 1.0).all() and np.isfinite(plan.predicted_return)
 
 
 def test_model_swap_applies_at_the_next_plan(tmp_path: Path, evaluator: RolloutEvaluator) -> None:

@@ -83,7 +83,8 @@ def test_expectation_rollout_matches_torch_reference(
 
 
 def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
-    """Direct session run with a known routing: particle i runs through member i % E."""
+    """Direct session run with a known routing that changes every step (as TS1 does):
+    at step t particle i runs through member (i + t) % E."""
     task = get_task("cartpole-swingup")
     model = _random_ensemble(task)
     evaluator = _evaluator(tmp_path, task, model)
@@ -91,9 +92,14 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     obs = np.array([0.0, 3.0, 0.1, 0.0], np.float32)
     actions = rng.uniform(-1, 1, (n, h, 1)).astype(np.float32)
-    order = np.concatenate([np.arange(k, n, e) for k in range(e)])  # member k gets i % E == k
-    gather = np.tile(order, (h, 1))
-    scatter = np.tile(np.argsort(order), (h, 1))
+
+    def member(i: int, t: int) -> int:
+        return (i + t) % e
+
+    gather = np.stack(
+        [np.concatenate([[i for i in range(n) if member(i, t) == k] for k in range(e)])
+         for t in range(h)]
+    ).astype(np.int64)  # fmt: skip
     feeds = {
         "obs": obs,
         "actions": actions,
@@ -102,16 +108,16 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
         "weights": np.array([1.0, 0.01], np.float32),
         "discount": np.array(1.0, np.float32),
         "gather_idx": gather,
-        "scatter_idx": scatter,
+        "scatter_idx": np.argsort(gather, axis=1),
     }
-    (got,) = evaluator.sessions["routed"].run(["returns"], feeds)
+    (got,) = evaluator.sessions["routed"][0].run(["returns"], feeds)
     want = np.zeros(n)
     with torch.no_grad():
         for i in range(n):
             x = torch.from_numpy(obs)[None]
             for t in range(h):
                 a = torch.from_numpy(actions[i, t])[None]
-                nxt = model(x, a)[0][i % e]
+                nxt = model(x, a)[0][member(i, t)]
                 want[i] += float(task.reward(x, a, nxt))
                 x = nxt
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
