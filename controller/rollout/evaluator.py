@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime import InferenceSession
 
 from controller.checks import check_choice, check_int, check_number
 from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
@@ -89,7 +90,7 @@ class _Slice:
     hi: int
     rows: int
     candidate: np.ndarray
-    noise: np.ndarray
+    noise: np.ndarray | None = None
     gather: np.ndarray | None = None
     scatter: np.ndarray | None = None
     member_weight: np.ndarray | None = None
@@ -102,6 +103,12 @@ class RolloutEvaluator:
     into ONNX Runtime: do it off the hot path, then swap the new evaluator in. On the CPU a
     batch is cut into slices evaluated at once on single-threaded sessions, one per core
     (``RuntimeOptions.rollout_slices``).
+
+    ``device_random`` (default: on when the sessions run on CUDA) lets the graph draw the
+    sampling noise and member orders itself and runs it through IOBinding: per iteration only
+    the candidates go to the device and the returns come back. Those draws come from the
+    graph's seeded generators, not from the caller's: plans stay reproducible for one
+    evaluator from its creation, but not across evaluators or equal to the host draws.
     """
 
     def __init__(
@@ -110,10 +117,13 @@ class RolloutEvaluator:
         task: Task,
         *,
         options: RuntimeOptions | None = None,
+        device_random: bool | None = None,
     ) -> None:
         self.path = Path(model_path)
         self.task = task
         self.options = options or RuntimeOptions()
+        self.device = _device(self.options)
+        self.device_random = self.device == "cuda" if device_random is None else device_random
         data, self.metadata = read_model(self.path)
         cfg = self.metadata.config
         if (cfg.obs_dim, cfg.act_dim) != (task.obs_dim, task.act_dim):
@@ -130,11 +140,12 @@ class RolloutEvaluator:
         )
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
-        slices = _slice_count(self.options)
+        slices = 1 if self.device_random else _slice_count(self.options)
         options = self.options if slices == 1 else replace(self.options, intra_op_threads=1)
         self.sessions = {}
         for mode in modes:
-            graph = build_rollout_graph(model, reward, mode).SerializeToString()
+            proto = build_rollout_graph(model, reward, mode, device_random=self.device_random)
+            graph = proto.SerializeToString()
             source = f"{self.path} ({mode} rollout)"
             self.sessions[mode] = [create_session(graph, options, source) for _ in range(slices)]
         self.inv_scale2 = _inverse_scale2(self.metadata)
@@ -191,20 +202,57 @@ class RolloutEvaluator:
         if mode == "mixed":
             shared["penalty"] = np.array(settings.disagreement_penalty, np.float32)
             shared["inv_scale2"] = self.inv_scale2
+        if self.device_random:
+            returns = self._run_bound(self.sessions[mode][0], shared, settings, rng)
+        else:
+            returns = self._run_slices(mode, shared, settings, rng)
+        per_particle = returns[: n * p].reshape(n, p)
+        score = per_particle.mean(axis=1)
+        if p > 1 and settings.risk > 0:
+            score = score - settings.risk * per_particle.std(axis=1)
+        return np.asarray(score, np.float64)
+
+    def _run_slices(
+        self,
+        mode: Mode,
+        shared: dict[str, np.ndarray],
+        settings: RolloutSettings,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Host draws, then every slice at once; returns [N x P] in particle order."""
         # Every random draw happens here, in slice order, so results depend only on the seed.
         feeds = [self._feeds(part, shared, settings, rng) for part in self._slices]
         sessions = self.sessions[mode]
         runs = [_executor(len(feeds) - 1).submit(sessions[i].run, ["returns"], feeds[i])
                 for i in range(1, len(feeds))]  # fmt: skip
         outputs = [sessions[0].run(["returns"], feeds[0]), *(run.result() for run in runs)]
-        returns = np.concatenate(
+        return np.concatenate(
             [out[0][: part.hi - part.lo] for out, part in zip(outputs, self._slices, strict=True)]
         )
-        per_particle = returns.reshape(n, p)
-        score = per_particle.mean(axis=1)
-        if p > 1 and settings.risk > 0:
-            score = score - settings.risk * per_particle.std(axis=1)
-        return np.asarray(score, np.float64)
+
+    def _run_bound(
+        self,
+        session: InferenceSession,
+        shared: dict[str, np.ndarray],
+        settings: RolloutSettings,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """One IOBinding run of a device-random graph; returns [M] (padded) on the host."""
+        (part,) = self._slices
+        feeds = dict(shared, particle_candidate=part.candidate)
+        feeds["noise_scale"] = np.array(1.0 if settings.sample else 0.0, np.float32)
+        if part.member_weight is not None:
+            _member_weights(rng, part.member_weight, settings.propagation)
+            feeds["member_weight"] = part.member_weight
+        else:
+            feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("returns", self.device, self.options.cuda_device_id)
+        session.run_with_iobinding(binding)
+        (returns,) = binding.copy_outputs_to_cpu()
+        return np.asarray(returns)
 
     def _feeds(
         self,
@@ -213,6 +261,7 @@ class RolloutEvaluator:
         settings: RolloutSettings,
         rng: np.random.Generator,
     ) -> dict[str, np.ndarray]:
+        assert part.noise is not None
         feeds = dict(shared, particle_candidate=part.candidate, noise=part.noise)
         if settings.sample:
             rng.standard_normal(dtype=np.float32, out=part.noise)
@@ -252,12 +301,14 @@ class RolloutEvaluator:
             m = self._particle_rows(hi - lo, mode)
             cand = np.full(m, candidate_of_row[lo], np.int64)
             cand[: hi - lo] = candidate_of_row[lo:hi]
-            part = _Slice(lo, hi, m, cand, np.zeros((h, m, self.task.obs_dim), np.float32))
-            if mode == "routed":
-                part.gather = np.empty((h, m), np.int64)
-                part.scatter = np.empty((h, m), np.int64)
-            else:
+            part = _Slice(lo, hi, m, cand)
+            if mode == "mixed":
                 part.member_weight = np.empty((h, self.members, m), np.float32)
+            if not self.device_random:
+                part.noise = np.zeros((h, m, self.task.obs_dim), np.float32)
+                if mode == "routed":
+                    part.gather = np.empty((h, m), np.int64)
+                    part.scatter = np.empty((h, m), np.int64)
             self._slices.append(part)
         self._layout_key = key
 
@@ -286,11 +337,16 @@ def _member_weights(rng: np.random.Generator, weights: np.ndarray, propagation: 
     np.put_along_axis(weights, member[:, None, :], 1.0, axis=1)
 
 
+def _device(options: RuntimeOptions) -> str:
+    """Where the rollout sessions run: "cuda" or "cpu"."""
+    first = select_providers(options)[0]
+    return "cuda" if (first if isinstance(first, str) else first[0]).startswith("CUDA") else "cpu"
+
+
 def _slice_count(options: RuntimeOptions) -> int:
     if options.rollout_slices:
         return options.rollout_slices
-    first = select_providers(options)[0]
-    if (first if isinstance(first, str) else first[0]) == "CUDAExecutionProvider":
+    if _device(options) == "cuda":
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

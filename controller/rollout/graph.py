@@ -140,6 +140,7 @@ def _model_step(
     t: str,
     state: str,
     prefix: str,
+    random: _DeviceRandom | None = None,
 ) -> tuple[str, str | None]:
     """Nodes of one horizon step; returns the names of (next state, disagreement or None).
 
@@ -147,7 +148,11 @@ def _model_step(
     state comes out in step t's order. Mixed: particle order throughout.
     """
     e, s, a = model.members, model.obs_dim, model.act_dim
-    noise_t = b.op("Gather", ["noise", t], "noise_t", axis=0)  # [M, S]
+    if random is None:
+        noise_t = b.op("Gather", ["noise", t], "noise_t", axis=0)  # [M, S]
+    else:
+        draw = b.op("RandomNormalLike", [state], "draw", seed=random.seed + 1.0)
+        noise_t = b.op("Mul", [draw, "noise_scale"], "noise_t")
     if mode == "routed":
         order = b.op("Gather", ["reorder", t], "order", axis=0)  # [M]
         x = b.op("Reshape", [b.op("Gather", [state, order], axis=0), b.ints(e, -1, s)])
@@ -182,18 +187,25 @@ def _model_step(
     return nxt, disagreement
 
 
-def _inputs(model: ModelGraph, mode: Mode, terms: int) -> list[onnx.ValueInfoProto]:
+def _inputs(
+    model: ModelGraph, mode: Mode, terms: int, device_random: bool
+) -> list[onnx.ValueInfoProto]:
     e, s, a = model.members, model.obs_dim, model.act_dim
     info = helper.make_tensor_value_info
     inputs = [
         info("obs", FLOAT, [s]),
         info("actions", FLOAT, ["N", "H", a]),
         info("particle_candidate", INT64, ["M"]),
-        info("noise", FLOAT, ["H", "M", s]),
         info("weights", FLOAT, [terms]),
         info("discount", FLOAT, []),
     ]
-    if mode == "routed":
+    if device_random:
+        inputs.append(info("noise_scale", FLOAT, []))
+    else:
+        inputs.append(info("noise", FLOAT, ["H", "M", s]))
+    if mode == "routed" and device_random:
+        inputs.append(info("redraw", FLOAT, []))
+    elif mode == "routed":
         inputs += [info("gather_idx", INT64, ["H", "M"]), info("scatter_idx", INT64, ["H", "M"])]
     else:
         inputs += [
@@ -202,6 +214,29 @@ def _inputs(model: ModelGraph, mode: Mode, terms: int) -> list[onnx.ValueInfoPro
             info("inv_scale2", FLOAT, [s]),
         ]
     return inputs
+
+
+@dataclass(frozen=True)
+class _DeviceRandom:
+    """The graph draws its own noise and member orders (seeded ONNX random ops)."""
+
+    seed: float
+
+
+def _draw_orders(b: _Builder, hm: str, m: str, random: _DeviceRandom) -> None:
+    """Outer nodes that draw ``gather_idx`` and ``scatter_idx`` [H, M] in the graph: a random
+    permutation per step (``redraw`` 1, TS1) or one for every step (``redraw`` 0, TS-inf),
+    as the indices of sorted uniform draws; the inverse sorts those indices back."""
+    u = b.op("RandomUniformLike", [b.op("ConstantOfShape", [hm])], "u", seed=random.seed)
+    first = b.op("Expand", [b.op("Slice", [u, b.ints(0), b.ints(1)]), hm])
+    keep = b.op("Sub", [b.const(np.float32(1.0)), "redraw"])
+    keys = b.op("Add", [b.op("Mul", [u, "redraw"]), b.op("Mul", [first, keep])])
+    k = b.op("Unsqueeze", [m, b.ints(0)])
+    b.nodes.append(helper.make_node("TopK", [keys, k], [b.name("sorted"), "gather_idx"], axis=1))
+    order = b.op("Cast", ["gather_idx"], to=FLOAT)  # exact below 2^24 rows
+    b.nodes.append(
+        helper.make_node("TopK", [order, k], [b.name("sorted"), "scatter_idx"], axis=1, largest=0)
+    )
 
 
 def _routing(b: _Builder, a: int, h: str, m: str) -> str:
@@ -223,12 +258,12 @@ def _routing(b: _Builder, a: int, h: str, m: str) -> str:
 
 
 def _loop(
-    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str
+    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str, random: _DeviceRandom | None
 ) -> tuple[str, str | None]:
     """The ``Loop`` over the horizon; returns ``next_states [H, M, S]`` and, in mixed mode,
     ``disagreements [H, M]``, both stacked by the loop as scan outputs."""
     body = _Builder("step/")
-    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", prefix="")
+    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", "", random)
     outs = [nxt, body.op("Identity", [nxt], "next_out")]
     if disagreement is not None:
         outs.append(disagreement)
@@ -248,14 +283,19 @@ def _loop(
 
 
 def _unrolled(
-    b: _Builder, model: ModelGraph, mode: Mode, horizon: int, state0: str
+    b: _Builder,
+    model: ModelGraph,
+    mode: Mode,
+    horizon: int,
+    state0: str,
+    random: _DeviceRandom | None,
 ) -> tuple[str, str | None]:
     """The same steps as :func:`_loop`, written out for a fixed horizon."""
     states, disagreements = [], []
     state = state0
     for step in range(horizon):
         t = b.const(np.int64(step), "t")
-        state, disagreement = _model_step(b, model, mode, t, state, prefix=f"s{step}/")
+        state, disagreement = _model_step(b, model, mode, t, state, f"s{step}/", random)
         states.append(b.op("Unsqueeze", [state, b.ints(0)]))
         if disagreement is not None:
             disagreements.append(b.op("Unsqueeze", [disagreement, b.ints(0)]))
@@ -298,9 +338,21 @@ def _returns(
 
 
 def build_rollout_graph(
-    model: ModelGraph, reward: onnx.ModelProto, mode: Mode, *, unroll: int | None = None
+    model: ModelGraph,
+    reward: onnx.ModelProto,
+    mode: Mode,
+    *,
+    unroll: int | None = None,
+    device_random: bool = False,
+    seed: int = 0,
 ) -> onnx.ModelProto:
     """Compose the rollout graph for ``mode`` (see the module docstring).
+
+    ``device_random=True`` makes the graph draw its own sampling noise and (routed) member
+    orders with ONNX random ops seeded from ``seed``, so that on a GPU they never cross the
+    bus: the ``noise``, ``gather_idx`` and ``scatter_idx`` inputs give way to ``noise_scale
+    []`` (1.0 to sample, 0.0 to follow the means) and ``redraw []`` (1.0: a new order every
+    step, TS1; 0.0: one order for the horizon, TS-infinity).
 
     ``unroll=H`` builds a straight-line graph for exactly horizon H instead of the ``Loop``;
     it exists only so the benchmark can measure what the loop costs.
@@ -320,23 +372,26 @@ def build_rollout_graph(
     m, h = b.op("Reshape", [m_1d, b.ints()], "m"), b.op("Reshape", [h_1d, b.ints()], "h")
     row0 = b.op("Unsqueeze", ["obs", b.ints(0)])
     state0 = b.op("Expand", [row0, b.op("Concat", [m_1d, b.ints(s)], axis=0)], "state0")
+    hm = b.op("Concat", [h_1d, m_1d], axis=0)
+    random = _DeviceRandom(float(seed)) if device_random else None
+    if random is not None and mode == "routed":
+        _draw_orders(b, hm, m, random)
     offsets = _routing(b, a, h, m) if mode == "routed" else None
     if unroll is None:
-        next_states, disagreements = _loop(b, model, mode, h, state0)
+        next_states, disagreements = _loop(b, model, mode, h, state0, random)
     else:
-        next_states, disagreements = _unrolled(b, model, mode, unroll, state0)
+        next_states, disagreements = _unrolled(b, model, mode, unroll, state0, random)
     if offsets is not None:  # back to particle order: step t left particle p in scatter_idx[t][p]
         rows = b.op("Add", ["scatter_idx", offsets])
         flat = b.op("Reshape", [next_states, b.ints(-1, s)])
         next_states = b.op("Gather", [flat, rows], "next_states", axis=0)
-    hm = b.op("Concat", [h_1d, m_1d], axis=0)
     h_float = b.op("Cast", [h], to=FLOAT)
     _returns(b, reward, s, a, state0, next_states, disagreements, hm, h_float)
 
     graph = helper.make_graph(
         b.nodes,
         f"tickmpc_rollout_{mode}",
-        _inputs(model, mode, n_terms),
+        _inputs(model, mode, n_terms, device_random),
         [helper.make_tensor_value_info("returns", FLOAT, ["M"])],
         initializer=b.initializers,
     )

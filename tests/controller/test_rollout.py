@@ -206,3 +206,41 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
         RolloutSettings(discount=float("nan"))
     with pytest.raises(ModelFileError, match="do not match task cartpole-swingup"):
         RolloutEvaluator(tmp_path / "p.onnx", get_task("cartpole-swingup"))
+
+
+def test_device_random_graph_draws_like_the_host(tmp_path: Path) -> None:
+    """The GPU variant (noise and member orders drawn in the graph, run through IOBinding),
+    run here on the CPU: same rollouts, same distributions as the host draws."""
+    task = get_task("cartpole-swingup")
+    path = tmp_path / "m.onnx"
+    export_ensemble(_random_ensemble(task), path, member_batched=True)
+    host = RolloutEvaluator(path, task)
+    device = RolloutEvaluator(path, task, device_random=True)
+    assert device.device == "cpu" and device.device_random and not host.device_random
+    assert "noise" not in {i.name for i in device.sessions["routed"][0].get_inputs()}
+    rng = np.random.default_rng(3)
+    obs = np.array([0.0, 3.0, 0.1, 0.0], np.float32)
+    # 600 copies of one sequence: scores differ only through routing and noise.
+    actions = np.tile(rng.uniform(-1, 1, (1, 10, 1)), (600, 1, 1)).astype(np.float32)
+
+    def scores(evaluator: RolloutEvaluator, propagation: str, sample: bool) -> np.ndarray:
+        settings = RolloutSettings(propagation=propagation, sample=sample)
+        return evaluator.evaluate(obs, actions, settings, rng)
+
+    # Expectation without sampling is deterministic: equal.
+    np.testing.assert_allclose(
+        scores(device, "expectation", False), scores(host, "expectation", False), rtol=1e-5
+    )
+    # TS-infinity keeps one member per particle: the same E distinct rollouts.
+    want = np.unique(scores(host, "tsinf", False).round(4))
+    got = np.unique(scores(device, "tsinf", False).round(4))
+    assert len(want) == 5 and np.array_equal(got, want)
+    # TS1 re-draws the member every step: many distinct rollouts, the same mean.
+    h1, d1 = scores(host, "ts1", False), scores(device, "ts1", False)
+    assert len(np.unique(d1.round(5))) > 100
+    assert abs(d1.mean() - h1.mean()) < 4 * h1.std() / np.sqrt(len(h1)) + 1e-4
+    # Sampling adds noise of the same size, and each call draws anew.
+    hs, ds = scores(host, "ts1", True), scores(device, "ts1", True)
+    assert ds.std() > 10 * d1.std()
+    assert 0.7 < ds.std() / hs.std() < 1.4
+    assert not np.allclose(ds, scores(device, "ts1", True))
