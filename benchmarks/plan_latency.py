@@ -10,15 +10,22 @@ mbrl-lib does) divided by the plan time (> 1: the rollout graph is faster).
 Also measured, because the design depends on them:
 - the horizon design: the Loop graph against the same step unrolled for a fixed horizon, and
   what building and loading an unrolled graph for a new horizon would stall;
-- how the batch is cut: the PETS configuration's rows in 1, 2, 4, 8 runs per iteration;
+- how the batch is cut: one iteration of the reduced and the PETS configuration evaluated in
+  one session using every core, and cut into 2 and 4 slices run at once on single-threaded
+  sessions (``RuntimeOptions.rollout_slices``);
 - the anytime margin: plans given half their usual time, and how far past the budget they end.
 
-    python benchmarks/plan_latency.py [--quick]
+    python benchmarks/plan_latency.py [--quick] [--device cuda]
+
+``--device cuda`` runs the configurations on ONNX Runtime's CUDA execution provider (the
+device-random graph through IOBinding; needs onnxruntime-gpu, the ``gpu`` extra); the
+reported ``device`` says where they actually ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -182,12 +189,11 @@ def eager_plan_seconds(
 
 
 def measure_config(
-    config: Config, tmp: Path, quick: bool, gemm: float, threads: int
+    config: Config, tmp: Path, quick: bool, gemm: float, options: RuntimeOptions
 ) -> dict[str, object]:
     task = get_task(config.task)
     model = make_model(task, config.layers)
     version, _ = ModelDirectory(tmp / config.name).publish(model)
-    options = RuntimeOptions(intra_op_threads=threads)
     evaluator = RolloutEvaluator(version.path, task, options=options)
     planner = Planner(evaluator, config.settings)
     obs = start_state(task)
@@ -209,6 +215,8 @@ def measure_config(
         "particles": config.settings.particles,
         "propagation": config.settings.propagation,
         "model": f"E5_{config.layers}x200",
+        "device": evaluator.device,
+        "sessions": len(evaluator.sessions["routed"]),
         "rows_per_plan": rows,
         "plans": reps,
         "p50_ms": round(p50 * 1e3, 2),
@@ -248,37 +256,36 @@ def horizon_design(tmp: Path, threads: int, reps: int) -> dict[str, float]:
         graph = build_rollout_graph(model, reward_graph(task.name), "routed", unroll=unroll)
         session = create_session(graph.SerializeToString(), options, label)
         result[f"{label}_build_load_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
-        seconds = time_call(
-            lambda s=session: s.run(["returns"], feeds), min_seconds=0.0, min_calls=reps
-        )
+        run = functools.partial(session.run, ["returns"], feeds)
+        seconds = time_call(run, min_seconds=0.0, min_calls=reps)
         result[f"{label}_run_ms"] = round(float(np.median(seconds)) * 1e3, 2)
     return result
 
 
-def batch_cuts(tmp: Path, threads: int, reps: int) -> list[dict[str, float]]:
-    """The PETS cartpole iteration (350 x 20 particles, H=15, TS-inf) cut into k runs."""
+def slicing(tmp: Path, threads: int, reps: int) -> list[dict[str, object]]:
+    """One iteration's evaluation in one session using ``threads`` cores, and cut into 2 and
+    4 slices run at once on single-threaded sessions."""
     task = get_task("cartpole-swingup")
-    version, _ = ModelDirectory(tmp / "cuts").publish(make_model(task, 4))
-    evaluator = RolloutEvaluator(
-        version.path, task, options=RuntimeOptions(intra_op_threads=threads)
-    )
-    settings = RolloutSettings(particles=20, propagation="tsinf")
-    rng = np.random.default_rng(0)
-    n, h = 350, 15
-    actions = rng.uniform(-1, 1, (n, h, 1)).astype(np.float32)
+    version, _ = ModelDirectory(tmp / "slices").publish(make_model(task, 4))
     obs = start_state(task)
-    out = []
-    for k in (1, 2, 4, 8):
-        parts = np.array_split(actions, k)
-
-        def iteration(parts: list[np.ndarray] = parts) -> None:
-            for part in parts:
-                evaluator.evaluate(obs, part, settings, rng)
-
-        seconds = float(np.median(time_call(iteration, min_seconds=0.0, min_calls=reps)))
-        rows = n * 20 * h
-        out.append({"runs": k, "rows_per_run_step": n * 20 // k, "ms": round(seconds * 1e3, 1),
-                    "rows_per_s": round(rows / seconds)})  # fmt: skip
+    rng = np.random.default_rng(0)
+    cases = [
+        ("reduced N=200 H=15 TS1", 200, RolloutSettings()),
+        ("PETS N=350 P=20 H=15 TS-inf", 350, RolloutSettings(particles=20, propagation="tsinf")),
+    ]
+    out: list[dict[str, object]] = []
+    for label, n, settings in cases:
+        actions = rng.uniform(-1, 1, (n, 15, 1)).astype(np.float32)
+        ms: dict[int, float] = {}
+        for slices in (1, 2, 4):
+            options = RuntimeOptions(intra_op_threads=threads, rollout_slices=slices)
+            evaluator = RolloutEvaluator(version.path, task, options=options)
+            run = functools.partial(evaluator.evaluate, obs, actions, settings, rng)
+            calls = reps if n * settings.particles < 1000 else max(1, reps // 20)
+            seconds = float(np.median(time_call(run, min_seconds=0.0, min_calls=calls)))
+            ms[slices] = round(seconds * 1e3, 2)
+        row: dict[str, object] = {"case": label, **{f"ms_{k}": v for k, v in ms.items()}}
+        out.append(row | {"speedup_2": round(ms[1] / ms[2], 2)})
     return out
 
 
@@ -310,7 +317,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, same configs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
+    options = RuntimeOptions(device=args.device, intra_op_threads=args.threads)
     torch.set_num_threads(args.threads)
     gemm_rates = gemm_gflops(min_seconds=0.2 if args.quick else 1.0)
     gemm = max(gemm_rates.values())
@@ -319,7 +328,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for config in CONFIGS:
-            r = measure_config(config, tmp, args.quick, gemm, args.threads)
+            r = measure_config(config, tmp, args.quick, gemm, options)
             results.append(r)
             print(
                 f"{r['config']:<24} rows/plan {r['rows_per_plan']:>9,}  p50 {r['p50_ms']:>8.2f} ms"
@@ -329,18 +338,19 @@ def main() -> None:
             )
         design = horizon_design(tmp, args.threads, 10 if args.quick else 100)
         print("horizon design (N=200, H=15):", design)
-        cuts = batch_cuts(tmp, args.threads, 1 if args.quick else 5)
-        print("PETS iteration cut into runs:", cuts)
+        cuts = slicing(tmp, args.threads, 20 if args.quick else 100)
+        print("one iteration, whole or in slices:", cuts)
         margin = anytime_margin(tmp, args.threads, 20 if args.quick else 200)
         print("anytime at half budget:", margin)
     print(json.dumps({
         "benchmark": "plan_latency",
         "quick": args.quick,
         "threads": args.threads,
+        "device": args.device,
         "gemm_gflops": round(gemm, 1),
         "results": results,
         "horizon_design": design,
-        "batch_cuts": cuts,
+        "slicing": cuts,
         "anytime": margin,
     }))  # fmt: skip
 
