@@ -36,6 +36,11 @@ THRESHOLD = 170.0
 VARIANTS: dict[str, RunConfig] = {
     "cartpole": RunConfig(task="cartpole-swingup", episodes=10),
     "cartpole-realtime": RunConfig(task="cartpole-swingup", episodes=10, realtime=True),
+    # The same with the service's rollouts cut into one slice per core (its default is one
+    # session): faster on an idle machine, more deadline misses beside the learner.
+    "cartpole-realtime-slices": RunConfig(
+        task="cartpole-swingup", episodes=10, realtime=True, rollout_slices=0
+    ),
     # 1000-step episodes once it balances: a cheaper plan keeps 30 episodes within minutes.
     # Random episodes last about 5 steps, so the first model comes after 50 rows, not 200.
     "inverted-pendulum": RunConfig(

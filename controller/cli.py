@@ -161,6 +161,9 @@ def serve(
         bool, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    rollout_slices: Annotated[
+        int, typer.Option(help="Slices per rollout batch (0: one per core on the CPU).")
+    ] = 1,
     setting: Annotated[
         list[str] | None, typer.Option("--set", help="Initial live setting NAME=VALUE.")
     ] = None,
@@ -174,6 +177,7 @@ def serve(
         settings = ServiceSettings(
             task=task, endpoint=endpoint, control=control, telemetry=telemetry,
             allow_remote=allow_remote, models=models, store=store, device=device,
+            rollout_slices=rollout_slices,
         )  # fmt: skip
         live = LiveSettings().changed(_assignments(setting))
         service = MPCService(settings, live)

@@ -65,6 +65,8 @@ class RunConfig:
     """Random transitions before the first model (0: one episode, at most FIRST_MODEL_ROWS)."""
     model_timeout_s: float = 600.0
     """Lockstep: how long to wait for the retrain after an episode."""
+    rollout_slices: int = 1
+    """The service's rollout slices (see ServiceSettings.rollout_slices)."""
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -118,7 +120,8 @@ class ClosedLoop:
         serve = [*py, "serve", "--task", c.task, "--models", str(self.dir / "models"),
                  "--store", str(self.dir / "store"), "--endpoint", self.endpoints["robots"],
                  "--control", self.endpoints["control"],
-                 "--telemetry", self.endpoints["telemetry"]]  # fmt: skip
+                 "--telemetry", self.endpoints["telemetry"],
+                 "--rollout-slices", str(c.rollout_slices)]  # fmt: skip
         for name in ("planner", "horizon", "population", "iterations", "seed"):
             serve += ["--set", f"{name}={json.dumps(getattr(c, name))}"]
         learn = [*py, "learn", "--task", c.task, "--store", str(self.dir / "store"),

@@ -66,7 +66,9 @@ class MPCService:
             ModelWatcher(
                 settings.models,
                 self.task,
-                RuntimeOptions(device=settings.device, spin=False),
+                RuntimeOptions(
+                    device=settings.device, spin=False, rollout_slices=settings.rollout_slices
+                ),
                 settings.model_poll_s,
             )
             if settings.models is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.checks import check_number
+from controller.checks import check_int, check_number
 from controller.planners.settings import PlannerSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -55,6 +55,13 @@ class ServiceSettings:
     """How often buffered transitions are written to the store (so the learner sees them)."""
     device: str = "cpu"
     """ONNX Runtime device for the rollout sessions."""
+    rollout_slices: int = 1
+    """Slices each rollout batch is cut into (RuntimeOptions.rollout_slices; 0: one per core
+    on the CPU). One by default: the service shares the machine with the learner and the
+    bridge, and slices are a fixed split, so a slice whose core is taken holds the plan up,
+    while one session's thread pool moves work to the free core. Measured with realtime
+    cartpole on 2 cores, the learner training beside it: 4.3% and 0.9% of ticks missed their
+    deadline with slices (seeds 0, 1), 0.4% and 0.3% with one session."""
 
     def __post_init__(self) -> None:
         for name in ("endpoint", "control", "telemetry"):
@@ -62,6 +69,7 @@ class ServiceSettings:
         check_number("stale_after_s", self.stale_after_s, 0.0, 3600.0, low_open=True)
         check_number("model_poll_s", self.model_poll_s, 0.0, 3600.0, low_open=True)
         check_number("flush_s", self.flush_s, 0.0, 3600.0, low_open=True)
+        check_int("rollout_slices", self.rollout_slices, 0, 256)
 
 
 @dataclass(frozen=True)
