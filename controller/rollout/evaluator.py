@@ -83,12 +83,11 @@ def task_reward_graph(task: Task) -> onnx.ModelProto:
 @dataclass
 class _Slice:
     """Input buffers of one slice of a batch: particle rows [lo, hi) of the N x P rows,
-    padded to ``rows`` (padding rows follow the slice's first candidate; their returns are
-    dropped)."""
+    padded to ``len(candidate)`` rows (padding rows follow the slice's first candidate; their
+    returns are dropped). Buffers a graph does not take stay None."""
 
     lo: int
     hi: int
-    rows: int
     candidate: np.ndarray
     noise: np.ndarray | None = None
     gather: np.ndarray | None = None
@@ -140,7 +139,7 @@ class RolloutEvaluator:
         )
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
-        slices = 1 if self.device_random else _slice_count(self.options)
+        slices = 1 if self.device_random else _slice_count(self.options, self.device)
         options = self.options if slices == 1 else replace(self.options, intra_op_threads=1)
         self.sessions = {}
         for mode in modes:
@@ -239,13 +238,7 @@ class RolloutEvaluator:
     ) -> np.ndarray:
         """One IOBinding run of a device-random graph; returns [M] (padded) on the host."""
         (part,) = self._slices
-        feeds = dict(shared, particle_candidate=part.candidate)
-        feeds["noise_scale"] = np.array(1.0 if settings.sample else 0.0, np.float32)
-        if part.member_weight is not None:
-            _member_weights(rng, part.member_weight, settings.propagation)
-            feeds["member_weight"] = part.member_weight
-        else:
-            feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
+        feeds = self._feeds(part, shared, settings, rng)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -261,18 +254,24 @@ class RolloutEvaluator:
         settings: RolloutSettings,
         rng: np.random.Generator,
     ) -> dict[str, np.ndarray]:
-        assert part.noise is not None
-        feeds = dict(shared, particle_candidate=part.candidate, noise=part.noise)
-        if settings.sample:
-            rng.standard_normal(dtype=np.float32, out=part.noise)
+        """One slice's feeds, drawing its host randomness from ``rng``. A device-random graph
+        draws noise and member orders itself and takes switches instead."""
+        feeds = dict(shared, particle_candidate=part.candidate)
+        if part.noise is None:
+            feeds["noise_scale"] = np.array(1.0 if settings.sample else 0.0, np.float32)
+        elif settings.sample:
+            feeds["noise"] = rng.standard_normal(dtype=np.float32, out=part.noise)
         else:
             part.noise.fill(0.0)
-        if part.gather is not None and part.scatter is not None:
-            _routing(rng, part.gather, part.scatter, settings.propagation)
-            feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
-        elif part.member_weight is not None:
+            feeds["noise"] = part.noise
+        if part.member_weight is not None:
             _member_weights(rng, part.member_weight, settings.propagation)
             feeds["member_weight"] = part.member_weight
+        elif part.gather is not None and part.scatter is not None:
+            _routing(rng, part.gather, part.scatter, settings.propagation)
+            feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
+        else:
+            feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
         return feeds
 
     def _particle_rows(self, real: int, mode: Mode) -> int:
@@ -301,7 +300,7 @@ class RolloutEvaluator:
             m = self._particle_rows(hi - lo, mode)
             cand = np.full(m, candidate_of_row[lo], np.int64)
             cand[: hi - lo] = candidate_of_row[lo:hi]
-            part = _Slice(lo, hi, m, cand)
+            part = _Slice(lo, hi, cand)
             if mode == "mixed":
                 part.member_weight = np.empty((h, self.members, m), np.float32)
             if not self.device_random:
@@ -318,11 +317,12 @@ def _routing(
 ) -> None:
     """Fill the per-step member orders ``gather [H, M]`` and their inverses ``scatter``."""
     h, m = gather.shape
+    rows = np.broadcast_to(np.arange(m), (h, m))
     if propagation == "tsinf":
         gather[:] = rng.permutation(m)
     else:
-        gather[:] = rng.permuted(np.broadcast_to(np.arange(m), (h, m)), axis=1)
-    np.put_along_axis(scatter, gather, np.broadcast_to(np.arange(m), (h, m)), axis=1)
+        gather[:] = rng.permuted(rows, axis=1)
+    np.put_along_axis(scatter, gather, rows, axis=1)
 
 
 def _member_weights(rng: np.random.Generator, weights: np.ndarray, propagation: str) -> None:
@@ -343,10 +343,10 @@ def _device(options: RuntimeOptions) -> str:
     return "cuda" if (first if isinstance(first, str) else first[0]).startswith("CUDA") else "cpu"
 
 
-def _slice_count(options: RuntimeOptions) -> int:
+def _slice_count(options: RuntimeOptions, device: str) -> int:
     if options.rollout_slices:
         return options.rollout_slices
-    if _device(options) == "cuda":
+    if device == "cuda":
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

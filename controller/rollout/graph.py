@@ -140,18 +140,19 @@ def _model_step(
     t: str,
     state: str,
     prefix: str,
-    random: _DeviceRandom | None = None,
+    seed: float | None = None,
 ) -> tuple[str, str | None]:
     """Nodes of one horizon step; returns the names of (next state, disagreement or None).
 
     Routed: ``state`` is in step t-1's member order and is reordered to step t's; the next
-    state comes out in step t's order. Mixed: particle order throughout.
+    state comes out in step t's order. Mixed: particle order throughout. ``seed``: the graph
+    draws the noise itself (device-random), else it reads the ``noise`` input.
     """
     e, s, a = model.members, model.obs_dim, model.act_dim
-    if random is None:
+    if seed is None:
         noise_t = b.op("Gather", ["noise", t], "noise_t", axis=0)  # [M, S]
     else:
-        draw = b.op("RandomNormalLike", [state], "draw", seed=random.seed + 1.0)
+        draw = b.op("RandomNormalLike", [state], "draw", seed=seed + 1.0)
         noise_t = b.op("Mul", [draw, "noise_scale"], "noise_t")
     if mode == "routed":
         order = b.op("Gather", ["reorder", t], "order", axis=0)  # [M]
@@ -216,18 +217,11 @@ def _inputs(
     return inputs
 
 
-@dataclass(frozen=True)
-class _DeviceRandom:
-    """The graph draws its own noise and member orders (seeded ONNX random ops)."""
-
-    seed: float
-
-
-def _draw_orders(b: _Builder, hm: str, m: str, random: _DeviceRandom) -> None:
+def _draw_orders(b: _Builder, hm: str, m: str, seed: float) -> None:
     """Outer nodes that draw ``gather_idx`` and ``scatter_idx`` [H, M] in the graph: a random
     permutation per step (``redraw`` 1, TS1) or one for every step (``redraw`` 0, TS-inf),
     as the indices of sorted uniform draws; the inverse sorts those indices back."""
-    u = b.op("RandomUniformLike", [b.op("ConstantOfShape", [hm])], "u", seed=random.seed)
+    u = b.op("RandomUniformLike", [b.op("ConstantOfShape", [hm])], "u", seed=seed)
     first = b.op("Expand", [b.op("Slice", [u, b.ints(0), b.ints(1)]), hm])
     keep = b.op("Sub", [b.const(np.float32(1.0)), "redraw"])
     keys = b.op("Add", [b.op("Mul", [u, "redraw"]), b.op("Mul", [first, keep])])
@@ -258,12 +252,12 @@ def _routing(b: _Builder, a: int, h: str, m: str) -> str:
 
 
 def _loop(
-    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str, random: _DeviceRandom | None
+    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str, seed: float | None
 ) -> tuple[str, str | None]:
     """The ``Loop`` over the horizon; returns ``next_states [H, M, S]`` and, in mixed mode,
     ``disagreements [H, M]``, both stacked by the loop as scan outputs."""
     body = _Builder("step/")
-    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", "", random)
+    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", "", seed)
     outs = [nxt, body.op("Identity", [nxt], "next_out")]
     if disagreement is not None:
         outs.append(disagreement)
@@ -288,14 +282,14 @@ def _unrolled(
     mode: Mode,
     horizon: int,
     state0: str,
-    random: _DeviceRandom | None,
+    seed: float | None,
 ) -> tuple[str, str | None]:
     """The same steps as :func:`_loop`, written out for a fixed horizon."""
     states, disagreements = [], []
     state = state0
     for step in range(horizon):
         t = b.const(np.int64(step), "t")
-        state, disagreement = _model_step(b, model, mode, t, state, f"s{step}/", random)
+        state, disagreement = _model_step(b, model, mode, t, state, f"s{step}/", seed)
         states.append(b.op("Unsqueeze", [state, b.ints(0)]))
         if disagreement is not None:
             disagreements.append(b.op("Unsqueeze", [disagreement, b.ints(0)]))
@@ -373,14 +367,14 @@ def build_rollout_graph(
     row0 = b.op("Unsqueeze", ["obs", b.ints(0)])
     state0 = b.op("Expand", [row0, b.op("Concat", [m_1d, b.ints(s)], axis=0)], "state0")
     hm = b.op("Concat", [h_1d, m_1d], axis=0)
-    random = _DeviceRandom(float(seed)) if device_random else None
-    if random is not None and mode == "routed":
-        _draw_orders(b, hm, m, random)
+    graph_seed = float(seed) if device_random else None
+    if graph_seed is not None and mode == "routed":
+        _draw_orders(b, hm, m, graph_seed)
     offsets = _routing(b, a, h, m) if mode == "routed" else None
     if unroll is None:
-        next_states, disagreements = _loop(b, model, mode, h, state0, random)
+        next_states, disagreements = _loop(b, model, mode, h, state0, graph_seed)
     else:
-        next_states, disagreements = _unrolled(b, model, mode, unroll, state0, random)
+        next_states, disagreements = _unrolled(b, model, mode, unroll, state0, graph_seed)
     if offsets is not None:  # back to particle order: step t left particle p in scatter_idx[t][p]
         rows = b.op("Add", ["scatter_idx", offsets])
         flat = b.op("Reshape", [next_states, b.ints(-1, s)])
