@@ -1,4 +1,9 @@
-"""Benchmark numpy vs numba for models.sampling (bootstrap, epoch order, minibatch gathers).
+"""numba against numpy for the trainer's sampling: bootstrap, epoch order, minibatch gathers.
+
+``models.sampling`` is numpy only. The numba versions live here, bit-identical to it (checked on
+every run before timing: same arrays, and the Generator advanced by the same draws), so that
+the comparison can be repeated on any machine; they lost on the 2-core dev machine (figures in
+``models/sampling.py``).
 
 Shapes: E members (5), N rows, B batch (256), F input features, O outputs.
 
@@ -6,14 +11,14 @@ Run from the repo root::
 
     python benchmarks/sampling_numba.py --quick    # < 1 min including JIT
     python benchmarks/sampling_numba.py            # all sizes, more repeats
+    python benchmarks/sampling_numba.py --cold-jit # also time a fresh compile of each kernel
 
 Times are per call in microseconds, the minimum over repeats of the mean of a timed loop (the
 minimum is the figure least disturbed by other processes on a small machine). Gathers write into
 preallocated outputs; batch gathers walk the epoch's minibatches (``order[:, b*B:(b+1)*B]``, a
 strided view, as the trainer passes them) so large datasets are not served from a warm cache.
-speedup = numpy_us / numba_us (> 1: numba faster). A function's winner is numba only when the
-geometric-mean speedup over its rows is >= WIN_FACTOR; otherwise numpy wins (a tie goes to numpy:
-no JIT, no threads).
+speedup = numpy_us / numba_us (> 1: numba faster). numba wins a function only when the
+geometric-mean speedup over its rows is >= WIN_FACTOR (a tie goes to numpy: no JIT, no threads).
 
 The last line printed is one JSON object with all figures.
 """
@@ -25,22 +30,161 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 # Run as a script from the repo root without relying on the editable install.
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from models import sampling  # noqa: E402
+
+# Checked before this module imports numba: the product must not pull it in for sampling.
+PRODUCT_IMPORTS_NUMBA = "numba" in sys.modules
+
+import numba  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
 MEMBERS = 5
 BATCH = 256
 FEATURES_OUTPUTS = ((6, 4), (23, 17))  # (F, O): small (pendulum-like) and half-cheetah-like
 WIN_FACTOR = 1.10  # numba must be >= 10% faster (geometric mean) to be called the winner
+
+IndexArray = NDArray[np.int64]
+FloatArray = NDArray[np.float32]
+
+
+# ----------------------------------------------------------------------------------------------
+# The numba versions, behind the same argument checks as models.sampling.
+# ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _bootstrap_kernel(rng: np.random.Generator, n: int, members: int) -> IndexArray:
+    # The sized call beat a per-element rng.integers loop ~8x in numba: each scalar draw is an
+    # indirect call into the bit generator. Same stream as numpy's either way.
+    return rng.integers(0, n, size=(members, n))
+
+
+def bootstrap_indices_numba(rng: np.random.Generator, n: int, members: int) -> IndexArray:
+    n, members = sampling._check_bootstrap_args(rng, n, members)
+    return _bootstrap_kernel(rng, n, members)
+
+
+@njit(cache=True)
+def _epoch_order_kernel(rng: np.random.Generator, rows: IndexArray) -> IndexArray:
+    out = rows.copy()
+    for e in range(out.shape[0]):
+        # Generator.shuffle in numba uses numpy's bounded-interval draws, row by row like
+        # rng.permuted(axis=1), hence identical output.
+        rng.shuffle(out[e])
+    return out
+
+
+def epoch_order_numba(rng: np.random.Generator, boot: NDArray[np.integer]) -> IndexArray:
+    return _epoch_order_kernel(rng, sampling._check_boot(rng, boot))
+
+
+@njit(cache=True, nogil=True)
+def _gather_kernel(
+    inputs: FloatArray,
+    targets: FloatArray,
+    idx: IndexArray,
+    out_in: FloatArray,
+    out_tgt: FloatArray,
+) -> None:
+    members, batch = idx.shape
+    n_in = inputs.shape[1]
+    n_tgt = targets.shape[1]
+    for e in range(members):
+        for b in range(batch):
+            # Unsigned row index: skips numba's negative-index wraparound (bounds checked by the
+            # caller). One pass over idx fills both outputs.
+            row = np.uint64(idx[e, b])
+            for f in range(n_in):
+                out_in[e, b, f] = inputs[row, f]
+            for o in range(n_tgt):
+                out_tgt[e, b, o] = targets[row, o]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gather_kernel_parallel(
+    inputs: FloatArray,
+    targets: FloatArray,
+    idx: IndexArray,
+    out_in: FloatArray,
+    out_tgt: FloatArray,
+) -> None:
+    members, batch = idx.shape
+    n_in = inputs.shape[1]
+    n_tgt = targets.shape[1]
+    # Flattened (member, row) loop: E=5 alone would split 3:2 over 2 cores.
+    for k in prange(members * batch):
+        e = k // batch
+        b = k - e * batch
+        row = np.uint64(idx[e, b])
+        for f in range(n_in):
+            out_in[e, b, f] = inputs[row, f]
+        for o in range(n_tgt):
+            out_tgt[e, b, o] = targets[row, o]
+
+
+def _gather_with(kernel: Any) -> Callable[..., tuple[FloatArray, FloatArray]]:
+    def gather(
+        inputs: FloatArray,
+        targets: FloatArray,
+        idx: NDArray[np.integer],
+        out_in: FloatArray | None = None,
+        out_tgt: FloatArray | None = None,
+    ) -> tuple[FloatArray, FloatArray]:
+        index, x, y = sampling._check_gather_args(inputs, targets, idx, out_in, out_tgt)
+        # A contiguous idx keeps one compiled signature: minibatch slices order[:, a:b] are
+        # strided and would otherwise compile (and cache) a second, 'A'-layout specialization.
+        kernel(inputs, targets, np.ascontiguousarray(index), x, y)
+        return x, y
+
+    return gather
+
+
+gather_batch_numba = _gather_with(_gather_kernel)
+gather_batch_numba_parallel = _gather_with(_gather_kernel_parallel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks and timing
+# ----------------------------------------------------------------------------------------------
+
+
+def check_identical() -> None:
+    """Raise unless every numba version matches models.sampling bit for bit, stream included."""
+    for n, members in ((1, 1), (7, 3), (2_001, MEMBERS)):
+        r_np, r_nb = np.random.default_rng(42), np.random.default_rng(42)
+        np.testing.assert_array_equal(
+            sampling.bootstrap_indices(r_np, n, members), bootstrap_indices_numba(r_nb, n, members)
+        )
+        boot = sampling.bootstrap_indices(np.random.default_rng(n), n, members)
+        boot_f = np.asfortranarray(boot.astype(np.int32))  # any layout and int dtype
+        np.testing.assert_array_equal(
+            sampling.epoch_order(r_np, boot), epoch_order_numba(r_nb, boot_f)
+        )
+        assert r_np.integers(0, 2**62) == r_nb.integers(0, 2**62), "streams diverged"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((501, 23), dtype=np.float32)
+    y = rng.standard_normal((501, 17), dtype=np.float32)
+    order = sampling.epoch_order(rng, sampling.bootstrap_indices(rng, 501, MEMBERS))
+    for idx in (order[:, 100:200], order):
+        want = sampling.gather_batch(x, y, idx)
+        for impl in (gather_batch_numba, gather_batch_numba_parallel):
+            got = impl(x, y, idx)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
 
 
 def _time_us(fn: Callable[[], object], repeats: int, min_loop_s: float) -> float:
@@ -93,39 +237,37 @@ def _gather_call(
     return impl(x, y, next_idx(), ox, oy)
 
 
-def _warm_jit(sampling: Any, np: Any) -> dict[str, Any]:
-    """First call of each numba path (compile, or load from numba's on-disk cache), in ms."""
+def _jit_calls() -> dict[str, tuple[Any, Callable[[Any], object]]]:
     rng = np.random.default_rng(0)
     x = np.zeros((8, 3), np.float32)
     y = np.zeros((8, 2), np.float32)
     idx = np.zeros((MEMBERS, 4), np.int64)
     ox = np.empty((MEMBERS, 4, 3), np.float32)
     oy = np.empty((MEMBERS, 4, 2), np.float32)
-    calls: dict[str, tuple[Any, Callable[[], object]]] = {
-        "bootstrap": (
-            sampling._bootstrap_kernel,
-            lambda: sampling._bootstrap_indices_numba(rng, 8, 2),
-        ),
-        "epoch_order": (
-            sampling._epoch_order_kernel,
-            lambda: sampling._epoch_order_numba(rng, idx),
-        ),
-        "gather_serial": (
-            sampling._gather_kernel,
-            lambda: sampling._gather_kernel(x, y, idx, ox, oy),
-        ),
-        "gather_parallel": (
-            sampling._gather_kernel_parallel,
-            lambda: sampling._gather_kernel_parallel(x, y, idx, ox, oy),
-        ),
+    return {
+        "bootstrap": (_bootstrap_kernel, lambda k: k(rng, 8, 2)),
+        "epoch_order": (_epoch_order_kernel, lambda k: k(rng, idx)),
+        "gather_serial": (_gather_kernel, lambda k: k(x, y, idx, ox, oy)),
+        "gather_parallel": (_gather_kernel_parallel, lambda k: k(x, y, idx, ox, oy)),
     }
+
+
+def warm_jit(cold: bool) -> dict[str, Any]:
+    """First call of each kernel (compile, or load from numba's on-disk cache), in ms; with
+    ``cold``, also a fresh compile of an uncached copy (what a first run on a new machine
+    pays)."""
     out: dict[str, Any] = {}
-    for name, (dispatcher, call) in calls.items():
+    for name, (dispatcher, call) in _jit_calls().items():
         t0 = time.perf_counter()
-        call()
+        call(dispatcher)
         ms = (time.perf_counter() - t0) * 1e3
         hits = sum(dispatcher.stats.cache_hits.values())
         out[name] = {"first_call_ms": round(ms, 1), "cache_hit": hits > 0}
+        if cold:
+            fresh = numba.jit(**dispatcher.targetoptions)(dispatcher.py_func)
+            t0 = time.perf_counter()
+            call(fresh)
+            out[name]["compile_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
     return out
 
 
@@ -133,19 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (< 1 min)")
     parser.add_argument(
-        "--cold-jit",
-        action="store_true",
-        help="compile into an empty numba cache dir, so first-call times are true compile times",
+        "--cold-jit", action="store_true", help="also time a fresh compile of each kernel"
     )
     args = parser.parse_args(argv)
-    if args.cold_jit:
-        # Must be set before numba is imported (numba reads its config at import).
-        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
-
-    import numba
-    import numpy as np
-
-    from models import sampling
 
     sizes = (2_000, 20_000) if args.quick else (2_000, 20_000, 200_000)
     repeats = 3 if args.quick else 7
@@ -155,13 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"numpy {np.__version__}, numba {numba.__version__} "
         f"({numba.get_num_threads()} threads), cpus={os.cpu_count()}, "
-        f"E={MEMBERS}, B={BATCH}, {'quick' if args.quick else 'full'}"
+        f"E={MEMBERS}, B={BATCH}, {'quick' if args.quick else 'full'}; "
+        f"models.sampling imports numba: {PRODUCT_IMPORTS_NUMBA}"
     )
-    jit = _warm_jit(sampling, np)
+    jit = warm_jit(args.cold_jit)
     print("\nJIT first call (compile, or numba cache load), excluded from timings:")
     for name, v in jit.items():
         cache = "hit" if v["cache_hit"] else "miss"
-        print(f"  {name:<16} {v['first_call_ms']:>9.1f} ms   cache {cache}")
+        fresh = f"   fresh compile {v['compile_ms']:.1f} ms" if "compile_ms" in v else ""
+        print(f"  {name:<16} {v['first_call_ms']:>9.1f} ms   cache {cache}{fresh}")
+    check_identical()
+    print("numba versions bit-identical to models.sampling (arrays and Generator stream)")
 
     def timed(fn: Callable[[], object]) -> float:
         return _time_us(fn, repeats, min_loop_s)
@@ -170,24 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     boot_rows: list[dict[str, Any]] = []
     order_rows: list[dict[str, Any]] = []
     for n in sizes:
-        np_us = timed(partial(sampling._bootstrap_indices_numpy, rng, n, MEMBERS))
-        nb_us = timed(partial(sampling._bootstrap_indices_numba, rng, n, MEMBERS))
+        np_us = timed(partial(sampling.bootstrap_indices, rng, n, MEMBERS))
+        nb_us = timed(partial(bootstrap_indices_numba, rng, n, MEMBERS))
         boot_rows.append({"n": n, "numpy_us": np_us, "numba_us": nb_us, "speedup": np_us / nb_us})
-        boot = sampling._bootstrap_indices_numpy(rng, n, MEMBERS)
-        np_us = timed(partial(sampling._epoch_order_numpy, rng, boot))
-        nb_us = timed(partial(sampling._epoch_order_numba, rng, boot))
+        boot = sampling.bootstrap_indices(rng, n, MEMBERS)
+        np_us = timed(partial(sampling.epoch_order, rng, boot))
+        nb_us = timed(partial(epoch_order_numba, rng, boot))
         order_rows.append({"n": n, "numpy_us": np_us, "numba_us": nb_us, "speedup": np_us / nb_us})
 
-    def gather_parallel(x: Any, y: Any, idx: Any, ox: Any, oy: Any) -> None:
-        # The threaded kernel behind the same validation as _gather_batch_numba; measured to
-        # show whether parallel=True pays on this machine (it is not used by the module).
-        index, bx, by = sampling._check_gather_args(x, y, idx, ox, oy)
-        sampling._gather_kernel_parallel(x, y, np.ascontiguousarray(index), bx, by)
-
     impls: dict[str, Callable[..., object]] = {
-        "numpy_us": sampling._gather_batch_numpy,
-        "numba_us": sampling._gather_batch_numba,
-        "numba_parallel_us": gather_parallel,
+        "numpy_us": sampling.gather_batch,
+        "numba_us": gather_batch_numba,
+        "numba_parallel_us": gather_batch_numba_parallel,
     }
     gather_rows: list[dict[str, Any]] = []
     for n in sizes:
@@ -233,29 +363,22 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # --- winners -----------------------------------------------------------------------------
-    def verdict(
-        rows: list[dict[str, Any]], bound_to: Callable[..., Any], name: str
-    ) -> dict[str, Any]:
+    def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         gm = _geomean([r["speedup"] for r in rows])
-        winner = "numba" if gm >= WIN_FACTOR else "numpy"
-        bound = "numba" if f"_{name}_numba" in bound_to.__code__.co_names else "numpy"
-        return {"winner": winner, "geomean_speedup": round(gm, 3), "bound": bound}
+        return {"winner": "numba" if gm >= WIN_FACTOR else "numpy", "geomean_speedup": round(gm, 3)}
 
     winner = {
-        "bootstrap": verdict(boot_rows, sampling.bootstrap_indices, "bootstrap_indices"),
-        "epoch_order": verdict(order_rows, sampling.epoch_order, "epoch_order"),
-        "gather": verdict(gather_rows, sampling.gather_batch, "gather_batch"),
+        "bootstrap": verdict(boot_rows),
+        "epoch_order": verdict(order_rows),
+        "gather": verdict(gather_rows),
     }
     for kind in ("batch", "epoch"):
         gm = _geomean([r["speedup"] for r in gather_rows if r["kind"] == kind])
         winner["gather"][f"geomean_speedup_{kind}"] = round(gm, 3)
-    print(f"\nwinners (numba needs geomean speedup >= {WIN_FACTOR}):")
+    print(f"\nwinners (numba needs geomean speedup >= {WIN_FACTOR}; models.sampling is numpy):")
     for name, v in winner.items():
-        flag = "" if v["winner"] == v["bound"] else "   <-- models.sampling binds the other one"
-        print(
-            f"  {name:<12} {v['winner']:<6} geomean speedup {v['geomean_speedup']:.2f}x, "
-            f"public function uses {v['bound']}{flag}"
-        )
+        flag = "   <-- numba won here: reconsider models.sampling" if v["winner"] == "numba" else ""
+        print(f"  {name:<12} {v['winner']:<6} geomean speedup {v['geomean_speedup']:.2f}x{flag}")
     elapsed = time.perf_counter() - t_start
     print(f"\ntotal {elapsed:.1f} s")
 
@@ -269,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     result = {
+        "benchmark": "sampling_numba",
         "quick": args.quick,
         "members": MEMBERS,
         "batch": BATCH,
         "threads": numba.get_num_threads(),
+        "product_imports_numba": PRODUCT_IMPORTS_NUMBA,
         "jit": jit,
         "bootstrap": rounded(boot_rows),
         "epoch_order": rounded(order_rows),
