@@ -1,0 +1,284 @@
+"""The one appender of a store: TransitionWriter.
+
+Shapes: S observation dim, A action dim, N rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from models.fileio import fsync_dir
+from models.store.format import (
+    DEFAULT_SEGMENT_ROWS,
+    LOCK_FILE,
+    MAGIC,
+    META_FILE,
+    Records,
+    StoreCorruptError,
+    StoreMeta,
+    bytes_view,
+    count_segments,
+    fill_crc,
+    scan_segment,
+    segment_path,
+)
+from models.transitions import Transitions, _encode_robot_ids, check_batch
+
+log = logging.getLogger(__name__)
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _scalar_kind(value: object) -> str:
+    """numpy's dtype kind of a Python or numpy scalar ("" for anything else)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "b"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (
+            np.asarray(value).dtype.kind
+            if isinstance(value, np.generic)
+            else ("i" if isinstance(value, int) else "f")
+        )
+    return ""
+
+
+class TransitionWriter:
+    """The one appender of a store: creates it, or reopens it and truncates a torn tail.
+
+    Rows are packed into a preallocated [flush_every] record buffer (memory stays bounded) and
+    written, one os.write per segment touched, when the buffer fills, on flush() and on close().
+    With durable=True every flush also fsyncs. A second live writer of a store is refused.
+    segment_rows (default DEFAULT_SEGMENT_ROWS) is fixed at creation; None on reopen means keep.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        obs_dim: int,
+        act_dim: int,
+        *,
+        segment_rows: int | None = None,
+        flush_every: int = 1024,
+        durable: bool = False,
+    ) -> None:
+        if flush_every < 1 or (segment_rows is not None and segment_rows < 1):
+            raise ValueError(f"flush_every={flush_every}, segment_rows={segment_rows}: need >= 1")
+        self.path, self.durable = Path(path), durable
+        self._fd = -1
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.meta = self._open_meta(obs_dim, act_dim, segment_rows)
+            self.recovered_torn_bytes = self._recover()
+        except BaseException as e:
+            self.close()
+            if isinstance(e, BlockingIOError):
+                raise RuntimeError(f"{self.path} is open in another TransitionWriter") from None
+            raise
+        self._buf: Records = np.zeros(flush_every, self.meta.dtype)  # zeros: pad bytes stay 0
+        self._pending = 0
+
+    def _open_meta(self, obs_dim: int, act_dim: int, segment_rows: int | None) -> StoreMeta:
+        if not (self.path / META_FILE).exists():
+            if count_segments(self.path):
+                raise StoreCorruptError(f"{self.path}: segment files but no {META_FILE}")
+            meta = StoreMeta(obs_dim, act_dim, segment_rows or DEFAULT_SEGMENT_ROWS)
+            meta.to_json()  # validates the dims before anything is written
+            meta.create(self.path)
+            return meta
+        meta = StoreMeta.load(self.path)
+        asked = {"obs_dim": obs_dim, "act_dim": act_dim, "segment_rows": segment_rows}
+        for name, want in asked.items():
+            if want is not None and want != (have := getattr(meta, name)):
+                raise ValueError(f"store {self.path} has {name}={have}, but {name}={want} given")
+        return meta
+
+    def _recover(self) -> int:
+        """Open the last segment and truncate what follows its last valid record; returns bytes."""
+        size, seg_rows = self.meta.dtype.itemsize, self.meta.segment_rows
+        n_seg = max(count_segments(self.path), 1)
+        for k in range(n_seg - 1):  # a full re-validation would be O(store); sizes are O(1)
+            if (n := segment_path(self.path, k).stat().st_size) != seg_rows * size:
+                raise StoreCorruptError(f"{segment_path(self.path, k)}: {n} bytes, not full")
+        self._seg = n_seg - 1
+        self._fd = os.open(segment_path(self.path, self._seg), os.O_RDWR | os.O_CREAT, 0o644)
+        self._seg_fill = scan_segment(self._fd, self.meta.dtype, self._seg, 0, seg_rows)
+        self._flushed = self._seg * seg_rows + self._seg_fill
+        torn = os.fstat(self._fd).st_size - self._seg_fill * size
+        if torn:
+            log.warning("%s: dropping %d torn bytes after row %d", self.path, torn, self._flushed)
+            os.ftruncate(self._fd, self._seg_fill * size)
+            os.fsync(self._fd)
+        os.lseek(self._fd, self._seg_fill * size, os.SEEK_SET)
+        return torn
+
+    def __len__(self) -> int:
+        """Rows appended (flushed + buffered); the next row gets this global index."""
+        return self._flushed + self._pending
+
+    @property
+    def flushed(self) -> int:
+        """Rows written to the segment files, visible to readers."""
+        return self._flushed
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered in memory, not yet written."""
+        return self._pending
+
+    def append(
+        self,
+        obs: npt.ArrayLike,
+        act: npt.ArrayLike,
+        next_obs: npt.ArrayLike,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        *,
+        episode: int,
+        step: int,
+        robot: str,
+        wall_time: float | None = None,
+    ) -> int:
+        """Append one transition (obs [S], act [A], next_obs [S]); returns its global index.
+
+        wall_time defaults to time.time(). Checked like append_batch (same refusals), but
+        written straight into the record buffer: the service appends one row per tick.
+        """
+        self._check_open()
+        dims = (self.meta.obs_dim, self.meta.act_dim, self.meta.obs_dim)
+        vecs = {}
+        for name, v, dim in zip(
+            ("obs", "act", "next_obs"), (obs, act, next_obs), dims, strict=True
+        ):
+            arr = np.asarray(v)
+            if arr.shape != (dim,):
+                raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
+            if arr.dtype.kind not in "iuf":
+                raise ValueError(f"{name} has dtype {arr.dtype}; accepted dtype kinds are 'iuf'")
+            with np.errstate(over="ignore"):  # an f32 overflow becomes inf, refused below
+                vecs[name] = arr.astype(np.float32)
+            if not np.isfinite(vecs[name]).all():
+                raise ValueError(f"{name} contains NaN or inf")
+        wall = time.time() if wall_time is None else wall_time
+        for name, value, kinds in (("reward", reward, "iuf"), ("terminated", terminated, "b"),
+                                   ("truncated", truncated, "b"), ("episode", episode, "iu"),
+                                   ("step", step, "iu"), ("wall_time", wall, "iuf")):  # fmt: skip
+            # no casting: an int `terminated` or a float `step` is refused, not converted
+            if _scalar_kind(value) not in kinds:
+                raise ValueError(f"{name} must be a scalar of dtype kind {kinds!r}, got {value!r}")
+        if not (math.isfinite(reward) and abs(reward) <= _F32_MAX and math.isfinite(wall)):
+            raise ValueError(f"reward ({reward}) and wall_time ({wall}) must be finite")
+        for name, value in (("episode", episode), ("step", step)):
+            if not -(2**63) <= int(value) < 2**63:
+                raise ValueError(f"{name} does not fit in int64")
+        robot_id = _encode_robot_ids(np.asarray([robot]))[0]
+        rec = self._buf[self._pending : self._pending + 1]
+        rec["magic"], rec["seq"], rec["episode"], rec["step"] = MAGIC, len(self), episode, step
+        rec["wall_time"], rec["reward"], rec["robot"] = wall, reward, robot_id
+        rec["terminated"], rec["truncated"] = terminated, truncated
+        rec["obs"], rec["act"], rec["next_obs"] = vecs["obs"], vecs["act"], vecs["next_obs"]
+        self._pending += 1
+        index = len(self) - 1
+        if self._pending == len(self._buf):
+            self.flush()
+        return index
+
+    def append_batch(self, batch: Transitions) -> range:
+        """Append the N rows of `batch`; returns their global indices.
+
+        Raises ValueError naming the field on a wrong shape or dtype, NaN/inf in obs, act,
+        next_obs, reward or wall_time, or a bad robot id. The whole batch is checked first, so a
+        refused batch leaves the store and the buffer untouched.
+        """
+        self._check_open()
+        cols = check_batch(batch, self.meta.obs_dim, self.meta.act_dim)
+        first, lo = len(self), 0
+        while lo < len(batch):
+            n = min(len(batch) - lo, len(self._buf) - self._pending)
+            dst = self._buf[self._pending : self._pending + n]
+            dst["magic"] = MAGIC
+            dst["seq"] = np.arange(len(self), len(self) + n)
+            for name, v in cols.items():
+                dst[name] = v[lo : lo + n]
+            self._pending += n
+            lo += n
+            if self._pending == len(self._buf):
+                self.flush()
+        return range(first, len(self))
+
+    def flush(self, fsync: bool = False) -> None:
+        """Write the buffered rows, one os.write per segment touched; fsync if asked or durable."""
+        self._check_open()
+        recs, size = self._buf[: self._pending], self.meta.dtype.itemsize
+        fill_crc(recs)
+        raw, done = bytes_view(recs), 0
+        try:
+            while done < len(recs):
+                if self._seg_fill == self.meta.segment_rows:
+                    self._roll()
+                n = min(len(recs) - done, self.meta.segment_rows - self._seg_fill)
+                self._write_all(raw[done * size : (done + n) * size])
+                self._seg_fill += n
+                self._flushed += n
+                done += n
+        finally:
+            if done < len(recs):  # a write failed: keep the unwritten rows for a retry
+                self._buf[: len(recs) - done] = self._buf[done : len(recs)].copy()
+            self._pending = len(recs) - done
+        if fsync or self.durable:
+            os.fsync(self._fd)
+
+    def _write_all(self, data: memoryview) -> None:
+        start = self._seg_fill * self.meta.dtype.itemsize
+        try:
+            written = 0
+            while written < len(data):  # short writes happen (full disk, signals)
+                written += os.write(self._fd, data[written:])
+        except BaseException:
+            os.ftruncate(self._fd, start)  # leave no partial record behind
+            os.lseek(self._fd, start, os.SEEK_SET)
+            raise
+
+    def _roll(self) -> None:
+        """Start the next segment; the current one is complete from now on."""
+        if self.durable:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._seg += 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        self._fd = os.open(segment_path(self.path, self._seg), flags, 0o644)
+        self._seg_fill = 0
+        if self.durable:
+            fsync_dir(self.path)
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError(f"TransitionWriter for {self.path} is closed")
+
+    def close(self) -> None:
+        """Flush (fsync if durable), then release the segment file and the writer lock."""
+        try:
+            if self._fd >= 0 and hasattr(self, "_buf"):
+                self.flush()
+        finally:
+            for attr in ("_fd", "_lock_fd"):
+                if getattr(self, attr) >= 0:
+                    os.close(getattr(self, attr))  # closing the lock fd releases the flock
+                    setattr(self, attr, -1)
+
+    def __enter__(self) -> TransitionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
