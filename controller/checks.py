@@ -3,6 +3,18 @@ allowed range, so an operator's typo is refused with a message that says how to 
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on a command line: JSON where it parses (numbers, true/false, null,
+    lists), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:

@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controller.config import Config, as_dict, merged, nested, parse_overrides, updated
+from sim_bridge.hardware import BridgeSettings
+
 app = typer.Typer(
     help="tickmpc: real-time MPC with a learned probabilistic ensemble in ONNX Runtime.",
     no_args_is_help=True,
@@ -89,104 +92,96 @@ def model_info(
         raise typer.Exit(code=1)
 
 
-@app.command("offline")
-def offline(
-    task: Annotated[str, typer.Option(help="Task name (see controller/tasks).")] = (
-        "cartpole-swingup"
-    ),
-    steps: Annotated[int, typer.Option(help="Random-action transitions to learn from.")] = 4000,
-    seed: Annotated[int, typer.Option(help="Seed for data, split and training.")] = 0,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="Where to write (default runs/<time>).")
-    ] = None,
-) -> None:
-    """Learn a model of a MuJoCo task from random actions, offline (no controller).
-
-    Collects transitions into the transition store, trains the ensemble, exports it to ONNX and
-    checks it through ONNX Runtime on fresh data. The closed MPC loop replaces this later.
-    """
-    from controller.offline import OfflineConfig, run_offline
-
-    config = OfflineConfig(task=task, steps=steps, seed=seed)
-    run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    console.print(f"collecting {steps} random-action transitions of {task} ...")
-    with console.status("collect, store, train, export, check ..."):
-        result = run_offline(config, run_dir)
-    console.print(result.report.summary())
-    m = result.holdout
-    table = Table(title=f"ONNX Runtime check on {m.rows} fresh transitions")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("meaning")
-    table.add_row("worst-dim normalized MSE", f"{m.nmse:.2e}", "1.0 = predicting the mean delta")
-    table.add_row("within 1 predicted std", f"{m.within_1std:.1%}", "68% if calibrated")
-    table.add_row("disagreement (data)", f"{m.disagreement:.3g}", "variance of member means")
-    table.add_row("disagreement (10x out)", f"{result.far_disagreement:.3g}", "should be larger")
-    console.print(table)
-    console.print(f"model v{result.model.version}: {result.model.path}")
-    console.print(
-        f"run directory: {result.run_dir} (config.toml, transitions/, models/, summary.json)"
-    )
+DEFAULTS = as_dict(Config())
+"""The default config tree: every CLI default is read from it (so from the dataclasses)."""
 
 
-DEFAULT_CONTROL = "tcp://127.0.0.1:5556"
+def _default(path: str) -> Any:
+    """The dataclass default of a config field (``service.endpoint``)."""
+    node: Any = DEFAULTS
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
-def _assignments(items: list[str] | None) -> dict[str, Any]:
-    from controller.service.control import parse_assignments
-
+def _compose(config_file: Path | None, sets: list[str] | None, named: dict[str, Any]) -> Config:
+    """The config: dataclass defaults, then the file, then the named flags that were given,
+    then ``--set``; anything refused ends the command with the reason."""
+    given = {path: str(v) if isinstance(v, Path) else v for path, v in named.items()}
     try:
-        return parse_assignments(items or [])
+        tree = merged(nested((k, v) for k, v in given.items() if v is not None),
+                      parse_overrides(sets or []))  # fmt: skip
+        if config_file is not None:
+            return Config.load(config_file, tree)
+        return updated(Config(), tree)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="A TOML config file (any part of the tree).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="SECTION.NAME=VALUE over the file, e.g. planner.horizon=30."),
+]
+
+
+def _help(text: str, path: str) -> str:
+    return f"{text} (default: {_default(path)})"
 
 
 @app.command("serve")
 def serve(
-    task: Annotated[str, typer.Option(help="The task the robots run.")] = "cartpole-swingup",
+    config_file: ConfigOption = None,
+    task: Annotated[str | None, typer.Option(help=_help("The task the robots run.", "task"))] = (
+        None
+    ),
     models: Annotated[
         Path | None, typer.Option(help="Model directory to follow (none: random actions).")
     ] = None,
     store: Annotated[Path | None, typer.Option(help="Transition store to record into.")] = None,
-    endpoint: Annotated[str, typer.Option(help="Where bridges connect.")] = (
-        "tcp://127.0.0.1:5555"
-    ),
-    control: Annotated[str, typer.Option(help="Control socket (tune, status).")] = (
-        DEFAULT_CONTROL
-    ),
-    telemetry: Annotated[str, typer.Option(help="Telemetry PUB socket.")] = (
-        "tcp://127.0.0.1:5557"
-    ),
-    allow_remote: Annotated[
-        bool, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    rollout_slices: Annotated[
-        int, typer.Option(help="Slices per rollout batch (0: one per core on the CPU).")
-    ] = 1,
-    setting: Annotated[
-        list[str] | None, typer.Option("--set", help="Initial live setting NAME=VALUE.")
+    endpoint: Annotated[
+        str | None, typer.Option(help=_help("Where bridges connect.", "service.endpoint"))
     ] = None,
+    control: Annotated[
+        str | None, typer.Option(help=_help("Control socket (tune, status).", "service.control"))
+    ] = None,
+    telemetry: Annotated[
+        str | None, typer.Option(help=_help("Telemetry PUB socket.", "service.telemetry"))
+    ] = None,
+    allow_remote: Annotated[
+        bool | None, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
+    ] = None,
+    durable: Annotated[
+        bool | None, typer.Option("--durable", help="fsync the store after every pass.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help("cpu, cuda or auto.", "service.runtime.device"))
+    ] = None,
+    sets: SetOption = None,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: never).")] = 0,
 ) -> None:
     """Run the MPC service alone: plan for every bridge that connects, until Ctrl-C."""
-    from controller.service import LiveSettings, MPCService, ServiceSettings
+    config = _compose(config_file, sets, {
+        "task": task, "service.models": models, "service.store": store,
+        "service.endpoint": endpoint, "service.control": control,
+        "service.telemetry": telemetry, "service.allow_remote": allow_remote,
+        "service.durable": durable, "service.runtime.device": device,
+    })  # fmt: skip
+    from controller.service import MPCService
+    from controller.tasks import get_task
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        settings = ServiceSettings(
-            task=task, endpoint=endpoint, control=control, telemetry=telemetry,
-            allow_remote=allow_remote, models=models, store=store, device=device,
-            rollout_slices=rollout_slices,
-        )  # fmt: skip
-        live = LiveSettings().changed(_assignments(setting))
-        service = MPCService(settings, live)
+        service = MPCService(get_task(config.task), config.service, config.planner)
         service.start()
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
-    console.print(f"serving {task}: {json.dumps(service.endpoints)}", highlight=False)
+    console.print(f"serving {config.task}: {json.dumps(service.endpoints)}", highlight=False)
     try:
         service.serve(duration or None)
     except KeyboardInterrupt:
@@ -208,11 +203,14 @@ def bridge(
     obs_noise: Annotated[float, typer.Option(help="Emulated observation noise std.")] = 0.0,
     action_delay: Annotated[int, typer.Option(help="Emulated action delay, ticks.")] = 0,
     jitter: Annotated[float, typer.Option(help="Emulated timing jitter, seconds.")] = 0.0,
-    watchdog: Annotated[float, typer.Option(help="Safe action after this silence, s.")] = 0.1,
-    reconnect: Annotated[float, typer.Option(help="Reconnect after this silence, s.")] = 1.0,
+    watchdog: Annotated[
+        float, typer.Option(help="Safe action after this silence, s.")
+    ] = BridgeSettings.watchdog_s,
+    reconnect: Annotated[
+        float, typer.Option(help="Reconnect after this silence, s.")
+    ] = BridgeSettings.reconnect_s,
 ) -> None:
     """Run one simulated robot (MuJoCo / gymnasium) against a service."""
-    from sim_bridge.hardware import BridgeSettings
     from sim_bridge.link import Refused
     from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
 
@@ -234,59 +232,70 @@ def bridge(
         raise typer.Exit(code=1) from exc
     except KeyboardInterrupt:
         stats = sim.stats
+    link = stats.link
     summary = {
         "episodes": stats.episodes, "returns": [round(r, 3) for r in stats.returns],
         "ticks": stats.ticks, "actions": stats.actions, "safe_actions": stats.safe_actions,
-        "late_actions": stats.late_actions, "reconnects": stats.link.reconnects,
+        "late_actions": stats.late_actions, "reconnects": link.reconnects,
+        "dropped_sends": getattr(link, "dropped_sends", 0),
+        "bad_actions": getattr(link, "bad_actions", 0),
     }  # fmt: skip
     print(json.dumps(summary))
 
 
 @app.command("learn")
 def learn(
-    store: Annotated[Path, typer.Option(help="Transition store to learn from.")],
-    models: Annotated[Path, typer.Option(help="Model directory to publish into.")],
-    task: Annotated[str, typer.Option(help="Task (for its observation preprocessing).")] = (
-        "cartpole-swingup"
-    ),
-    retrain_every: Annotated[int, typer.Option(help="New transitions per retrain.")] = 200,
-    min_transitions: Annotated[int, typer.Option(help="Transitions before model v1.")] = 200,
-    hidden_units: Annotated[int, typer.Option(help="Units per hidden layer.")] = 200,
-    hidden_layers: Annotated[int, typer.Option(help="Hidden layers per member.")] = 3,
-    members: Annotated[int, typer.Option(help="Ensemble members.")] = 5,
-    max_epochs: Annotated[int, typer.Option(help="Epochs per retrain (early stopping).")] = 200,
-    torch_threads: Annotated[
-        int, typer.Option(help="Torch threads (leave the planner its cores).")
-    ] = 1,
+    config_file: ConfigOption = None,
+    task: Annotated[
+        str | None, typer.Option(help=_help("Task (for its observation preprocessing).", "task"))
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Transition store to learn from (config: service.store).")
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(help="Model directory to publish into (config: service.models)."),
+    ] = None,
     metrics: Annotated[Path | None, typer.Option(help="JSON lines, one per retrain.")] = None,
     announce: Annotated[
-        str | None, typer.Option(help="A service's control socket to tell of each new version.")
+        bool,
+        typer.Option("--announce", help="Tell the service (service.control) of each version."),
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help=_help("Training seed.", "learner.seed"))] = (
+        None
+    ),
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            help=_help("Torch threads (leave the planner its cores).", "learner.torch_threads")
+        ),
     ] = None,
-    episode_end: Annotated[bool, typer.Option(help="Also retrain at each episode end.")] = True,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    sets: SetOption = None,
 ) -> None:
-    """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C."""
+    """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C.
+    Model and training settings: ``--set learner.NAME=VALUE`` or the config file."""
+    config = _compose(config_file, sets, {
+        "task": task, "service.store": store, "service.models": models,
+        "learner.seed": seed, "learner.torch_threads": torch_threads,
+    })  # fmt: skip
+    from dataclasses import replace
+
+    from controller.service.control import request
     from controller.tasks import get_task
-    from models.learner import Learner, LearnerConfig, ModelVersion
+    from models.learner import Learner, ModelVersion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        config = LearnerConfig(
-            preprocess=get_task(task).preprocess, members=members, hidden_layers=hidden_layers,
-            hidden_units=hidden_units, min_transitions=min_transitions,
-            retrain_every=retrain_every, retrain_at_episode_end=episode_end, max_epochs=max_epochs,
-            torch_threads=torch_threads, seed=seed,
-        )  # fmt: skip
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
-    from controller.service.control import request
+    if config.service.store is None or config.service.models is None:
+        typer.echo("error: learn needs a store and a model directory (--store, --models, or "
+                   "service.store and service.models in --config)", err=True)  # fmt: skip
+        raise typer.Exit(code=1)
+    learner_config = replace(config.learner, preprocess=get_task(config.task).preprocess)
 
     def tell_service(version: ModelVersion) -> None:
-        request(str(announce), {"cmd": "model"}, timeout_s=2.0)
+        request(config.service.control, "model", timeout_s=2.0)
 
-    learner = Learner(store, models, config, metrics=metrics,
-                      on_publish=tell_service if announce else None)  # fmt: skip
+    learner = Learner(config.service.store, config.service.models, learner_config,
+                      metrics=metrics, on_publish=tell_service if announce else None)  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
     try:
         learner.run()
@@ -294,23 +303,43 @@ def learn(
         pass
 
 
+def _assignments(items: list[str] | None) -> dict[str, Any]:
+    from controller.service.control import parse_assignments
+
+    try:
+        return parse_assignments(items or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+DEFAULT_CONTROL = _default("service.control")
+ControlOption = Annotated[str, typer.Option(help="The service's control socket.")]
+
+
 @app.command("tune")
 def tune(
     changes: Annotated[list[str], typer.Argument(help="NAME=VALUE ..., weight.TERM=VALUE.")],
-    control: Annotated[str, typer.Option(help="The service's control socket.")] = (DEFAULT_CONTROL),
+    control: ControlOption = DEFAULT_CONTROL,
 ) -> None:
-    """Change live settings (applied at every robot's next tick), e.g. horizon=30 planner=icem."""
-    reply = _control_request(control, {"cmd": "set", "changes": _assignments(changes)})
+    """Change live settings (applied at every robot's next tick), e.g. horizon=30 planner=icem;
+    seed=N reseeds every robot's planner."""
+    reply = _control_request(control, "set", changes=_assignments(changes))
     console.print_json(data=reply["settings"])
+
+
+STATUS_COLUMNS = ("tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "fallbacks",
+                  "nonfinite", "dropped_stale", "errors", "episodes", "last_return",
+                  "model_version", "mode")  # fmt: skip
 
 
 @app.command("status")
 def status(
-    control: Annotated[str, typer.Option(help="The service's control socket.")] = (DEFAULT_CONTROL),
+    control: ControlOption = DEFAULT_CONTROL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
-    """Per robot: tick rate, plan time p50/p99, deadline misses, dropped states, model."""
-    reply = _control_request(control, {"cmd": "status"})
+    """Per robot: tick rate, plan time p50/p99, deadline misses, fallbacks, non-finite
+    candidates, dropped states, errors, model."""
+    reply = _control_request(control, "status")
     if as_json:
         print(json.dumps(reply, indent=2))
         return
@@ -319,81 +348,104 @@ def status(
         f"{reply['transitions']} transitions, up {reply['uptime_s']} s"
     )
     table = Table()
-    columns = ["tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "dropped_stale",
-               "errors", "episodes", "last_return", "model_version", "mode"]  # fmt: skip
     table.add_column("robot")
-    for name in columns:
+    for name in STATUS_COLUMNS:
         table.add_column(name, justify="right")
     for robot, row in reply["robots"].items():
-        table.add_row(robot, *(str(row[c]) for c in columns))
+        table.add_row(robot, *(str(row[c]) for c in STATUS_COLUMNS))
     console.print(table)
 
 
-def _control_request(endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+def _control_request(endpoint: str, cmd: str, **fields: Any) -> dict[str, Any]:
     from controller.service.control import request
 
     try:
-        reply = request(endpoint, payload)
+        reply = request(endpoint, cmd, **fields)
     except (TimeoutError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     if not reply.get("ok"):
-        typer.echo(f"error: {reply.get('error')}", err=True)
+        typer.echo(f"error ({reply.get('code')}): {reply.get('error')}", err=True)
         raise typer.Exit(code=1)
     return reply
 
 
 @app.command("run")
 def run(
-    task: Annotated[str, typer.Option(help="Task to learn.")] = "cartpole-swingup",
+    config_file: ConfigOption = None,
+    task: Annotated[str | None, typer.Option(help=_help("Task to learn.", "task"))] = None,
     episodes: Annotated[
         int | None,
-        typer.Option(help="Episodes, the first random [default: 10; on --resume: the run's]."),
+        typer.Option(
+            help=_help("Episodes, the first random (on --resume: a new total).", "run.episodes")
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of resets, planner and training.")] = 0,
-    planner: Annotated[str, typer.Option(help="random, cem, icem or mppi.")] = "cem",
-    horizon: Annotated[int, typer.Option(help="Planning horizon.")] = 25,
-    population: Annotated[int, typer.Option(help="Candidates per iteration.")] = 200,
-    iterations: Annotated[int, typer.Option(help="Optimizer iterations per plan.")] = 3,
+    seed: Annotated[
+        int | None,
+        typer.Option(help=_help("One seed for the run: resets, planner and training.", "run.seed")),
+    ] = None,
+    planner: Annotated[
+        str | None, typer.Option(help=_help("random, cem, icem or mppi.", "planner.planner"))
+    ] = None,
+    horizon: Annotated[
+        int | None, typer.Option(help=_help("Planning horizon.", "planner.horizon"))
+    ] = None,
+    population: Annotated[
+        int | None, typer.Option(help=_help("Candidates per iteration.", "planner.population"))
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(help=_help("Optimizer iterations per plan.", "planner.iterations")),
+    ] = None,
     realtime: Annotated[
-        bool, typer.Option("--realtime", help="Wall-clock robot (default: lockstep).")
-    ] = False,
-    hidden_units: Annotated[int, typer.Option(help="Model units per hidden layer.")] = 200,
-    episode_steps: Annotated[int, typer.Option(help="Truncate episodes (0: task's).")] = 0,
+        bool | None, typer.Option("--realtime", help="Wall-clock robot (default: lockstep).")
+    ] = None,
+    hidden_units: Annotated[
+        int | None,
+        typer.Option(help=_help("Model units per hidden layer.", "learner.hidden_units")),
+    ] = None,
+    episode_steps: Annotated[
+        int | None,
+        typer.Option(help=_help("Truncate episodes (0: task's).", "run.episode_steps")),
+    ] = None,
+    sets: SetOption = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<time>).")
     ] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its config.toml, then flags)."),
+    ] = None,
 ) -> None:
     """The embedded default: a simulated robot, the MPC service and the learner, learning from
     scratch. Prints a line per episode and a summary; writes everything to the run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from controller.closed_loop import ClosedLoop, RunConfig, plot_learning_curve, run_closed_loop
+    from controller.closed_loop import ClosedLoop, plot_learning_curve, run_closed_loop
 
+    named = {
+        "task": task, "run.episodes": episodes, "planner.planner": planner,
+        "planner.horizon": horizon, "planner.population": population,
+        "planner.iterations": iterations, "run.realtime": realtime,
+        "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
+        "run.seed": seed, "planner.seed": seed, "learner.seed": seed,
+    }  # fmt: skip
     first = 0
-    try:
-        if resume is not None:
-            config, first = ClosedLoop.resume(resume)
-            if episodes is not None:  # continue to a new total
-                config = RunConfig(**{**config.__dict__, "episodes": episodes})
-            run_dir = resume
-        else:
-            config = RunConfig(
-                task=task, episodes=10 if episodes is None else episodes, seed=seed,
-                planner=planner, horizon=horizon,
-                population=population, iterations=iterations, realtime=realtime,
-                hidden_units=hidden_units, episode_steps=episode_steps,
-            )  # fmt: skip
-            run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    except (ValueError, OSError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+    if resume is not None:
+        if config_file is not None:
+            typer.echo("error: --resume takes the run's own config.toml, not --config", err=True)
+            raise typer.Exit(code=1)
+        config = _compose(resume / "config.toml", sets, named)
+        first = ClosedLoop.completed(resume)
+        run_dir = resume
+    else:
+        config = _compose(config_file, sets, named)
+        run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     console.print(f"run directory: {run_dir}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"))  # fmt: skip
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("episodes", total=config.episodes, completed=first, info="")
+        bar = progress.add_task("episodes", total=config.run.episodes, completed=first, info="")
 
         def show(line: dict[str, Any]) -> None:
             progress.update(bar, advance=1, info=(

@@ -1,8 +1,9 @@
 """``tickmpc run``: the embedded default. A simulated robot, the MPC service and the learner on
 this machine, learning a task from scratch.
 
-The service (``tickmpc serve``) and the learner (``tickmpc learn``) run as their own processes
-on ipc:// sockets inside the run directory; the bridge runs here, one episode at a time, so the
+The service (``tickmpc serve``) and the learner (``tickmpc learn``) run as their own processes,
+reading the run's ``config.toml`` (the whole config tree, with ipc:// sockets and data paths
+inside the run directory); the bridge runs here, one episode at a time, so the
 progress is known per episode. Until the learner's first model the service acts randomly within
 the bounds (PETS-style random first episode). In lockstep mode (the default, reproducible) each
 episode waits for the retrain on everything stored so far and for the service to serve its
@@ -21,81 +22,45 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import zmq
 
+from controller.config import Config
 from controller.service.control import request
-from controller.tasks import get_task
 from models.registry import ModelDirectory
 from models.store import TransitionReader, follow
+from sim_bridge import protocol as p
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
 
-FIRST_MODEL_ROWS = 200
 ROBOT = "sim-0"
 PETS_REFERENCE = {"cartpole-swingup": 170.0}
-"""Return lines drawn on the learning curve (the issue's target for the PETS cartpole)."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One closed-loop run; saved verbatim as the run's config.toml."""
-
-    task: str = "cartpole-swingup"
-    episodes: int = 10
-    seed: int = 0
-    planner: str = "cem"
-    horizon: int = 25
-    population: int = 200
-    iterations: int = 3
-    realtime: bool = False
-    hidden_units: int = 200
-    hidden_layers: int = 3
-    members: int = 5
-    max_epochs: int = 200
-    episode_steps: int = 0
-    """Truncate episodes here (0: the task's own length)."""
-    random_rows: int = 0
-    """Random transitions before the first model (0: one episode, at most FIRST_MODEL_ROWS)."""
-    model_timeout_s: float = 600.0
-    """Lockstep: how long to wait for the retrain after an episode."""
-    rollout_slices: int = 1
-    """The service's rollout slices (see ServiceSettings.rollout_slices)."""
-
-    def __post_init__(self) -> None:
-        get_task(self.task)
-        if self.episodes < 1 or self.episode_steps < 0 or self.random_rows < 0:
-            raise ValueError("episodes must be >= 1, episode_steps and random_rows >= 0")
-
-    @property
-    def steps(self) -> int:
-        return self.episode_steps or get_task(self.task).episode_steps
-
-    @property
-    def first_model_rows(self) -> int:
-        """Random transitions before the first model: ``random_rows``, or one episode, at most
-        FIRST_MODEL_ROWS (episodes that end early, as InvertedPendulum's do, add up to it)."""
-        return self.random_rows or min(self.steps, FIRST_MODEL_ROWS)
+"""Return lines drawn on the learning curve (PETS' cartpole swing-up result)."""
 
 
 class ClosedLoop:
     """Starts, drives and stops the three parts of a run in ``run_dir``."""
 
-    def __init__(self, config: RunConfig, run_dir: Path) -> None:
-        self.config, self.dir = config, run_dir
+    def __init__(self, config: Config, run_dir: Path) -> None:
         for sub in ("metrics", "logs", "models"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        staged = run_dir / "config.toml.tmp"  # (re)written whole: a resume may change episodes
-        staged.write_text(tomli_w.dumps({"run": asdict(config)}))
-        staged.replace(run_dir / "config.toml")
         where = run_dir.resolve()
-        self.endpoints = {k: f"ipc://{where}/{k}.sock" for k in ("robots", "control", "telemetry")}
+        # The run's own sockets and data, written into the config the children read, so the
+        # file says everything about the run (rewritten whole on resume, wherever it moved).
+        service = replace(
+            config.service,
+            endpoint=f"ipc://{where}/robots.sock",
+            control=f"ipc://{where}/control.sock",
+            telemetry=f"ipc://{where}/telemetry.sock",
+            models=where / "models",
+            store=where / "store",
+        )
+        self.config, self.dir = replace(config, service=service), run_dir
+        self.config.save(run_dir / "config.toml")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_event = threading.Event()
         self._misses = 0
@@ -105,39 +70,30 @@ class ClosedLoop:
         self._store: TransitionReader | None = None
         """The run's store, followed by one reader (see models.store.follow)."""
 
+    @property
+    def control(self) -> str:
+        return self.config.service.control
+
     @staticmethod
-    def resume(run_dir: Path) -> tuple[RunConfig, int]:
-        """The config of an existing run and how many episodes it completed."""
-        saved = tomllib.loads((run_dir / "config.toml").read_text())["run"]
-        known = {f.name for f in fields(RunConfig)}
-        config = RunConfig(**{k: v for k, v in saved.items() if k in known})
+    def completed(run_dir: Path) -> int:
+        """How many episodes the run in ``run_dir`` completed."""
         episodes = run_dir / "metrics" / "episodes.jsonl"
-        done = len(episodes.read_text().splitlines()) if episodes.exists() else 0
-        return config, done
+        return len(episodes.read_text().splitlines()) if episodes.exists() else 0
 
     def start(self) -> None:
-        c, py = self.config, [sys.executable, "-m", "controller.cli"]
-        serve = [*py, "serve", "--task", c.task, "--models", str(self.dir / "models"),
-                 "--store", str(self.dir / "store"), "--endpoint", self.endpoints["robots"],
-                 "--control", self.endpoints["control"],
-                 "--telemetry", self.endpoints["telemetry"],
-                 "--rollout-slices", str(c.rollout_slices)]  # fmt: skip
-        for name in ("planner", "horizon", "population", "iterations", "seed"):
-            serve += ["--set", f"{name}={json.dumps(getattr(c, name))}"]
-        learn = [*py, "learn", "--task", c.task, "--store", str(self.dir / "store"),
-                 "--models", str(self.dir / "models"), "--retrain-every", str(c.steps),
-                 "--min-transitions", str(c.first_model_rows),
-                 "--announce", self.endpoints["control"], "--hidden-units", str(c.hidden_units),
-                 "--hidden-layers", str(c.hidden_layers), "--members", str(c.members),
-                 "--max-epochs", str(c.max_epochs), "--seed", str(c.seed),
-                 "--metrics", str(self.dir / "metrics" / "learner.jsonl")]  # fmt: skip
-        for name, cmd in (("serve", serve), ("learn", learn)):
+        config, py = self.dir / "config.toml", [sys.executable, "-m", "controller.cli"]
+        commands = {
+            "serve": [*py, "serve", "--config", str(config)],
+            "learn": [*py, "learn", "--config", str(config), "--announce",
+                      "--metrics", str(self.dir / "metrics" / "learner.jsonl")],
+        }  # fmt: skip
+        for name, cmd in commands.items():
             log = open(self.dir / "logs" / f"{name}.log", "ab")  # the child writes it
             self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=log)
         deadline = time.monotonic() + 120.0
         while True:  # until the service answers (or dies, or does not come up)
             try:
-                request(self.endpoints["control"], {"cmd": "get"}, timeout_s=1.0)
+                request(self.control, "get", timeout_s=1.0)
                 break
             except TimeoutError:
                 self._check_alive()
@@ -149,15 +105,15 @@ class ClosedLoop:
     def episode(self, index: int) -> dict[str, Any]:
         """Run episode ``index`` (0-based) and return its metrics line."""
         c = self.config
-        settings = BridgeSettings(episode_steps=c.episode_steps or None, connect_timeout_s=60.0)
-        bridge = MujocoBridge(c.task, ROBOT, seed=c.seed + 1000 * index, settings=settings)
+        settings = BridgeSettings(episode_steps=c.run.episode_steps or None, connect_timeout_s=60.0)
+        bridge = MujocoBridge(c.task, ROBOT, seed=c.run.seed + 1000 * index, settings=settings)
         before = self._robot().get("episodes", 0)
         watch = threading.Thread(target=self._watch_children, args=(bridge.stop_event,),
                                  daemon=True)  # fmt: skip
         started = time.perf_counter()
         try:
             watch.start()
-            stats = bridge.run(self.endpoints["robots"], mode="realtime" if c.realtime else
+            stats = bridge.run(c.service.endpoint, mode="realtime" if c.run.realtime else
                                "lockstep", episodes=1)  # fmt: skip
         finally:
             bridge.stop_event.set()  # also ends the watch thread
@@ -189,7 +145,7 @@ class ClosedLoop:
     def _status(self) -> dict[str, Any]:
         """The service's status; a service that died meanwhile is reported as such."""
         try:
-            return request(self.endpoints["control"], {"cmd": "status"})
+            return request(self.control, "status")
         except TimeoutError:
             self._check_alive()
             raise
@@ -203,13 +159,13 @@ class ClosedLoop:
     def wait_for_model(self) -> int:
         """Lockstep: wait until the learner has trained on everything stored and the service
         serves the result; returns the served version."""
-        deadline = time.monotonic() + self.config.model_timeout_s
+        deadline = time.monotonic() + self.config.run.model_timeout_s
         metrics = self.dir / "metrics" / "learner.jsonl"
         while time.monotonic() < deadline:
             self._check_alive()
             self._store = follow(self.dir / "store", self._store)
             rows = len(self._store) if self._store is not None else 0
-            if rows < self.config.first_model_rows and self.models.latest() is None:
+            if rows < self.config.learner.min_transitions and self.models.latest() is None:
                 return 0  # still collecting random transitions for the first model
             trained = (
                 [json.loads(x) for x in metrics.read_text().splitlines()]
@@ -223,7 +179,7 @@ class ClosedLoop:
                 if served >= want:
                     return int(served)
             time.sleep(0.2)
-        raise TimeoutError(f"no retrain within {self.config.model_timeout_s} s")
+        raise TimeoutError(f"no retrain within {self.config.run.model_timeout_s} s")
 
     def stop(self) -> dict[str, int | None]:
         """Stop the processes (SIGTERM, then SIGKILL after 20 s); returns their exit codes."""
@@ -249,10 +205,13 @@ class ClosedLoop:
                                    f"{self.dir / 'logs' / (name + '.log')}")  # fmt: skip
 
     def _record_telemetry(self) -> None:
+        """Every telemetry record as one line of metrics/ticks.jsonl, written as it arrives
+        (line-buffered: a killed run leaves every record it received, whole)."""
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        with context.socket(zmq.SUB) as sub, open(self.dir / "metrics" / "ticks.jsonl", "a") as out:
-            sub.setsockopt(zmq.SUBSCRIBE, b"tick")
-            sub.connect(self.endpoints["telemetry"])
+        path = self.dir / "metrics" / "ticks.jsonl"
+        with context.socket(zmq.SUB) as sub, open(path, "a", buffering=1) as out:
+            sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
+            sub.connect(self.config.service.telemetry)
             while not self.stop_event.is_set():
                 if sub.poll(200):
                     out.write(sub.recv_multipart()[1].decode() + "\n")
@@ -289,7 +248,7 @@ def plot_learning_curve(run_dir: Path, task: str) -> Path:
 
 
 def run_closed_loop(
-    config: RunConfig,
+    config: Config,
     run_dir: Path,
     *,
     first_episode: int = 0,
@@ -301,9 +260,9 @@ def run_closed_loop(
     codes: dict[str, int | None] = {}
     try:
         loop.start()
-        for index in range(first_episode, config.episodes):
+        for index in range(first_episode, config.run.episodes):
             line = loop.episode(index)
-            if not config.realtime and index + 1 < config.episodes:
+            if not config.run.realtime and index + 1 < config.run.episodes:
                 line["next_model_version"] = loop.wait_for_model()
             lines.append(line)
             if on_episode is not None:

@@ -1,8 +1,9 @@
 """Sampling planners over the learned model: random shooting, CEM, iCEM, MPPI."""
 
 from controller.planners.base import Plan, WarmStart
-from controller.planners.planner import OPTIMIZERS, Planner, make_optimizer
-from controller.planners.settings import PLANNERS, PlannerSettings
+from controller.planners.planner import Planner
+from controller.planners.registry import OPTIMIZERS, PLANNERS, make_optimizer
+from controller.planners.settings import PlannerSettings
 
 __all__ = [
     "OPTIMIZERS",

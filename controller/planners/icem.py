@@ -9,13 +9,37 @@ and executing the best sequence found rather than the mean.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from controller.checks import check_number
 from controller.planners.base import WarmStart
-from controller.planners.cem import refit
+from controller.planners.cem import EliteOptions, refit
 from controller.planners.noise import colored_noise
-from controller.planners.settings import PlannerSettings
+
+if TYPE_CHECKING:
+    from controller.planners.settings import PlannerSettings
+
+
+@dataclass(frozen=True)
+class ICEMOptions(EliteOptions):
+    """iCEM's own options (candidates are always clipped to the bounds)."""
+
+    noise_beta: float = 2.0
+    """Colored-noise exponent along the horizon (0 white, 2 red), in [0, 5]."""
+    population_decay: float = 1.25
+    """The population divides by this each iteration, in [1, 10]."""
+    keep_elites: float = 0.3
+    """Share of elites carried into the next iteration and, shifted, into the next plan, in
+    [0, 1]."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("noise_beta", self.noise_beta, 0.0, 5.0)
+        check_number("population_decay", self.population_decay, 1.0, 10.0)
+        check_number("keep_elites", self.keep_elites, 0.0, 1.0)
 
 
 class ICEM:
@@ -23,14 +47,16 @@ class ICEM:
 
     name = "icem"
 
-    def __init__(self, settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> None:
-        self.s = settings
+    def __init__(
+        self, options: ICEMOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+    ) -> None:
+        self.o, self.s = options, settings
         self.low, self.high = low, high
         half = (high - low) / 2.0
-        self.init_std = settings.init_std * half
-        self.min_std = settings.min_std * half
-        self.n_elites = settings.elites(settings.population)
-        self.n_keep = round(settings.keep_elites * self.n_elites)
+        self.init_std = options.init_std * half
+        self.min_std = options.min_std * half
+        self.n_elites = options.elites(settings.population)
+        self.n_keep = round(options.keep_elites * self.n_elites)
 
     def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -43,7 +69,7 @@ class ICEM:
         self.best_score = -math.inf
 
     def _sampled(self, iteration: int) -> int:
-        n = math.ceil(self.s.population * self.s.population_decay**-iteration)
+        n = math.ceil(self.s.population * self.o.population_decay**-iteration)
         return max(n, 2 * self.n_elites)
 
     def population(self, iteration: int) -> int:
@@ -52,7 +78,7 @@ class ICEM:
 
     def ask(self, iteration: int) -> np.ndarray:
         h, a = self.mean.shape
-        noise = colored_noise(self.rng, self.s.noise_beta, self._sampled(iteration), h, a)
+        noise = colored_noise(self.rng, self.o.noise_beta, self._sampled(iteration), h, a)
         parts = [self.mean + self.std * noise]
         parts.append(self.kept if iteration == 0 else self.elites[: self.n_keep])
         if iteration == self.s.iterations - 1:
@@ -65,7 +91,7 @@ class ICEM:
         self.elites = candidates[top]
         if scores[top[0]] > self.best_score or self.best is None:
             self.best, self.best_score = candidates[top[0]].copy(), float(scores[top[0]])
-        self.mean, self.std = refit(self.mean, self.std, self.elites, self.s.alpha, self.min_std)
+        self.mean, self.std = refit(self.mean, self.std, self.elites, self.o.alpha, self.min_std)
 
     def solution(self) -> tuple[np.ndarray, float]:
         assert self.best is not None, "solution() before any tell()"

@@ -4,10 +4,30 @@ better), so no separate control-cost term: the task's reward carries it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from controller.checks import check_number
 from controller.planners.base import WarmStart
-from controller.planners.settings import PlannerSettings
+
+if TYPE_CHECKING:
+    from controller.planners.settings import PlannerSettings
+
+
+@dataclass(frozen=True)
+class MPPIOptions:
+    """MPPI's own options."""
+
+    temperature: float = 1.0
+    """lambda, the temperature of the exponential weighting of returns, in (0, 1e6]."""
+    noise_std: float = 0.5
+    """Exploration noise std as a fraction of the half range, in (0, 2]."""
+
+    def __post_init__(self) -> None:
+        check_number("temperature", self.temperature, 0.0, 1e6, low_open=True)
+        check_number("noise_std", self.noise_std, 0.0, 2.0, low_open=True)
 
 
 class MPPI:
@@ -15,10 +35,12 @@ class MPPI:
 
     name = "mppi"
 
-    def __init__(self, settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> None:
-        self.s = settings
+    def __init__(
+        self, options: MPPIOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+    ) -> None:
+        self.o, self.s = options, settings
         self.low, self.high = low, high
-        self.sigma = settings.noise_std * (high - low) / 2.0
+        self.sigma = options.noise_std * (high - low) / 2.0
 
     def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -38,7 +60,7 @@ class MPPI:
         finite = np.isfinite(scores)
         if not finite.any():
             return
-        z = np.where(finite, scores - scores[finite].max(), -np.inf) / self.s.temperature
+        z = np.where(finite, scores - scores[finite].max(), -np.inf) / self.o.temperature
         w = np.exp(z)
         w /= w.sum()
         # Clipped perturbations: the update stays inside the bounds.

@@ -3,10 +3,11 @@ an anytime budget.
 
 ``plan(obs, budget_s)`` runs optimizer iterations while the next one is predicted to fit in the
 budget (see :class:`~controller.planners.base.IterationCost`) and always returns a plan: if not
-even one iteration fits, the previous plan shifted one step, flagged as a deadline miss.
-``configure(**changes)`` validates at once and applies at the start of the next ``plan``, so it
-is safe to call from another thread (the control socket) while a plan runs; ``set_evaluator``
-swaps a new model version in the same way. Given a seed and no budget, plans are deterministic.
+even one iteration fits, the previous plan shifted one step, flagged as a fallback.
+``use(settings)`` (or ``configure(**changes)``) and ``set_evaluator`` take effect at the start
+of the next ``plan``: a change made between two plans never lands inside one. A planner belongs
+to one thread; the service makes every change from its own loop. A settings change whose seed
+differs reseeds the random generator. Given a seed and no budget, plans are deterministic.
 """
 
 from __future__ import annotations
@@ -20,30 +21,14 @@ import numpy as np
 
 from controller.planners.base import (
     IterationCost,
-    Optimizer,
     Plan,
     WarmStart,
     shift,
     shift_warm_start,
 )
-from controller.planners.cem import CEM
-from controller.planners.icem import ICEM
-from controller.planners.mppi import MPPI
-from controller.planners.random_shooting import RandomShooting
+from controller.planners.registry import make_optimizer
 from controller.planners.settings import PlannerSettings
 from controller.rollout.evaluator import RolloutEvaluator
-
-OPTIMIZERS: dict[str, type[CEM] | type[ICEM] | type[MPPI] | type[RandomShooting]] = {
-    "random": RandomShooting,
-    "cem": CEM,
-    "icem": ICEM,
-    "mppi": MPPI,
-}
-
-
-def make_optimizer(settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> Optimizer:
-    """The optimizer ``settings.planner`` names, configured by ``settings``."""
-    return OPTIMIZERS[settings.planner](settings, low, high)
 
 
 class Planner:
@@ -74,11 +59,14 @@ class Planner:
         An invalid change raises ValueError naming the setting and its range, and nothing
         changes (including earlier pending changes).
         """
-        base = self._pending or self.settings
-        new = base.changed(**changes)
-        self._weights_array(new.weights)
-        self._pending = new
-        return new
+        return self.use((self._pending or self.settings).changed(changes))
+
+    def use(self, settings: PlannerSettings) -> PlannerSettings:
+        """Swap in a whole settings object at the next ``plan`` (its weights are checked
+        against the task now: ValueError and nothing changes)."""
+        self._weights_array(settings.weights)
+        self._pending = settings
+        return settings
 
     def set_evaluator(self, evaluator: RolloutEvaluator) -> None:
         """Use ``evaluator`` (a new model version, already loaded) from the next ``plan`` on."""
@@ -168,6 +156,8 @@ class Planner:
             self._evaluator = evaluator
         settings, self._pending = self._pending, None
         if settings is not None:
+            if settings.seed != self.settings.seed:
+                self.rng = np.random.default_rng(settings.seed)
             self._install(settings)
 
     def _install(self, settings: PlannerSettings) -> None:

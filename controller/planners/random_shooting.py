@@ -4,11 +4,20 @@ Nagabandi et al. 2018). The shifted previous best is always among the candidates
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from controller.planners.base import WarmStart
-from controller.planners.settings import PlannerSettings
+
+if TYPE_CHECKING:
+    from controller.planners.settings import PlannerSettings
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    """Random shooting has no options of its own."""
 
 
 class RandomShooting:
@@ -16,7 +25,9 @@ class RandomShooting:
 
     name = "random"
 
-    def __init__(self, settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> None:
+    def __init__(
+        self, options: RandomOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+    ) -> None:
         self.s = settings
         self.low, self.high = low, high
 

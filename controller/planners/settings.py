@@ -1,126 +1,138 @@
-"""Planner settings: one validated, frozen dataclass that operators can change live.
+"""Planner settings: one validated, frozen object that operators change live.
 
-Every field is checked against a named limit at construction, so a change is made by building a
-new settings object (``dataclasses.replace``) and swapping it in whole: an invalid value raises
-``ValueError`` naming the setting and its allowed range, and nothing changes. Action-scale
-settings (``init_std``, ``min_std``, ``noise_std``) are fractions of each action dimension's
-half range, so one value suits every task.
+Three parts: the common fields (planner, horizon, population, iterations, budget, seed, reward
+weights), the rollout settings (:class:`~controller.rollout.evaluator.RolloutSettings`) and the
+active optimizer's own options (its class in :data:`~controller.planners.registry.OPTIMIZERS`).
+Every value is checked against a named limit at construction, so a change builds a new
+settings object (:meth:`PlannerSettings.changed`) and swaps it in whole: an invalid value
+raises ``ValueError`` naming the setting and its allowed range, and nothing changes.
+
+Outside the code the settings are one flat namespace (``tickmpc tune horizon=30 noise_beta=3``,
+the ``[planner]`` table of a config file, the control socket's ``settings``): every name is
+unique across the three parts, and an option belongs to the planner being switched to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from controller.checks import check_choice, check_int, check_number
+from controller.planners.registry import OPTIMIZERS, PLANNERS
 from controller.rollout.evaluator import RolloutSettings
 
-PLANNERS = ("random", "cem", "icem", "mppi")
-BOUNDS = ("clip", "truncate")
 MAX_HORIZON = 500
 MAX_POPULATION = 100_000
 MAX_ITERATIONS = 100
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
 class PlannerSettings:
-    """Everything that shapes a plan. Fields name the planners that read them."""
+    """Everything that shapes a plan."""
 
     planner: str = "cem"
-    """Optimizer: "random" (random shooting), "cem" (PETS), "icem" (Pinneri et al. 2020) or
-    "mppi" (Williams et al.)."""
-    horizon: int = 15
-    """H: steps planned ahead (1..MAX_HORIZON)."""
+    """Optimizer, a key of OPTIMIZERS: "random", "cem", "icem" or "mppi"."""
+    horizon: int = 25
+    """H: steps planned ahead (1..MAX_HORIZON). 25 steps is one second of cartpole, the
+    embedded default, which does not swing up with 15."""
     population: int = 200
     """N: candidate sequences per iteration (1..MAX_POPULATION); iCEM's first iteration."""
     iterations: int = 3
     """Optimizer iterations per plan (1..MAX_ITERATIONS); fewer when the budget runs out."""
-    particles: int = 1
-    """P: model rollouts per candidate (see RolloutSettings)."""
-    propagation: str = "ts1"
-    """"ts1", "tsinf" or "expectation" (see RolloutSettings)."""
-    sample: bool = True
-    """Sample next states from the model's Gaussian (False: follow its mean)."""
-    discount: float = 1.0
-    """Per-step reward discount in (0, 1]."""
-    disagreement_penalty: float = 0.0
-    """Reward penalty per unit of ensemble disagreement, >= 0 (see RolloutSettings)."""
-    risk: float = 0.0
-    """Score = mean - risk x std over a candidate's particles, >= 0."""
-    elite_fraction: float = 0.1
-    """cem, icem: share of the population refit as elites, in (0, 1]."""
-    alpha: float = 0.1
-    """cem, icem: momentum kept from the previous mean and std, in [0, 1)."""
-    init_std: float = 0.5
-    """cem, icem: initial sampling std per plan, as a fraction of the half range, in (0, 2]."""
-    min_std: float = 0.01
-    """cem, icem: floor on the sampling std (fraction of the half range), in [0, 2]."""
-    bounds: str = "truncate"
-    """cem: "truncate" (PETS: std shrunk so mean +- 2 std stays in bounds, truncated normal
-    draws) or "clip" (draws clipped to the bounds). The others always clip."""
-    noise_beta: float = 2.0
-    """icem: colored-noise exponent along the horizon (0 white, 2 red), in [0, 5]."""
-    population_decay: float = 1.25
-    """icem: population divides by this each iteration, in [1, 10]."""
-    keep_elites: float = 0.3
-    """icem: share of elites carried into the next iteration and, shifted, into the next plan,
-    in [0, 1]."""
-    temperature: float = 1.0
-    """mppi: lambda, the temperature of the exponential weighting of returns, in (0, 1e6]."""
-    noise_std: float = 0.5
-    """mppi: exploration noise std as a fraction of the half range, in (0, 2]."""
+    margin_ms: float = 5.0
+    """Realtime budget = control period - margin - time the state waited, in [0, 1000] ms."""
+    budget_ms: float | None = None
+    """A fixed realtime planning budget instead, in (0, 60000] ms (None: from the margin)."""
     seed: int = 0
-    """Seed of the planner's random generator, applied by ``reset(seed=...)`` and at creation."""
+    """Seed of the planner's random generator; a change reseeds every robot's planner."""
     weights: Mapping[str, float] = field(default_factory=dict)
-    """Task reward weight overrides by term name (checked against the task by the planner)."""
+    """Task reward weight overrides by term name (checked against the task by the planner);
+    a change merges into the current overrides."""
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    """How candidates are rolled out through the ensemble."""
+    options: Any = None
+    """The active optimizer's options, an instance of ``OPTIMIZERS[planner].options``
+    (None: that class's defaults)."""
 
     def __post_init__(self) -> None:
         check_choice("planner", self.planner, PLANNERS)
-        check_choice("bounds", self.bounds, BOUNDS)
         check_int("horizon", self.horizon, 1, MAX_HORIZON)
         check_int("population", self.population, 1, MAX_POPULATION)
         check_int("iterations", self.iterations, 1, MAX_ITERATIONS)
-        check_int("seed", self.seed, 0, 2**63 - 1)
-        check_number("elite_fraction", self.elite_fraction, 0.0, 1.0, low_open=True)
-        check_number("alpha", self.alpha, 0.0, 1.0, high_open=True)
-        check_number("init_std", self.init_std, 0.0, 2.0, low_open=True)
-        check_number("min_std", self.min_std, 0.0, 2.0)
-        check_number("noise_beta", self.noise_beta, 0.0, 5.0)
-        check_number("population_decay", self.population_decay, 1.0, 10.0)
-        check_number("keep_elites", self.keep_elites, 0.0, 1.0)
-        check_number("temperature", self.temperature, 0.0, 1e6, low_open=True)
-        check_number("noise_std", self.noise_std, 0.0, 2.0, low_open=True)
+        check_number("margin_ms", self.margin_ms, 0.0, 1000.0)
+        if self.budget_ms is not None:
+            check_number("budget_ms", self.budget_ms, 0.0, 60000.0, low_open=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if not isinstance(self.weights, Mapping):
             raise ValueError(
                 f"weights must be a mapping of term name to number, got {self.weights!r}"
             )
         object.__setattr__(self, "weights", dict(self.weights))
-        self.rollout  # noqa: B018 - validates the rollout fields
+        if not isinstance(self.rollout, RolloutSettings):
+            raise ValueError(f"rollout must be RolloutSettings, got {self.rollout!r}")
+        kind = OPTIMIZERS[self.planner].options
+        if self.options is None:
+            object.__setattr__(self, "options", kind())
+        elif type(self.options) is not kind:
+            raise ValueError(f"planner {self.planner!r} takes {kind.__name__}, "
+                             f"got {type(self.options).__name__}")  # fmt: skip
 
-    @property
-    def rollout(self) -> RolloutSettings:
-        """The rollout part, validated by RolloutSettings."""
-        return RolloutSettings(
-            particles=self.particles,
-            propagation=self.propagation,
-            sample=self.sample,
-            discount=self.discount,
-            disagreement_penalty=self.disagreement_penalty,
-            risk=self.risk,
+    @staticmethod
+    def names(planner: str) -> list[str]:
+        """Every setting name for ``planner``: common, rollout, then its options."""
+        check_choice("planner", planner, PLANNERS)
+        common = [f.name for f in fields(PlannerSettings) if f.name not in ("rollout", "options")]
+        rollout = [f.name for f in fields(RolloutSettings)]
+        return common + rollout + [f.name for f in fields(OPTIMIZERS[planner].options)]
+
+    def changed(self, changes: Mapping[str, Any] | None = None, **more: Any) -> PlannerSettings:
+        """A new validated settings object with flat ``changes`` (see the module docstring).
+
+        Switching ``planner`` keeps the options the two optimizers share (CEM's and iCEM's
+        elite refit) and takes the new one's defaults for the rest. Unknown names, and options
+        of another planner, are refused with the list of valid names; nothing changes.
+        """
+        changes = {**(changes or {}), **more}
+        planner = changes.get("planner", self.planner)
+        valid = self.names(planner)
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown} for planner {planner!r}; "
+                             f"settings: {valid}")  # fmt: skip
+        own = {f.name for f in fields(self)} - {"rollout", "options"}
+        rollout_names = {f.name for f in fields(RolloutSettings)}
+        kind = OPTIMIZERS[planner].options
+        option_names = {f.name for f in fields(kind)}
+        kept = {k: v for k, v in asdict(self.options).items() if k in option_names}
+        common = {k: v for k, v in changes.items() if k in own}
+        if "weights" in common:
+            if not isinstance(common["weights"], Mapping):
+                raise ValueError(f"weights must be a mapping of term name to number, "
+                                 f"got {common['weights']!r}")  # fmt: skip
+            common["weights"] = {**self.weights, **common["weights"]}
+        return replace(
+            self,
+            **common,
+            rollout=replace(
+                self.rollout, **{k: v for k, v in changes.items() if k in rollout_names}
+            ),
+            options=kind(**{**kept, **{k: v for k, v in changes.items() if k in option_names}}),
         )
 
-    def elites(self, population: int) -> int:
-        """Elite count for a population (at least 1)."""
-        return max(1, round(self.elite_fraction * population))
-
-    def changed(self, **changes: Any) -> PlannerSettings:
-        """A new validated settings object with ``changes``; unknown names are refused."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; settings: {sorted(known)}")
-        return replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The flat form: what ``changed`` takes, ``tickmpc tune`` prints and files hold."""
+        common = {f.name: getattr(self, f.name) for f in fields(self)}
+        del common["rollout"], common["options"]
+        return {**common, **asdict(self.rollout), **asdict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlannerSettings:
+        return cls().changed(data)
+
+    def budget_s(self, control_period: float, waited_s: float) -> float:
+        """A realtime plan's budget: fixed, or the period less the margin and the wait."""
+        if self.budget_ms is not None:
+            return self.budget_ms / 1000.0
+        return max(control_period - self.margin_ms / 1000.0 - waited_s, 0.0)

@@ -2,6 +2,6 @@
 hot-swaps models and takes live settings (see docs/protocol.md and docs/architecture.md)."""
 
 from controller.service.server import MPCService
-from controller.service.settings import LiveSettings, ServiceSettings
+from controller.service.settings import ServiceSettings
 
-__all__ = ["LiveSettings", "MPCService", "ServiceSettings"]
+__all__ = ["MPCService", "ServiceSettings"]

@@ -1,17 +1,21 @@
-"""The control socket's client side: ``tickmpc tune`` and ``tickmpc status``.
+"""The control socket's client side: ``tickmpc tune``, ``tickmpc status`` and the learner's
+announcements.
 
-Requests and replies are single JSON frames (see docs/protocol.md, "Control socket"):
-``{"cmd": "get"}``, ``{"cmd": "status"}``, ``{"cmd": "set", "changes": {...}}``; every reply has
-``"ok"``, and ``"error"`` when it is false.
+Requests and replies are versioned JSON frames (``sim_bridge.protocol``: ``control_request``,
+``parse_control_reply``; docs/protocol.md, "Control socket"): ``get``, ``status``,
+``set`` with ``changes``, ``model``. Every reply has ``"ok"``; a refused one ``"code"`` and
+``"error"``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
+
+from controller.checks import parse_value
+from sim_bridge import protocol as p
 
 WEIGHT_PREFIX = "weight."
 
@@ -27,10 +31,7 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
         name, sep, text = item.partition("=")
         if not sep or not name:
             raise ValueError(f"expected NAME=VALUE, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        value = parse_value(text)
         if name.startswith(WEIGHT_PREFIX):
             changes.setdefault("weights", {})[name[len(WEIGHT_PREFIX) :]] = value
         else:
@@ -38,19 +39,17 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
-def request(endpoint: str, payload: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+def request(endpoint: str, cmd: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:
     """Send one request to the service's control socket and return its reply.
 
-    Raises TimeoutError when no reply comes within ``timeout_s`` (no service there).
+    Raises TimeoutError when no reply comes within ``timeout_s`` (no service there) and
+    ``ProtocolError`` (a ValueError) when the reply is not a control reply of this version.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     with context.socket(zmq.REQ) as sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
-        sock.send(json.dumps(payload).encode())
+        sock.send(p.control_request(cmd, **fields))
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"no reply from the control socket {endpoint} in {timeout_s} s")
-        reply = json.loads(sock.recv().decode())
-    if not isinstance(reply, dict):
-        raise ValueError(f"malformed reply from {endpoint}: {reply!r}")
-    return reply
+        return p.parse_control_reply(sock.recv())

@@ -2,15 +2,17 @@
 
 Each pass of the loop reads everything queued on the robot socket (so a robot whose STATEs
 piled up is planned on its newest one; the older ones are recorded and counted as dropped),
-answers control requests, takes a newly loaded model version if there is one, then plans for
-each robot that has a new state and sends its ACTION. Planning is sequential across robots: a
-state's wait is taken off its realtime budget. A malformed or unexpected message is answered
-with ERROR and logged; nothing a robot sends can stop the loop.
+answers control requests, takes a newly loaded model version if there is one, writes the
+transitions those STATEs completed to the store in one write, then plans for each robot that
+has a new state, sends its ACTION, and publishes one telemetry record per ACTION. The write
+comes before the ACTIONs, so every transition an ACTION answers is in the store (in the OS's
+cache: a killed service loses none; ``durable`` adds an fsync for power loss). Planning is
+sequential across robots: a state's wait is taken off its realtime budget. A malformed or
+unexpected message is answered with ERROR and logged; nothing a robot sends can stop the loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -21,31 +23,32 @@ import numpy as np
 import torch
 import zmq
 
-from controller.planners import Planner
+from controller.planners import Planner, PlannerSettings
+from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher
-from controller.service.session import Pending, RobotSession
-from controller.service.settings import LiveSettings, ServiceSettings
-from controller.tasks import get_task
-from models.runtime import RuntimeOptions
+from controller.service.session import Pending, RobotSession, Transition
+from controller.service.settings import ServiceSettings
+from controller.tasks import Task
 from models.store import TransitionReader, TransitionWriter
 from sim_bridge import protocol as p
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.2
 MAX_DRAIN = 1000
-COMMANDS = ("get", "set", "status", "model")
-"""Control requests; "model" is the learner announcing a new version (see docs/protocol.md)."""
 """Messages read per pass before planning, so a flood cannot starve the robots."""
 
 
 class MPCService:
     """Serves robot bridges; ``start()`` binds, ``serve()`` loops until ``stop_event``."""
 
-    def __init__(self, settings: ServiceSettings, live: LiveSettings | None = None) -> None:
+    def __init__(
+        self, task: Task, settings: ServiceSettings, planner: PlannerSettings | None = None
+    ) -> None:
+        self.task = task
         self.settings = settings
-        self.task = get_task(settings.task)
-        self.live = live or LiveSettings()
-        self.task.validated_weights(self.live.planner.weights)
+        self.planner_settings = planner or PlannerSettings()
+        """What every robot's planner runs with; changed whole by ``apply``."""
+        self.task.validated_weights(self.planner_settings.weights)
         self.low = np.asarray(self.task.action_low, np.float64)
         self.high = np.asarray(self.task.action_high, np.float64)
         self.sessions: dict[bytes, RobotSession] = {}
@@ -59,18 +62,14 @@ class MPCService:
         self.endpoints: dict[str, str] = {}
         self._started = time.monotonic()
         self._housekeeping = 0.0
-        self._last_flush = time.monotonic()
         self._episodes = 0
-        self._unrecorded: list[tuple[RobotSession, np.ndarray, np.ndarray, p.Message]] = []
+        self._unrecorded: list[Transition] = []
+        """Transitions completed by this pass's STATEs, written before its ACTIONs go out."""
+        self._answered: list[tuple[RobotSession, dict[str, Any]]] = []
+        """This pass's telemetry records, published after its ACTIONs."""
+        self.commands = ControlHandler(self)
         self.watcher = (
-            ModelWatcher(
-                settings.models,
-                self.task,
-                RuntimeOptions(
-                    device=settings.device, spin=False, rollout_slices=settings.rollout_slices
-                ),
-                settings.model_poll_s,
-            )
+            ModelWatcher(settings.models, self.task, settings.runtime, settings.model_poll_s)
             if settings.models is not None
             else None
         )
@@ -113,24 +112,22 @@ class MPCService:
                 getattr(self, name).close(linger=0)
 
     def step(self, timeout_ms: int = 20) -> None:
-        """One pass: read, answer control, swap model, plan, housekeeping."""
+        """One pass: read, answer control, swap model, record, plan and answer, publish."""
         events = dict(self.poller.poll(timeout_ms))
         if self.router in events:
             self._drain_robots()
         if self.control in events:
             self._drain_control()
         self._swap_model()
+        self._record_all()
         for session in list(self.sessions.values()):
             if session.pending is not None:
                 self._tick(session)
-        self._record_all()
+        self._publish()
         now = time.monotonic()
         if now - self._housekeeping > HOUSEKEEPING_S:
             self._housekeeping = now
             self._forget_silent(now)
-            if self.writer is not None and now - self._last_flush > self.settings.flush_s:
-                self.writer.flush()
-                self._last_flush = now
 
     # --- robots ------------------------------------------------------------------------------
     def _drain_robots(self) -> None:
@@ -153,6 +150,10 @@ class MPCService:
         if msg.type == p.HELLO:
             self._hello(identity, msg)
             return
+        if msg.type == p.DESCRIBE:  # allowed before HELLO: it is how a bridge learns the spec
+            self._send(identity, p.make(p.SPEC, msg.robot, seq=msg.seq, time=time.time(),
+                                        **self._spec()))  # fmt: skip
+            return
         session = self.sessions.get(identity)
         if session is None:
             raise p.ProtocolError("unknown_robot", "say HELLO first", seq=msg.seq, robot=msg.robot)
@@ -169,8 +170,6 @@ class MPCService:
                 self._record_all()
                 session.stats.episodes += 1
                 session.stats.last_return = session.episode_return
-                if self.writer is not None:
-                    self.writer.flush()
         elif msg.type == p.HEARTBEAT:
             self._send(identity, p.make(p.HEARTBEAT, session.robot, time=time.time()))
         elif msg.type == p.ERROR:
@@ -203,6 +202,7 @@ class MPCService:
         if session is None or session.robot != msg.robot:
             session = self._session_for(identity, msg)
         session.last_heard = time.monotonic()
+        settings = self.planner_settings
         self._send(
             identity,
             p.make(
@@ -210,11 +210,19 @@ class MPCService:
                 msg.robot,
                 time=time.time(),
                 model_version=self.model_version,
-                planner=self.live.planner.planner,
-                horizon=self.live.planner.horizon,
-                budget_ms=1000.0 * self.live.budget_s(t.control_period, 0.0),
+                planner=settings.planner,
+                horizon=settings.horizon,
+                budget_ms=1000.0 * settings.budget_s(t.control_period, 0.0),
+                **self._spec(),
             ),
         )
+
+    def _spec(self) -> dict[str, Any]:
+        """The served task as WELCOME and SPEC carry it: what a bridge must match."""
+        t = self.task
+        return {"task": t.name, "obs_dim": t.obs_dim, "act_dim": t.act_dim,
+                "control_period": t.control_period, "episode_steps": t.episode_steps,
+                "action_low": self.low, "action_high": self.high}  # fmt: skip
 
     def _session_for(self, identity: bytes, hello: p.Message) -> RobotSession:
         """A new session, or the robot's old one moved to its new identity (a reconnect)."""
@@ -228,7 +236,7 @@ class MPCService:
         else:
             planner = None
             if self.evaluator is not None:
-                planner = Planner(self.evaluator, self.live.planner)
+                planner = Planner(self.evaluator, self.planner_settings)
             session = RobotSession(
                 identity=identity,
                 robot=hello.robot,
@@ -236,7 +244,7 @@ class MPCService:
                 lockstep=hello["mode"] == "lockstep",
                 control_period=float(hello["control_period"]),
                 planner=planner,
-                rng=np.random.default_rng(self.live.planner.seed),
+                rng=np.random.default_rng(self.planner_settings.seed),
             )
             log.info("robot %s connected (%s)", hello.robot, hello["mode"])
         self.sessions[identity] = session
@@ -260,8 +268,7 @@ class MPCService:
         self._begin_episode(session, msg.episode)
         prev = session.last_state
         if prev is not None and applied is not None and prev["step"] == msg["step"] - 1:
-            # recorded after this pass's ACTIONs are sent: the store write is off the round trip
-            self._unrecorded.append((session, prev["obs"], applied, msg))
+            self._unrecorded.append(Transition(session, prev["obs"], applied, msg))
         session.last_state = msg
         if session.pending is not None:
             session.stats.dropped_stale += 1
@@ -269,31 +276,39 @@ class MPCService:
         session.pending = None if over else Pending(msg, time.perf_counter())
 
     def _record_all(self) -> None:
+        """Store the pass's transitions in one write (before any ACTION answers them)."""
         unrecorded, self._unrecorded = self._unrecorded, []
-        for session, obs, act, msg in unrecorded:
+        for transition in unrecorded:
             try:
-                self._record(session, obs, act, msg)
-            except Exception:  # a store failure loses this row, never the service or the store
-                session.stats.errors += 1
-                log.exception("robot %s: transition at step %d not recorded", session.robot,
-                              msg["step"])  # fmt: skip
+                self._record(transition)
+            except Exception:  # a bad row is lost alone, never the service or the store
+                transition.session.stats.errors += 1
+                log.exception("robot %s: transition at step %d not recorded",
+                              transition.session.robot, transition.msg["step"])  # fmt: skip
+        if unrecorded and self.writer is not None:
+            try:
+                self.writer.flush(fsync=self.settings.durable)
+            except OSError:  # the rows stay pending in the writer and go with the next flush
+                log.exception("store write failed; retrying with the next pass")
 
-    def _record(
-        self, session: RobotSession, obs: np.ndarray, act: np.ndarray, msg: p.Message
-    ) -> None:
-        reward = msg["reward"]
+    def _record(self, tr: Transition) -> None:
+        reward = tr.msg["reward"]
         if reward is None:  # the bridge does not know it: the task's definition does
             with torch.no_grad():
                 o, a, o2 = (
-                    torch.as_tensor(np.asarray(x, np.float32)) for x in (obs, act, msg["obs"])
+                    torch.as_tensor(np.asarray(x, np.float32))
+                    for x in (tr.obs, tr.act, tr.next_obs)
                 )
                 reward = float(self.task.reward(o, a, o2))
+        tr.reward = reward
+        session = tr.session
         session.episode_return += reward
+        session.last_transition = tr
         if self.writer is None:
             return
         self.writer.append(
-            obs, act, msg["obs"], reward, msg["terminated"], msg["truncated"],
-            episode=session.episode, step=msg["step"] - 1, robot=session.robot,
+            tr.obs, tr.act, tr.next_obs, reward, tr.msg["terminated"], tr.msg["truncated"],
+            episode=session.episode, step=tr.msg["step"] - 1, robot=session.robot,
         )  # fmt: skip
         session.stats.transitions += 1
 
@@ -302,34 +317,61 @@ class MPCService:
         assert pending is not None
         msg = pending.msg
         start = time.perf_counter()
+        fallback, nonfinite = False, 0
         if session.planner is None:
             action = session.rng.uniform(self.low, self.high)
             planner, horizon, iterations, predicted, miss = "explore", 0, 0, None, False
         else:
             budget = None
             if not session.lockstep:
-                budget = self.live.budget_s(session.control_period, start - pending.received)
+                budget = self.planner_settings.budget_s(
+                    session.control_period, start - pending.received
+                )
             plan = session.planner.plan(msg["obs"], budget)
             action, planner, horizon = plan.action, plan.planner, plan.horizon
             iterations, miss = plan.iterations, plan.deadline_miss
+            fallback, nonfinite = plan.fallback, plan.nonfinite
             predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
         plan_ms = 1000.0 * (time.perf_counter() - start)
         reply = p.make(
             p.ACTION, session.robot, seq=msg.seq, time=time.time(), episode=msg.episode,
             answers=msg.seq, planner=planner, horizon=horizon, iterations=iterations,
             predicted_return=predicted, plan_ms=plan_ms, model_version=self.model_version,
-            deadline_miss=miss, action=np.asarray(action, np.float64),
+            deadline_miss=miss, fallback=fallback, nonfinite=nonfinite,
+            action=np.asarray(action, np.float64),
         )  # fmt: skip
         self._send(session.identity, reply)
-        session.stats.tick(time.monotonic(), plan_ms, miss)
+        session.stats.tick(time.monotonic(), plan_ms, miss, fallback, nonfinite)
         record = {
             "robot": session.robot, "seq": msg.seq, "episode": session.episode,
             "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,
             "iterations": iterations, "plan_ms": plan_ms, "predicted_return": predicted,
-            "deadline_miss": miss, "model_version": self.model_version,
-            "dropped_stale": session.stats.dropped_stale, "action": reply["action"].tolist(),
+            "deadline_miss": miss, "fallback": fallback, "nonfinite": nonfinite,
+            "model_version": self.model_version, "dropped_stale": session.stats.dropped_stale,
+            "action": reply["action"].tolist(),
         }  # fmt: skip
-        self.telemetry.send_multipart([b"tick", json.dumps(record).encode()])
+        self._answered.append((session, record))
+
+    def _publish(self) -> None:
+        """One telemetry record per ACTION of the pass, with the reward (and each reward term)
+        of the transition its STATE completed; computed here, after the ACTIONs are out."""
+        answered, self._answered = self._answered, []
+        for session, record in answered:
+            tr = session.last_transition
+            completed = tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None
+            record["reward"] = tr.reward if completed and tr is not None else None
+            record["reward_terms"] = self._terms(tr) if completed and tr is not None else None
+            try:
+                self.telemetry.send_multipart(p.telemetry_record(**record), zmq.NOBLOCK)
+            except zmq.Again:  # no subscriber keeps up: telemetry is dropped, never waited on
+                pass
+
+    def _terms(self, tr: Transition) -> dict[str, float]:
+        with torch.no_grad():
+            o, a, o2 = (
+                torch.as_tensor(np.asarray(x, np.float32)) for x in (tr.obs, tr.act, tr.next_obs)
+            )
+            return {k: float(v) for k, v in self.task.terms(o, a, o2).items()}
 
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):
@@ -359,7 +401,7 @@ class MPCService:
         self.model_version, self.evaluator = ready
         for session in self.sessions.values():
             if session.planner is None:
-                session.planner = Planner(self.evaluator, self.live.planner)
+                session.planner = Planner(self.evaluator, self.planner_settings)
             else:
                 session.planner.set_evaluator(self.evaluator)
         log.info("serving model v%d", self.model_version)
@@ -372,36 +414,19 @@ class MPCService:
             except zmq.Again:
                 return
             *route, body = frames
-            try:
-                reply = self._control(json.loads(body.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            self.control.send_multipart([*route, json.dumps(reply).encode()])
+            self.control.send_multipart([*route, self.commands.answer(body)])
 
-    def _control(self, request: Any) -> dict[str, Any]:
-        if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
-            raise ValueError('a request is {"cmd": "get" | "set" | "status" | "model", ...}')
-        if request["cmd"] == "model":  # the learner announces a new version
-            if self.watcher is not None:
-                self.watcher.poke()
-            return {"ok": True, "model_version": self.model_version}
-        if request["cmd"] == "set":
-            changes = request.get("changes")
-            if not isinstance(changes, dict) or not changes:
-                raise ValueError('"set" needs a non-empty "changes" object')
-            self.apply(changes)
-        if request["cmd"] == "status":
-            return {"ok": True, **self.status()}
-        return {"ok": True, "settings": self.live.to_dict()}
-
-    def apply(self, changes: dict[str, Any]) -> LiveSettings:
-        """Validate ``changes`` and apply them at every robot's next tick (ValueError: none)."""
-        new = self.live.changed(changes)
-        self.task.validated_weights(new.planner.weights)
+    def apply(self, changes: dict[str, Any]) -> PlannerSettings:
+        """Validate ``changes`` (flat planner settings) and swap the new settings in at every
+        robot's next tick; ValueError and nothing changes. A new seed reseeds every robot."""
+        new = self.planner_settings.changed(changes)
+        self.task.validated_weights(new.weights)
         for session in self.sessions.values():
             if session.planner is not None:
-                session.planner.configure(**new.planner.to_dict())
-        self.live = new
+                session.planner.use(new)
+            if new.seed != self.planner_settings.seed:
+                session.rng = np.random.default_rng(new.seed)
+        self.planner_settings = new
         log.info("settings changed: %s", changes)
         return new
 
@@ -418,12 +443,15 @@ class MPCService:
             "task": self.task.name,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "model_version": self.model_version,
-            "rejected_models": dict(self.watcher.rejected) if self.watcher else {},
+            "rejected_models": {str(k): v for k, v in self.watcher.rejected.items()}
+            if self.watcher
+            else {},
             "refused_messages": self.refused,
             "forgotten_robots": self.forgotten,
             "transitions": len(self.writer) if self.writer is not None else 0,
+            "durable": self.settings.durable,
             "endpoints": self.endpoints,
-            "settings": self.live.to_dict(),
+            "settings": self.planner_settings.to_dict(),
             "robots": robots,
         }
 

@@ -21,6 +21,22 @@ class Pending:
     """perf_counter() when it was read off the socket."""
 
 
+@dataclass(eq=False)
+class Transition:
+    """One step a robot reported: ``obs`` and the ``act`` applied led to the STATE ``msg``."""
+
+    session: RobotSession
+    obs: np.ndarray
+    act: np.ndarray
+    msg: p.Message
+    reward: float | None = None
+    """Set when recorded: the STATE's reward, or the task's where the robot sent none."""
+
+    @property
+    def next_obs(self) -> np.ndarray:
+        return np.asarray(self.msg["obs"])
+
+
 @dataclass
 class RobotSession:
     identity: bytes
@@ -42,3 +58,5 @@ class RobotSession:
     pending: Pending | None = None
     stats: RobotStats = field(default_factory=RobotStats)
     episode_return: float = 0.0
+    last_transition: Transition | None = None
+    """The newest recorded transition (its reward goes into the tick's telemetry)."""

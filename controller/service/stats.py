@@ -16,6 +16,10 @@ WINDOW = 500
 class RobotStats:
     ticks: int = 0
     deadline_misses: int = 0
+    fallbacks: int = 0
+    """Plans where no optimizer iteration fitted: the previous plan, shifted, was sent."""
+    nonfinite: int = 0
+    """Candidates whose predicted return was NaN or infinite (ranked last)."""
     dropped_stale: int = 0
     """STATEs not planned on because a newer one from the robot was already queued."""
     errors: int = 0
@@ -27,9 +31,11 @@ class RobotStats:
     tick_times: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     plan_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
-    def tick(self, now: float, plan_ms: float, miss: bool) -> None:
+    def tick(self, now: float, plan_ms: float, miss: bool, fallback: bool, nonfinite: int) -> None:
         self.ticks += 1
         self.deadline_misses += int(miss)
+        self.fallbacks += int(fallback)
+        self.nonfinite += nonfinite
         self.tick_times.append(now)
         self.plan_ms.append(plan_ms)
 
@@ -44,6 +50,8 @@ class RobotStats:
             "plan_ms_p50": round(float(p50), 3),
             "plan_ms_p99": round(float(p99), 3),
             "deadline_misses": self.deadline_misses,
+            "fallbacks": self.fallbacks,
+            "nonfinite": self.nonfinite,
             "dropped_stale": self.dropped_stale,
             "errors": self.errors,
             "transitions": self.transitions,

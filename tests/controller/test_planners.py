@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from controller.planners import OPTIMIZERS, Planner, PlannerSettings
+from controller.planners import OPTIMIZERS, Planner, PlannerSettings, make_optimizer
 from controller.planners.base import WarmStart, shift
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.tasks import get_task
@@ -95,10 +95,12 @@ def test_warm_start_continues_from_the_shifted_previous_plan(evaluator: RolloutE
 @pytest.mark.parametrize("bounds", ["clip", "truncate"])
 def test_candidates_and_plans_stay_within_asymmetric_bounds(name: str, bounds: str) -> None:
     low, high = np.array([-0.5, 1.0]), np.array([2.0, 1.5])
-    settings = PlannerSettings(
-        planner=name, horizon=5, population=64, iterations=4, bounds=bounds, init_std=2.0
-    )
-    opt = OPTIMIZERS[name](settings, low, high)
+    wide = {"bounds": bounds, "init_std": 2.0, "noise_std": 2.0}
+    settings = PlannerSettings().changed(
+        planner=name, horizon=5, population=64, iterations=4,
+        **{k: v for k, v in wide.items() if k in PlannerSettings.names(name)},
+    )  # fmt: skip
+    opt = make_optimizer(settings, low, high)
     rng = np.random.default_rng(0)
     opt.begin(WarmStart(np.tile([3.0, 0.0], (5, 1))), rng)  # a warm start outside the bounds
     for it in range(settings.iterations):
@@ -229,3 +231,28 @@ def test_model_swap_applies_at_the_next_plan(tmp_path: Path, evaluator: RolloutE
     assert planner.evaluator is evaluator
     planner.plan(np.array([1.0, 0.0, 0.0]))
     assert planner.evaluator is newer
+
+
+def test_each_optimizer_takes_only_its_own_options() -> None:
+    assert set(OPTIMIZERS) == {"random", "cem", "icem", "mppi"}
+    icem = PlannerSettings().changed(planner="icem", noise_beta=3.0, elite_fraction=0.2)
+    assert icem.options.noise_beta == 3.0 and icem.to_dict()["noise_beta"] == 3.0
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['noise_beta'\] for planner 'cem'"):
+        PlannerSettings().changed(noise_beta=3.0)
+    with pytest.raises(ValueError, match="planner 'mppi'"):
+        icem.changed(planner="mppi", keep_elites=0.5)
+    back = icem.changed(planner="cem")  # the options CEM shares with iCEM are kept
+    assert back.options.elite_fraction == 0.2 and "noise_beta" not in back.to_dict()
+    assert PlannerSettings.from_dict(icem.to_dict()) == icem  # the flat form round-trips
+    with pytest.raises(ValueError, match="takes MPPIOptions"):
+        PlannerSettings(planner="mppi", options=icem.options)
+
+
+def test_a_seed_change_reseeds_the_planner(evaluator: RolloutEvaluator) -> None:
+    obs = np.array([np.cos(3.0), np.sin(3.0), 0.0])
+    fresh = Planner(evaluator, PlannerSettings(horizon=6, population=30, seed=7)).plan(obs)
+    planner = Planner(evaluator, PlannerSettings(horizon=6, population=30, seed=1))
+    planner.plan(obs)  # the seed-1 stream moves on
+    planner.reset()
+    planner.configure(seed=7)
+    np.testing.assert_array_equal(planner.plan(obs).actions, fresh.actions)

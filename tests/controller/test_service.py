@@ -21,7 +21,8 @@ import pytest
 import zmq
 
 from controller.planners import PlannerSettings
-from controller.service import LiveSettings, MPCService, ServiceSettings
+from controller.service import MPCService, ServiceSettings
+from controller.tasks import get_task
 from controller.service.control import parse_assignments, request
 from models.registry import ModelDirectory
 from models.store import TransitionReader
@@ -33,6 +34,7 @@ from tests.controller.known_models import export_cartpole
 
 LOOPBACK = "tcp://127.0.0.1:*"
 FAST = PlannerSettings(planner="cem", horizon=15, population=100, iterations=2)
+CARTPOLE = get_task("cartpole-swingup")
 SPEC = RobotSpec("probe", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
 TICKMPC = [sys.executable, "-m", "controller.cli"]
 
@@ -59,14 +61,15 @@ def _publish_cartpole(models: Path, version: int = 1) -> None:
     directory.mark_latest(version)
 
 
-def _start(root: Path, live: LiveSettings | None = None, **settings: object) -> Running:
+def _start(root: Path, planner: PlannerSettings = FAST, **settings: object) -> Running:
     service = MPCService(
+        CARTPOLE,
         ServiceSettings(
             endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
             models=root / "models", store=root / "store",
             **{"stale_after_s": 60.0, "model_poll_s": 0.1, **settings},  # type: ignore[arg-type]
         ),
-        live or LiveSettings(FAST),
+        planner,
     )  # fmt: skip
     service.start()
     thread = threading.Thread(target=service.serve, daemon=True)
@@ -134,17 +137,18 @@ def test_live_tune_changes_the_horizon_of_the_following_actions(served: Running)
     obs = np.array([0.0, 0.1, 0.0, 0.0])
     _state(link, 0, obs)
     assert _reply(link)["horizon"] == 15
-    reply = request(served.control, {"cmd": "set", "changes": parse_assignments(
-        ["horizon=30", "planner=icem", "weight.ctrl=0.05"])})  # fmt: skip
+    reply = request(served.control, "set", changes=parse_assignments(
+        ["horizon=30", "planner=icem", "weight.ctrl=0.05"]))  # fmt: skip
     assert reply["ok"] and reply["settings"]["horizon"] == 30
     _state(link, 1, obs, 0.0)
     action = _reply(link)
     assert (action["horizon"], action["planner"]) == (30, "icem")
-    refused = request(served.control, {"cmd": "set", "changes": {"horizon": 0}})
-    assert not refused["ok"] and "horizon" in refused["error"]
-    unknown = request(served.control, {"cmd": "set", "changes": {"weights": {"nope": 1.0}}})
+    refused = request(served.control, "set", changes={"horizon": 0})
+    assert not refused["ok"] and refused["code"] == "bad_setting"
+    assert "horizon" in refused["error"]
+    unknown = request(served.control, "set", changes={"weights": {"nope": 1.0}})
     assert not unknown["ok"] and "nope" in unknown["error"]
-    settings = request(served.control, {"cmd": "get"})["settings"]
+    settings = request(served.control, "get")["settings"]
     assert settings["horizon"] == 30 and settings["weights"] == {"ctrl": 0.05}
     _state(link, 2, obs, 0.0)
     assert _reply(link)["horizon"] == 30
@@ -237,9 +241,10 @@ def test_bad_messages_get_errors_while_another_robot_keeps_being_served(
 def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) -> None:
     _publish_cartpole(tmp_path / "models")
     service = MPCService(
+        CARTPOLE,
         ServiceSettings(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
                         models=tmp_path / "models", store=tmp_path / "store"),
-        LiveSettings(FAST),
+        FAST,
     )  # fmt: skip
     service.start()
     link = BridgeLink(service.endpoints["endpoint"], SPEC, "realtime")
@@ -280,16 +285,17 @@ def test_a_new_model_version_is_swapped_in_between_ticks(tmp_path: Path) -> None
     _state(link, step, np.zeros(4), 0.0)
     kept = _reply(link)
     assert (kept["model_version"], kept["planner"]) == (1, "cem")
-    assert 2 in running.service.status()["rejected_models"]
+    assert "2" in running.service.status()["rejected_models"]
     link.close()
     _stop(running)
 
 
 def test_an_announced_version_is_loaded_without_waiting_for_the_poll(tmp_path: Path) -> None:
     running = _start(tmp_path, model_poll_s=600.0)  # the poll alone would take ten minutes
-    assert request(running.control, {"cmd": "model"}) == {"ok": True, "model_version": 0}
+    reply = request(running.control, "model")
+    assert reply["ok"] and reply["model_version"] == 0
     _publish_cartpole(tmp_path / "models", 1)
-    request(running.control, {"cmd": "model"})  # what `tickmpc learn --announce` sends
+    request(running.control, "model")  # what `tickmpc learn --announce` sends
     link = BridgeLink(running.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     version, step, end = 0, 0, time.monotonic() + 30

@@ -1,0 +1,218 @@
+"""The one configuration tree: what a run, the service and the learner are set up with.
+
+``Config`` is composed of the parts' own frozen dataclasses, so no field is declared twice:
+``[service]`` (:class:`~controller.service.settings.ServiceSettings`, with its ONNX Runtime
+options under ``[service.runtime]``), ``[planner]`` (the live settings, one flat table, see
+:mod:`controller.planners.settings`), ``[learner]`` (:class:`~models.learner.LearnerConfig`)
+and ``[run]`` (what only ``tickmpc run`` uses). A config file is TOML holding any subset of the
+tree; what it leaves out keeps the dataclasses' defaults.
+
+Every way in goes through :func:`updated`: the file, ``--set section.name=value`` flags, the
+named CLI flags and ``--resume``. An unknown key is refused with the keys allowed there, a
+value of the wrong type with the type it needs, and a value out of range with its range (the
+dataclasses check their own ranges). Files and flags are read at the entry points only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+
+from controller.checks import check_int, check_number, parse_value
+from controller.planners.settings import PlannerSettings
+from controller.service.settings import ServiceSettings
+from controller.tasks import get_task
+from models.learner import LearnerConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What only ``tickmpc run`` reads: the episodes of the simulated robot."""
+
+    episodes: int = 10
+    """Episodes in all, the first one random (until the learner's first model)."""
+    realtime: bool = False
+    """Run the robot on the wall clock (False: lockstep, each step waits for its ACTION and
+    each episode for the retrain on everything stored so far; reproducible)."""
+    episode_steps: int = 0
+    """Truncate episodes here (0: the task's own length)."""
+    model_timeout_s: float = 600.0
+    """Lockstep: how long to wait for the retrain after an episode."""
+    seed: int = 0
+    """Seed of the simulated robot's episode resets (episode i uses seed + 1000 i)."""
+
+    def __post_init__(self) -> None:
+        check_int("episodes", self.episodes, 1, 1_000_000)
+        if not isinstance(self.realtime, bool):
+            raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
+        check_int("episode_steps", self.episode_steps, 0, 10_000_000)
+        check_number("model_timeout_s", self.model_timeout_s, 0.0, 86400.0, low_open=True)
+        check_int("seed", self.seed, 0, 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole deployment: the task and every part's settings."""
+
+    task: str = "cartpole-swingup"
+    """The task every process of a run serves, learns and simulates."""
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str):
+            raise ValueError(f"task must be a string, got {self.task!r}")
+        get_task(self.task)
+
+    @property
+    def steps(self) -> int:
+        """Steps per episode of a run."""
+        return self.run.episode_steps or get_task(self.task).episode_steps
+
+    def save(self, path: Path) -> None:
+        """Write the whole tree as TOML, atomically (a crash leaves the old file or the new)."""
+        staged = path.with_name(path.name + ".tmp")
+        staged.write_text(tomli_w.dumps(as_dict(self)))
+        staged.replace(path)
+
+    @staticmethod
+    def load(path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
+        """The file's tree over the defaults, then ``overrides``; ValueError names the file."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config {path}: {exc}") from exc
+        try:
+            config = updated(Config(), data)
+        except ValueError as exc:
+            raise ValueError(f"config {path}: {exc}") from exc
+        return updated(config, overrides or {})
+
+
+def updated(obj: T, changes: Mapping[str, Any], where: str = "") -> T:
+    """``obj`` (a frozen dataclass) with ``changes`` applied, nested tables into nested
+    dataclasses; every key and value checked (ValueError naming ``section.key``)."""
+    if not isinstance(changes, Mapping):
+        raise ValueError(f"{where.rstrip('.') or 'config'} must be a table, got {changes!r}")
+    if isinstance(obj, PlannerSettings):  # one flat namespace, shared with live tuning
+        try:
+            return obj.changed(changes)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise ValueError(f"{where.rstrip('.')}: {exc}") from None
+    assert is_dataclass(obj) and not isinstance(obj, type)
+    known = [f.name for f in fields(obj)]
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; "
+                         f"{where.rstrip('.') or 'the top level'} takes {known}")  # fmt: skip
+    hints = typing.get_type_hints(type(obj))
+    new: dict[str, Any] = {}
+    for name, value in changes.items():
+        current = getattr(obj, name)
+        if is_dataclass(current):
+            new[name] = updated(current, value, f"{where}{name}.")
+        else:
+            new[name] = _typed(hints[name], value, where + name)
+    try:
+        return replace(obj, **new)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}" if where else str(exc)) from None
+
+
+def _typed(hint: Any, value: Any, name: str) -> Any:
+    """``value`` as the field's simple type (bool, int, float, str, Path, optional of one);
+    other types are left to the dataclass's own checks."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)] or [Any]
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if hint is Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ValueError(f"{name} must be a path, got {value!r}")
+        return Path(value)
+    return value
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """The TOML form of a config tree: nested tables, paths as strings, unset (None) left out
+    (so that reading it back gives the same tree)."""
+    if isinstance(obj, PlannerSettings):
+        items = list(obj.to_dict().items())
+    else:
+        items = [(f.name, getattr(obj, f.name)) for f in fields(obj)]
+    out: dict[str, Any] = {}
+    for name, value in items:
+        if value is None:
+            continue
+        if is_dataclass(value):
+            out[name] = as_dict(value)
+        elif isinstance(value, Path):
+            out[name] = str(value)
+        elif isinstance(value, Mapping):
+            out[name] = dict(value)
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        else:
+            out[name] = value
+    return out
+
+
+def nested(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("planner.horizon", 30)]`` -> ``{"planner": {"horizon": 30}}``."""
+    tree: dict[str, Any] = {}
+    for path, value in pairs:
+        *parents, leaf = keys = path.split(".")
+        if not all(keys):
+            raise ValueError(f"{path!r} is not a SECTION.NAME path")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{path!r} sets a value and a table at once")
+        node[leaf] = value
+    return tree
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["planner.horizon=30", "service.durable=true"]`` -> a nested table for ``updated``."""
+    pairs = []
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected SECTION.NAME=VALUE, got {item!r}")
+        pairs.append((path, parse_value(text)))
+    return nested(pairs)
+
+
+def merged(*trees: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested tables merged left to right (later values win)."""
+    out: dict[str, Any] = {}
+    for tree in trees:
+        for key, value in tree.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out

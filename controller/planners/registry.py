@@ -1,0 +1,48 @@
+"""The one list of optimizers: each name with its class and its options dataclass.
+
+``PlannerSettings.planner`` is a key here; ``PlannerSettings.options`` is an instance of that
+entry's options class. Adding an optimizer is one module and one line below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from controller.planners.base import Optimizer
+from controller.planners.cem import CEM, CEMOptions
+from controller.planners.icem import ICEM, ICEMOptions
+from controller.planners.mppi import MPPI, MPPIOptions
+from controller.planners.random_shooting import RandomOptions, RandomShooting
+
+if TYPE_CHECKING:
+    from controller.planners.settings import PlannerSettings
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    make: Callable[[Any, PlannerSettings, np.ndarray, np.ndarray], Optimizer]
+    """(options, settings, low [A], high [A]) -> a fresh optimizer."""
+    options: type
+    """Its frozen options dataclass (every field defaulted and validated on construction)."""
+    summary: str
+
+
+OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
+    {
+        "random": OptimizerEntry(RandomShooting, RandomOptions, "random shooting"),
+        "cem": OptimizerEntry(CEM, CEMOptions, "cross-entropy method (PETS)"),
+        "icem": OptimizerEntry(ICEM, ICEMOptions, "iCEM (Pinneri et al. 2020)"),
+        "mppi": OptimizerEntry(MPPI, MPPIOptions, "MPPI (Williams et al.)"),
+    }
+)
+PLANNERS = tuple(OPTIMIZERS)
+
+
+def make_optimizer(settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> Optimizer:
+    """The optimizer ``settings.planner`` names, configured by ``settings``."""
+    return OPTIMIZERS[settings.planner].make(settings.options, settings, low, high)

@@ -1,0 +1,52 @@
+"""The service's side of the control socket: ``get``, ``set``, ``status`` and ``model``.
+
+Requests and replies are versioned JSON frames defined in ``sim_bridge.protocol`` and described
+in docs/protocol.md ("Control socket"). A request that does not parse is answered with its
+protocol error code; a setting refused by validation with ``bad_setting`` and the reason; a
+failure of the service itself with ``internal``. Nothing a client sends stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sim_bridge import protocol as p
+
+if TYPE_CHECKING:
+    from controller.service.server import MPCService
+
+log = logging.getLogger(__name__)
+
+
+class ControlHandler:
+    """Answers control requests for one service, in the service's own thread."""
+
+    def __init__(self, service: MPCService) -> None:
+        self.service = service
+
+    def answer(self, body: bytes) -> bytes:
+        """The reply frame to one request frame."""
+        try:
+            request = p.parse_control_request(body)
+        except p.ProtocolError as exc:
+            return p.control_error(exc.code, exc.reason)
+        try:
+            return p.control_reply(**self._dispatch(request))
+        except ValueError as exc:
+            return p.control_error("bad_setting", str(exc))
+        except Exception as exc:  # a bug must cost one request, not the service
+            log.exception("internal error on a control request")
+            return p.control_error("internal", repr(exc)[:500])
+
+    def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        service, cmd = self.service, request["cmd"]
+        if cmd == "model":  # the learner announces a new version
+            if service.watcher is not None:
+                service.watcher.poke()
+            return {"model_version": service.model_version}
+        if cmd == "status":
+            return service.status()
+        if cmd == "set":
+            service.apply(request["changes"])
+        return {"settings": service.planner_settings.to_dict()}

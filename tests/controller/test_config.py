@@ -1,0 +1,82 @@
+"""The one config tree: defaults, files, --set flags and resume all go through one checked path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from controller.config import Config, as_dict, parse_overrides, updated
+from controller.planners import PlannerSettings
+from controller.service import ServiceSettings
+from models.learner import LearnerConfig
+
+TICKMPC = [sys.executable, "-m", "controller.cli"]
+
+
+def test_the_tree_round_trips_through_its_file(tmp_path: Path) -> None:
+    config = updated(Config(), parse_overrides([
+        "task=pendulum", "planner.planner=icem", "planner.noise_beta=3",
+        "planner.weights.ctrl=0.5", "service.durable=true", "service.runtime.device=auto",
+        f"service.store={tmp_path / 'store'}", "learner.members=3", "run.episodes=4",
+    ]))  # fmt: skip
+    assert config.planner.options.noise_beta == 3.0 and config.service.durable
+    assert config.service.store == tmp_path / "store"
+    config.save(tmp_path / "config.toml")
+    assert Config.load(tmp_path / "config.toml") == config
+
+
+def test_no_field_is_declared_twice() -> None:
+    """Each section's fields are its own; the planner's flat names are unique across its parts."""
+    names = PlannerSettings.names("icem")
+    assert len(names) == len(set(names))
+    sections = [ServiceSettings, LearnerConfig]
+    top = {f.name for f in fields(Config)}
+    for section in sections:
+        assert not top & {f.name for f in fields(section)} - {"seed"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[planner]\nhorizn = 3\n", r"unknown setting\(s\) \['horizn'\]"),
+        ("[service]\nflush_s = 1.0\n", r"unknown key\(s\) \['service.flush_s'\]; service takes"),
+        ("[service.runtime]\ndevice = 'tpu'\n", "device must be one of"),
+        ("[run]\nepisodes = 0\n", r"episodes must be an integer in \[1, "),
+        ("[run]\nrealtime = 'yes'\n", "run.realtime must be true or false"),
+        ("[learner]\nmembers = 2.5\n", "learner.members must be an integer"),
+        ("task = 'no-such-task'\n", "no-such-task"),
+        ("[nope]\nx = 1\n", r"unknown key\(s\) \['nope'\]; the top level takes"),
+        ("planner = 3\n", "planner must be a table"),
+        ("[planner\n", "config .*config.toml"),
+    ],
+)
+def test_a_bad_file_is_refused_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        Config.load(path)
+
+
+def test_the_cli_refuses_a_bad_flag_or_file_with_its_name(tmp_path: Path) -> None:
+    bad = subprocess.run([*TICKMPC, "serve", "--set", "planner.horizon=0", "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1 and "horizon must be an integer in [1, 500]" in bad.stderr
+    path = tmp_path / "c.toml"
+    path.write_text("[learner]\nmax_epoch = 3\n")
+    out = subprocess.run([*TICKMPC, "learn", "--config", str(path)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1 and "learner.max_epoch" in out.stderr
+
+
+def test_cli_defaults_are_the_dataclass_defaults() -> None:
+    from controller import cli
+
+    assert cli.DEFAULTS == as_dict(Config())
+    assert cli.DEFAULT_CONTROL == ServiceSettings().control
+    help_text = subprocess.run([*TICKMPC, "run", "--help"], capture_output=True, text=True,
+                               timeout=120, env={"COLUMNS": "200", "PATH": ""}).stdout  # fmt: skip
+    assert f"(default: {PlannerSettings().horizon})" in help_text
