@@ -1,9 +1,10 @@
 """Check a bridge before it meets a real controller, like gymnasium's ``check_env``.
 
 :func:`check_bridge` binds a loopback ROUTER, runs ``bridge.run`` against it in a thread and
-plays a strict controller that decodes every message and answers HELLO and each STATE. It then
-reports, in plain words, every way the bridge broke the protocol or misreported its robot. It
-uses ``sim_bridge`` alone, so it checks exactly what a controller would receive.
+plays a strict controller that decodes every message and answers DESCRIBE, HELLO and each
+STATE, serving exactly the bridge's own spec. It then reports, in plain words, every way the
+bridge broke the protocol or misreported its robot. It uses ``sim_bridge`` alone, so it checks
+exactly what a controller would receive.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -63,6 +65,8 @@ class _Strict:
 
     mode: str
     delay: int
+    served: dict[str, Any]
+    """The task spec this controller serves (SPEC_FIELDS and SPEC_ARRAYS): the bridge's own."""
     problems: dict[str, list[str]] = field(default_factory=dict)
     """Problems by kind: one seen at many steps is reported once, with a count."""
     notes: list[str] = field(default_factory=list)
@@ -86,6 +90,8 @@ class _Strict:
 
     def answer(self, msg: p.Message, now: float) -> p.Message | None:
         """Check ``msg`` and return the reply a controller would send (if any)."""
+        if msg.type == p.DESCRIBE:  # allowed before HELLO, and outside the seq order
+            return p.make(p.SPEC, msg.robot, time=time.time(), **self.served)
         if msg.type == p.HELLO:
             return self._hello(msg)
         if self.hello is None:
@@ -134,7 +140,8 @@ class _Strict:
                           answers=msg.seq)  # fmt: skip
         budget_ms = 1000.0 * float(msg["control_period"])
         return p.make(p.WELCOME, msg.robot, time=time.time(), model_version=0,
-                      planner="checker", horizon=0, budget_ms=budget_ms)  # fmt: skip
+                      planner="checker", horizon=0, budget_ms=budget_ms,
+                      **self.served)  # fmt: skip
 
     def _episode(self, msg: p.Message) -> None:
         if msg["event"] == "start":
@@ -189,7 +196,8 @@ class _Strict:
         return p.make(p.ACTION, state.robot, seq=state.seq, time=time.time(),
                       episode=state.episode, answers=state.seq, planner="checker", horizon=0,
                       iterations=0, predicted_return=None, plan_ms=0.0, model_version=0,
-                      deadline_miss=False, action=action)  # fmt: skip
+                      deadline_miss=False, fallback=False, nonfinite=0,
+                      action=action)  # fmt: skip
 
     def _echo(self, at: str, step: int, applied: np.ndarray) -> None:
         """``applied`` must be the ACTION answering the STATE ``delay + 1`` steps back."""
@@ -228,7 +236,7 @@ def check_bridge(
         raise ValueError("need mode lockstep or realtime, ticks >= 1 and timeout_s > 0")
     if mode == "realtime" and ticks * bridge.spec.control_period >= timeout_s:
         raise ValueError(f"{ticks} realtime ticks take longer than timeout_s={timeout_s}")
-    strict = _Strict(mode, action_delay_ticks)
+    strict = _Strict(mode, action_delay_ticks, _served(bridge, ticks))
     failure: list[BaseException] = []
     saved_stats, bridge.stats = bridge.stats, BridgeStats()
     bridge.stop_event.clear()
@@ -280,6 +288,21 @@ def check_bridge(
         except Exception as exc:
             failure.append(exc)
     return _report(strict, ticks, stats, failure, time.monotonic() - start)
+
+
+def _served(bridge: HardwareBridge, ticks: int) -> dict[str, Any]:
+    """The spec of a task that is exactly what ``bridge`` says it is; its episodes last as long
+    as the bridge truncates them, else as long as the check."""
+    spec = bridge.spec
+    return {
+        "task": spec.task,
+        "obs_dim": spec.obs_dim,
+        "act_dim": spec.act_dim,
+        "control_period": spec.control_period,
+        "episode_steps": bridge.settings.episode_steps or ticks,
+        "action_low": spec.action_low,
+        "action_high": spec.action_high,
+    }
 
 
 def _report(

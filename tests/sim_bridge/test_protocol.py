@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sim_bridge import protocol as p
+from tests.sim_bridge.protocol_doc import doc_section, doc_table, doc_text, kind_text
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 ROBOT = "arm-2"
-SAMPLE = {"int": 7, "float": 0.25, "float?": None, "bool": True, "str": "cem"}
+SAMPLE: dict[str, Any] = {
+    "int": 7, "uint": 7, "uint>0": 7, "float": 0.25, "float>0": 0.25, "float?": None,
+    "bool": True, "str": "cem", "robot_id": ROBOT, "float[]": [0.5, -1.0],
+    "{str: float}?": {"tip": 0.5},
+}  # fmt: skip
 """A valid value per field kind (enum kinds take their first choice)."""
 
 
@@ -97,7 +102,20 @@ def test_optional_array_may_be_absent_and_big_endian_input_goes_little_endian() 
 
 def test_header_names_the_protocol_and_version() -> None:
     header, _ = wire(sample(p.HEARTBEAT))
-    assert (header["proto"], header["version"], header["type"]) == ("tickmpc", 1, "HEARTBEAT")
+    assert (header["proto"], header["version"], header["type"]) == ("tickmpc", 2, "HEARTBEAT")
+
+
+def test_welcome_and_spec_share_the_spec() -> None:
+    spec: dict[str, Any] = {"task": "pendulum", "obs_dim": 3, "act_dim": 1, "control_period": 0.05,
+            "episode_steps": 200, "action_low": (-2.0,), "action_high": (2.0,)}  # fmt: skip
+    served = p.make(p.SPEC, ROBOT, **spec)
+    welcome = p.make(p.WELCOME, ROBOT, model_version=0, planner="cem", horizon=20,
+                     budget_ms=45.0, **spec)  # fmt: skip
+    assert p.spec_of(p.decode(p.encode(served))) == spec == p.spec_of(welcome)
+    assert set(p.FIELDS[p.SPEC]) == set(p.SPEC_FIELDS) <= set(p.FIELDS[p.WELCOME])
+    assert p.ARRAYS[p.SPEC] == p.SPEC_ARRAYS == p.ARRAYS[p.WELCOME]
+    with pytest.raises(ValueError, match="carries no spec"):
+        p.spec_of(sample(p.HELLO))
 
 
 # --- refusals, each with its code ------------------------------------------------------------
@@ -109,7 +127,8 @@ def corrupt(kind: str = p.STATE, *, drop: str = "", **header_changes: Any) -> li
 
 @pytest.mark.parametrize(
     ("changes", "drop"),
-    [({"version": 2}, ""), ({"version": 1.0}, ""), ({"version": True}, ""), ({}, "version"),
+    [({"version": p.PROTOCOL_VERSION + 1}, ""), ({"version": p.PROTOCOL_VERSION - 1}, ""),
+     ({"version": float(p.PROTOCOL_VERSION)}, ""), ({"version": True}, ""), ({}, "version"),
      ({"proto": "zmqmpc"}, ""), ({}, "proto")],
 )  # fmt: skip
 def test_wrong_version_or_protocol(changes: dict[str, Any], drop: str) -> None:
@@ -225,7 +244,21 @@ def test_header_not_a_utf8_json_object(raw: bytes) -> None:
         (p.STATE, {"step": True}, ""),
         (p.STATE, {"step": 1.0}, ""),
         (p.STATE, {"seq": -1}, ""),
+        (p.STATE, {"step": -1}, ""),
+        (p.STATE, {"episode": -1}, ""),
         (p.STATE, {"episode": 2**63}, ""),
+        (p.ACTION, {"iterations": -3}, ""),
+        (p.ACTION, {"nonfinite": -1}, ""),
+        (p.ACTION, {"fallback": 0}, ""),
+        (p.ACTION, {"answers": -1}, ""),
+        (p.WELCOME, {"horizon": -1}, ""),
+        (p.WELCOME, {"act_dim": 0}, ""),
+        (p.WELCOME, {"control_period": -0.05}, ""),
+        (p.SPEC, {"episode_steps": 0}, ""),
+        (p.SPEC, {}, "task"),
+        (p.HELLO, {"obs_dim": 0}, ""),
+        (p.HELLO, {"control_period": 0}, ""),
+        (p.EPISODE, {"steps": -1}, ""),
         (p.STATE, {"terminated": 1}, ""),
         (p.STATE, {"reward": "0.5"}, ""),
         (p.STATE, {"time": None}, ""),
@@ -262,7 +295,9 @@ def test_error_names_the_offending_message() -> None:
 
 def test_error_reply() -> None:
     exc = refused(corrupt(p.STATE, seq=41, robot="arm-7", version=3))
+    before = time.time()
     reply = p.error_reply(exc, seq=4)
+    assert before <= reply.time <= time.time()
     assert (reply.type, reply.robot, reply.seq) == (p.ERROR, "arm-7", 4)
     assert (reply["code"], reply["answers"], reply["reason"]) == ("bad_version", 41, exc.reason)
     assert p.error_reply(exc, "other").robot == "other"
@@ -278,11 +313,18 @@ ROBOTS = st.text(min_size=1, max_size=12).filter(
 )
 VALUES: dict[str, st.SearchStrategy[Any]] = {
     "int": st.integers(-(2**63) + 1, 2**63 - 1),
+    "uint": st.integers(0, 2**63 - 1),
+    "uint>0": st.integers(1, 2**63 - 1),
     "float": FINITE,
+    "float>0": st.floats(min_value=0.0, exclude_min=True, allow_infinity=False),
     "float?": st.none() | FINITE,
     "bool": st.booleans(),
     "str": st.text(max_size=40),
+    "robot_id": ROBOTS,
+    "float[]": st.lists(FINITE, max_size=5),
+    "{str: float}?": st.none() | st.dictionaries(st.text(max_size=8), FINITE, max_size=3),
 }
+"""Valid values of each field kind."""
 
 
 def finite_arrays(dtype: str) -> st.SearchStrategy[np.ndarray]:
@@ -367,41 +409,87 @@ def test_garbage_frames_are_refused(raw: list[bytes]) -> None:
     assert isinstance(decode_or_refuse(raw), p.ProtocolError)
 
 
+@settings(max_examples=100)
+@given(messages(), st.data())
+def test_a_repeated_header_key_is_refused(msg: p.Message, data: st.DataObject) -> None:
+    head, *payload = p.encode(msg)
+    key = data.draw(st.sampled_from(sorted(json.loads(head))))
+    again = json.dumps({key: json.loads(head)[key]}, separators=(",", ":"))[1:-1].encode()
+    assert refused([head[:-1] + b"," + again + b"}", *payload]).code == "bad_frame"
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_every_counter_refuses_negatives(data: st.DataObject) -> None:
+    counters = [(k, n) for k in p.FIELDS for n, kind in p.FIELDS[k].items() if kind == "uint"]
+    kind, name = data.draw(st.sampled_from(sorted(counters)))
+    negative: dict[str, Any] = {name: data.draw(st.integers(-(2**63) + 1, -1))}
+    exc = refused(corrupt(kind, **negative))
+    assert exc.code == "bad_field" and name in exc.reason
+
+
+# --- one example per rule of the document's "Refusals" table ----------------------------------
+def replaced(kind: str, old: bytes, new: bytes) -> list[bytes]:
+    raw = corrupt(kind)
+    assert old in raw[0]
+    return [raw[0].replace(old, new), *raw[1:]]
+
+
+def array_changed(spec: dict[str, Any], nbytes: int = 24) -> list[bytes]:
+    header, payload = wire(sample(p.STATE))
+    header["arrays"][0] |= spec
+    return frames(header, [bytes(nbytes), *payload[1:]])
+
+
+def state_arrays(specs: list[int], payload: list[int]) -> list[bytes]:
+    """A STATE whose array specs and frames are those of its arrays at these indices."""
+    header, frames_ = wire(sample(p.STATE))
+    header["arrays"] = [header["arrays"][i] for i in specs]
+    return frames(header, [frames_[i] for i in payload])
+
+
+def nan_obs() -> list[bytes]:
+    header, payload = wire(sample(p.STATE))
+    return frames(header, [np.array([0.0, np.nan, 1.0]).tobytes(), payload[1]])
+
+
+MESSAGE_RULES: dict[str, Callable[[], list[bytes]]] = {
+    "no_frames": lambda: [],
+    "header_size": lambda: [b"{" + b" " * p.MAX_HEADER_BYTES + b"}"],
+    "not_json": lambda: [b"\xff{}"],
+    "not_object": lambda: [b"[1, 2]"],
+    "repeated_key": lambda: replaced(p.STATE, b'"step":7', b'"step":7,"step":8'),
+    "nonfinite_literal": lambda: replaced(p.STATE, b'"reward":null', b'"reward":NaN'),
+    "huge_number": lambda: replaced(p.STATE, b'"step":7', b'"step":' + b"9" * 5000),
+    "version": lambda: corrupt(version=1),
+    "type": lambda: corrupt(type="RESET"),
+    "frame_count": lambda: state_arrays([0, 1], [0]),
+    "array_spec": lambda: array_changed({"dtype": "<i8"}),
+    "array_elements": lambda: array_changed({"shape": [4097]}, 8 * 4097),
+    "frame_bytes": lambda: array_changed({}, 23),
+    "array_repeated": lambda: state_arrays([0, 0], [0, 0]),
+    "unknown_key": lambda: corrupt(note="hi"),
+    "missing_key": lambda: corrupt(drop="terminated"),
+    "wrong_type": lambda: corrupt(step=7.0),
+    "negative_counter": lambda: corrupt(step=-1),
+    "zero_dimension": lambda: corrupt(p.HELLO, act_dim=0),
+    "nonpositive_period": lambda: corrupt(p.SPEC, control_period=0.0),
+    "robot_id": lambda: corrupt(robot="a\tb"),
+    "long_text": lambda: corrupt(p.HELLO, task="x" * (p.MAX_TEXT_CHARS + 1)),
+    "nonfinite_number": lambda: replaced(p.STATE, b'"reward":null', b'"reward":1e400'),
+    "array_missing": lambda: state_arrays([1], [1]),
+    "nonfinite_array": nan_obs,
+}
+"""Rule name of the document -> a message broken by that rule alone."""
+
+
 # --- the document agrees with the code ---------------------------------------------------------
-def doc_section(heading: str) -> str:
-    """The text under the markdown heading ``heading`` up to the next heading of its level."""
-    text = DOC.read_text(encoding="utf-8")
-    match = re.search(rf"^(#+) {re.escape(heading)}\b.*$", text, re.MULTILINE)
-    assert match, f"docs/protocol.md has no heading {heading!r}"
-    rest = text[match.end() :]
-    end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.MULTILINE)
-    return rest[: end.start() if end else len(rest)]
-
-
-def doc_table(section: str, first_column: str) -> dict[str, list[str]]:
-    """Rows of the table whose header starts with ``first_column``: backticked name -> cells."""
-    rows: dict[str, list[str]] = {}
-    lines = iter(section.splitlines())
-    for line in lines:
-        if re.match(rf"\|\s*{first_column}\s*\|", line):
-            next(lines)  # the |---| separator
-            for row in lines:
-                if not row.startswith("|"):
-                    return rows
-                cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
-                rows[cells[0].strip("`")] = cells[1:]
-    return rows
-
-
-def kind_text(kind: Any) -> str:
-    if isinstance(kind, tuple):
-        return "`" + " \\| ".join(f'"{k}"' for k in kind) + "`"
-    return f"`{kind}`"
-
-
 def test_doc_states_the_code_version() -> None:
-    versions = re.findall(r"^Protocol version: \*\*(\d+)\*\*$", DOC.read_text(), re.MULTILINE)
+    text = doc_text()
+    versions = re.findall(r"^Protocol version: \*\*(\d+)\*\*$", text, re.MULTILINE)
     assert versions == [str(p.PROTOCOL_VERSION)]
+    quoted = re.findall(r'"v": (\d+)|the integer (\d+)|"version", (\d+)', text)
+    assert quoted and {n for groups in quoted for n in groups if n} == {str(p.PROTOCOL_VERSION)}
 
 
 @pytest.mark.parametrize("kind", sorted(p.FIELDS))
@@ -422,18 +510,45 @@ def test_doc_tables_match_fields_and_arrays(kind: str) -> None:
 
 def test_doc_header_table_lists_the_encoded_keys() -> None:
     header, _ = wire(sample(p.HEARTBEAT))
-    assert set(doc_table(doc_section("Header"), "key")) == set(header)
+    rows = doc_table(doc_section("Header"), "key")
+    assert set(rows) == set(header)
+    for name, kind in p._COMMON.items():
+        assert rows[name][0] == kind_text(kind), name
+    assert all(f"`{kind}`" in rows["type"][1] for kind in p.FIELDS)
+
+
+def test_doc_lists_every_value_type() -> None:
+    rows = doc_table(doc_section("Value types"), "type")
+    assert set(rows) == {*p.VALUE_KINDS, '"a" \\| "b"'}
+    for name, k in SAMPLE.items():
+        p._check_value(name, name, k)  # the sample of each kind is one of its values
 
 
 def test_doc_lists_every_error_code_and_limit() -> None:
-    text = DOC.read_text(encoding="utf-8")
+    text = doc_text()
     assert set(doc_table(doc_section("Error codes"), "code")) == set(p.ERROR_CODES)
     for code in p.ERROR_CODES:
         assert f"`{code}`" in text
-    for name in ("MAX_HEADER_BYTES", "MAX_ARRAY_ELEMENTS", "MAX_ROBOT_ID_BYTES", "MAX_TEXT_CHARS"):
+    limits = ("MAX_HEADER_BYTES", "MAX_ARRAY_ELEMENTS", "MAX_ROBOT_ID_BYTES", "MAX_TEXT_CHARS",
+              "BOUNDS_RTOL", "BOUNDS_ATOL", "PERIOD_RTOL")  # fmt: skip
+    for name in limits:
         assert f"`{name}` = {getattr(p, name)}" in text
     for dtype in p.ARRAY_DTYPES:
         assert f'`"{dtype}"`' in text
+
+
+def test_doc_message_types_table_lists_every_type() -> None:
+    assert set(doc_table(doc_section("Message types"), "type")) == set(p.FIELDS)
+
+
+def test_doc_refusal_rules_give_the_code_the_codec_gives() -> None:
+    rules = doc_table(doc_section("Refusals"), "rule")
+    assert set(rules) == set(MESSAGE_RULES)
+    for rule, broken in MESSAGE_RULES.items():
+        code = rules[rule][0].strip("`")
+        assert code in p.ERROR_CODES, rule
+        outcome = decode_or_refuse(broken())
+        assert isinstance(outcome, p.ProtocolError) and outcome.code == code, rule
 
 
 def test_doc_worked_example_decodes() -> None:
