@@ -1,5 +1,6 @@
 """The bridge's end of the connection: a DEALER socket that says HELLO, sends STATEs and
-receives ACTIONs, and starts over with a fresh socket when the controller goes silent.
+receives ACTIONs, and starts over with a fresh socket when the controller goes silent; and
+:func:`describe`, which asks a controller for the spec of the task it serves.
 
 Reconnecting is a new socket rather than ZeroMQ's automatic reconnect: the old socket may hold
 queued, now stale, STATEs, and a restarted controller does not know the robot until it hears
@@ -8,10 +9,13 @@ HELLO again (it answers ``unknown_robot`` to anything else, which also triggers 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +55,26 @@ class RobotSpec:
         if not (np.isfinite(self.control_period) and self.control_period > 0):
             raise ValueError(f"control_period must be > 0 seconds, got {self.control_period}")
 
+    def differences(self, served: Mapping[str, Any]) -> list[str]:
+        """How the served task's spec (SPEC_FIELDS and SPEC_ARRAYS, as from
+        :func:`describe` or a WELCOME) differs from this robot, one phrase per difference,
+        within the tolerances the controller allows a HELLO. The task name is not compared:
+        the controller names its task its own way, and accepts aliases (the gym id)."""
+        found = []
+        if (served["obs_dim"], served["act_dim"]) != (self.obs_dim, self.act_dim):
+            found.append(f"dims obs {served['obs_dim']}, act {served['act_dim']} "
+                         f"(this robot: obs {self.obs_dim}, act {self.act_dim})")  # fmt: skip
+        for name in p.SPEC_ARRAYS:
+            mine, theirs = np.asarray(getattr(self, name)), np.asarray(served[name])
+            if mine.shape != theirs.shape or not np.allclose(
+                theirs, mine, rtol=p.BOUNDS_RTOL, atol=p.BOUNDS_ATOL
+            ):
+                found.append(f"{name} {theirs.tolist()} (this robot: {mine.tolist()})")
+        if not math.isclose(served["control_period"], self.control_period, rel_tol=p.PERIOD_RTOL):
+            found.append(f"control period {served['control_period']} s "
+                         f"(this robot: {self.control_period} s)")  # fmt: skip
+        return found
+
     def hello(self, mode: str) -> p.Message:
         return p.make(
             p.HELLO,
@@ -71,7 +95,12 @@ class LinkStats:
     """What the link saw; ``round_trip_s`` and ``plan_s`` are paired per answered STATE."""
 
     sent: int = 0
+    dropped_sends: int = 0
+    """Messages that did not go out: no controller connected, or its queue full."""
     received: int = 0
+    """Messages from the controller decoded and accepted."""
+    bad_actions: int = 0
+    """ACTIONs whose ``action`` was not act_dim long (logged, dropped)."""
     hellos: int = 0
     reconnects: int = 0
     errors: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=100))
@@ -83,7 +112,8 @@ class LinkStats:
 
 
 class Refused(RuntimeError):
-    """The controller refused the HELLO (e.g. a task or dims mismatch): retrying cannot help."""
+    """The controller refused the HELLO (e.g. a task or dims mismatch), welcomed the robot to
+    another spec, or refused a DESCRIBE: retrying cannot help."""
 
 
 class BridgeLink:
@@ -96,6 +126,8 @@ class BridgeLink:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket: zmq.Socket[bytes] | None = None
         self.welcome: p.Message | None = None
+        self.served_spec: dict[str, Any] | None = None
+        """The spec of the served task from the last WELCOME (see ``p.spec_of``)."""
         self.stats = LinkStats()
         self._seq = 0
         self._sent_at: dict[int, float] = {}
@@ -109,16 +141,19 @@ class BridgeLink:
         self._seq += 1
         return self._seq
 
-    def send(self, msg: p.Message) -> None:
-        """Send ``msg`` (without blocking: dropped if no controller is connected)."""
+    def send(self, msg: p.Message) -> bool:
+        """Send ``msg`` without blocking; False when it was dropped (no controller connected,
+        or its queue full)."""
         assert self.socket is not None
         try:
             self.socket.send_multipart(p.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
-            return
+            self.stats.dropped_sends += 1
+            return False
         self.stats.sent += 1
         if msg.type == p.STATE:
             self._sent_at = {msg.seq: time.perf_counter()}
+        return True
 
     def say_hello(self) -> None:
         self.welcome = None
@@ -128,8 +163,10 @@ class BridgeLink:
     def receive(self, timeout_s: float) -> p.Message | None:
         """The next message from the controller within ``timeout_s``, or None.
 
-        WELCOME is remembered; ERROR ``unknown_robot`` makes the link say HELLO again; an ERROR
-        ``mismatch`` raises :class:`Refused`. Every message is also returned to the caller.
+        WELCOME is remembered, and raises :class:`Refused` when its spec is not this robot's;
+        ERROR ``unknown_robot`` makes the link say HELLO again; an ERROR ``mismatch`` raises
+        :class:`Refused`. An ACTION of the wrong length is dropped (None). Every other message
+        is also returned to the caller.
         """
         assert self.socket is not None
         if not self.socket.poll(max(0, int(timeout_s * 1000))):
@@ -142,9 +179,18 @@ class BridgeLink:
             self.stats.refused += 1
             log.warning("%s: dropped a bad message from the controller: %s", self.spec.robot, exc)
             return None
+        if msg.type == p.ACTION and len(msg["action"]) != self.spec.act_dim:
+            self.stats.bad_actions += 1
+            log.warning("%s: dropped an ACTION of %d values, act_dim is %d", self.spec.robot,
+                        len(msg["action"]), self.spec.act_dim)  # fmt: skip
+            return None
         self.stats.received += 1
         if msg.type == p.WELCOME:
-            self.welcome = msg
+            served = p.spec_of(msg)
+            problems = self.spec.differences(served)
+            if problems:
+                raise Refused("WELCOME to another task: " + "; ".join(problems))
+            self.welcome, self.served_spec = msg, served
         elif msg.type == p.ERROR:
             self.stats.errors.append((msg["code"], msg["reason"]))
             log.warning("%s: controller says %s: %s", self.spec.robot, msg["code"], msg["reason"])
@@ -180,6 +226,10 @@ class BridgeLink:
             if time.monotonic() >= end:
                 raise TimeoutError(f"no WELCOME from {self.endpoint} within {timeout_s} s")
 
+    def describe(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The spec of the task the controller serves; see :func:`describe`."""
+        return describe(self.endpoint, self.spec.robot, timeout_s)
+
     def reconnect(self) -> None:
         """Drop the socket (and whatever it queued) and say HELLO on a fresh one (if it is not
         connected yet the HELLO is dropped: the caller says HELLO again until WELCOME)."""
@@ -201,12 +251,7 @@ class BridgeLink:
             self.socket = None
 
     def _open(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Queue nothing for a controller that is not there: stale states must not pile up.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.connect(self.endpoint)
-        self.socket = sock
+        self.socket = _dealer(self.context, self.endpoint)
         self.welcome = None
         self._sent_at = {}
 
@@ -214,3 +259,49 @@ class BridgeLink:
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
+
+
+def describe(
+    endpoint: str, robot: str, timeout_s: float = 5.0, retry_s: float = 0.5
+) -> dict[str, Any]:
+    """The spec of the task the controller at ``endpoint`` serves: ``task``, ``obs_dim``,
+    ``act_dim``, ``control_period``, ``episode_steps``, ``action_low``, ``action_high``.
+
+    Asks with DESCRIBE (again every ``retry_s``) on a socket of its own, so it needs no HELLO
+    and disturbs no session: a bridge can call it before it has a RobotSpec, to build or check
+    one. Raises TimeoutError, or Refused when the controller answers with an ERROR.
+    """
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = _dealer(context, endpoint)
+    end = time.monotonic() + timeout_s
+    try:
+        sock.poll(int(min(timeout_s, retry_s) * 1000), zmq.POLLOUT)  # see BridgeLink.connect
+        seq = 0
+        while (left := end - time.monotonic()) > 0:
+            seq += 1
+            ask = p.make(p.DESCRIBE, robot, seq=seq, time=time.time())
+            with contextlib.suppress(zmq.Again):  # not connected yet: asked again below
+                sock.send_multipart(p.encode(ask), zmq.NOBLOCK)
+            until = time.monotonic() + min(left, retry_s)
+            while (wait := until - time.monotonic()) > 0 and sock.poll(math.ceil(wait * 1000)):
+                try:
+                    msg = p.decode(sock.recv_multipart())
+                except p.ProtocolError as exc:
+                    log.warning("%s: dropped a bad answer to DESCRIBE: %s", endpoint, exc)
+                    continue
+                if msg.type == p.SPEC:
+                    return p.spec_of(msg)
+                if msg.type == p.ERROR:
+                    raise Refused(f"{endpoint} refused DESCRIBE: {msg['code']}: {msg['reason']}")
+        raise TimeoutError(f"no SPEC from {endpoint} within {timeout_s} s")
+    finally:
+        sock.close(linger=0)
+
+
+def _dealer(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # Queue nothing for a controller that is not there: stale states must not pile up.
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(endpoint)
+    return sock

@@ -9,8 +9,8 @@ import numpy.typing as npt
 import pytest
 
 from sim_bridge.checker import check_bridge
-from sim_bridge.hardware import HardwareBridge, Reading
-from sim_bridge.link import RobotSpec
+from sim_bridge.hardware import BridgeStats, HardwareBridge, Reading
+from sim_bridge.link import RobotSpec, describe
 from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
 
 
@@ -72,6 +72,26 @@ class SlowSensor(ToyRobot):
 class BrokenSafeStop(ToyRobot):
     def safe_stop(self) -> None:
         raise OSError("brake not found")
+
+
+class AsksForTheSpec(ToyRobot):
+    """Learns what the controller serves before it says HELLO."""
+
+    def run(
+        self, endpoint: str, *, mode: str = "realtime", episodes: int | None = None
+    ) -> BridgeStats:
+        self.served = describe(endpoint, self.spec.robot, timeout_s=2.0)
+        return super().run(endpoint, mode=mode, episodes=episodes)
+
+
+def test_answers_describe_with_the_bridges_own_spec() -> None:
+    bridge = AsksForTheSpec()
+    report = check_bridge(bridge, ticks=5)
+    assert report.ok, report.summary()
+    assert bridge.served == {
+        "task": "toy", "obs_dim": 2, "act_dim": 1, "control_period": 0.02, "episode_steps": 5,
+        "action_low": (-1.0,), "action_high": (1.0,),
+    }  # fmt: skip
 
 
 def test_passes_mujoco_cartpole_in_lockstep() -> None:
