@@ -73,7 +73,8 @@ class BridgeStats:
     actions: int = 0
     """Fresh ACTIONs applied."""
     late_actions: int = 0
-    """ACTIONs that answered an older STATE (ignored)."""
+    """ACTIONs that answered an older STATE (ignored); one of the wrong length is not late
+    but ``link.bad_actions``."""
     safe_actions: int = 0
     """Ticks the watchdog made safe."""
     first_safe_after_s: float | None = None
@@ -81,6 +82,25 @@ class BridgeStats:
     episodes: int = 0
     returns: list[float] = field(default_factory=list)
     link: LinkStats = field(default_factory=LinkStats)
+
+
+@dataclass
+class _Episode:
+    """One episode's running state, shared by the steps of ``HardwareBridge._episode``."""
+
+    id: int
+    lockstep: bool
+    last_fresh: float
+    """perf_counter time of the last ACTION applied (or of the episode's start)."""
+    last_heard: float
+    """perf_counter time of the last message from the controller (or of a reconnect)."""
+    next_tick: float
+    """perf_counter time the current tick ends."""
+    step: int = 0
+    total: float = 0.0
+    """The sum of the known rewards of steps >= 1."""
+    applied: npt.NDArray[np.float64] | None = None
+    """The action in effect; None: not known (none yet, or a watchdog stop)."""
 
 
 class HardwareBridge:
@@ -123,7 +143,8 @@ class HardwareBridge:
         episodes: int | None = None,
     ) -> BridgeStats:
         """Serve ``episodes`` episodes (None: until ``stop_event`` is set) against the
-        controller at ``endpoint``; returns the stats. Raises ``Refused`` on a HELLO mismatch."""
+        controller at ``endpoint``; returns the stats. Raises ``Refused`` when the controller
+        serves another task (a HELLO mismatch, or a WELCOME to another spec)."""
         link = BridgeLink(endpoint, self.spec, mode)
         self.stats.link = link.stats
         try:
@@ -141,74 +162,96 @@ class HardwareBridge:
         return self.stats
 
     def _episode(self, link: BridgeLink, episode: int, lockstep: bool) -> None:
-        s, period = self.settings, self.spec.control_period
+        ep = self._begin(link, episode, lockstep)
+        while True:
+            state, over = self._send_state(link, ep)
+            if over or self.stop_event.is_set():
+                break
+            ep.next_tick += self.spec.control_period
+            self._await_action(link, ep, state)
+            if not lockstep:
+                self._sleep_until(ep.next_tick)
+            ep.step += 1
+        self._end(link, ep)
+
+    def _begin(self, link: BridgeLink, episode: int, lockstep: bool) -> _Episode:
         self.begin_episode()
         link.send(link.message(p.EPISODE, episode, event="start", steps=0, **{"return": None}))
-        total, step = 0.0, 0
-        applied: npt.NDArray[np.float64] | None = None
-        last_fresh = last_heard = time.perf_counter()
-        next_tick = time.perf_counter()
-        while True:
-            reading = self.read_state()
-            self.stats.ticks += 1
-            truncated = reading.truncated or (
-                s.episode_steps is not None and step >= s.episode_steps
-            )
-            if reading.reward is not None and step > 0:
-                total += reading.reward
-            sent_applied = reading.applied if reading.applied is not None else applied
-            state = link.message(
-                p.STATE, episode, step=step, reward=reading.reward,
-                terminated=bool(reading.terminated), truncated=bool(truncated),
-                obs=np.asarray(reading.obs),
-                **({} if sent_applied is None or step == 0 else {"applied": sent_applied}),
-            )  # fmt: skip
-            link.send(state)
-            hellos = link.stats.hellos
-            if reading.terminated or truncated or self.stop_event.is_set():
-                break
-            next_tick += period
-            fresh = False
-            while not fresh and not self.stop_event.is_set():
-                now = time.perf_counter()
-                wait = (now + s.watchdog_s if lockstep else next_tick) - now
-                msg = link.receive(max(wait, 0.0))
-                now = time.perf_counter()
-                if msg is not None:
-                    last_heard = now
-                    if msg.type == p.WELCOME and lockstep and link.stats.hellos > hellos:
-                        link.send(state)  # said HELLO again since: the controller needs it
-                        hellos = link.stats.hellos
-                if msg is not None and msg.type == p.ACTION:
-                    if msg["answers"] == state.seq and len(msg["action"]) == self.spec.act_dim:
-                        applied = np.clip(msg["action"].astype(np.float64), self.low, self.high)
-                        self.apply_action(applied)
-                        self.stats.actions += 1
-                        last_fresh, fresh = now, True
-                    else:
-                        self.stats.late_actions += 1
-                if now - last_heard > s.reconnect_s:
-                    log.warning("%s: controller silent, reconnecting", self.spec.robot)
-                    link.reconnect()
-                    last_heard = now
-                elif not link.welcomed and link.stats.hellos and msg is None:
-                    link.say_hello()
-                if lockstep or now < next_tick:
-                    continue
-                if now - last_fresh > s.watchdog_s:
-                    self.safe_stop()
-                    applied = None
-                    self.stats.safe_actions += 1
-                    if self.stats.first_safe_after_s is None:
-                        self.stats.first_safe_after_s = now - last_fresh
-                break
-            if not lockstep:
-                self._sleep_until(next_tick)
-            step += 1
+        now = time.perf_counter()
+        return _Episode(episode, lockstep, last_fresh=now, last_heard=now, next_tick=now)
+
+    def _send_state(self, link: BridgeLink, ep: _Episode) -> tuple[p.Message, bool]:
+        """Read the robot and send its STATE; the STATE, and whether the episode ends with it."""
+        reading = self.read_state()
+        self.stats.ticks += 1
+        limit = self.settings.episode_steps
+        truncated = reading.truncated or (limit is not None and ep.step >= limit)
+        if reading.reward is not None and ep.step > 0:
+            ep.total += reading.reward
+        applied = reading.applied if reading.applied is not None else ep.applied
+        state = link.message(
+            p.STATE, ep.id, step=ep.step, reward=reading.reward,
+            terminated=bool(reading.terminated), truncated=bool(truncated),
+            obs=np.asarray(reading.obs),
+            **({} if applied is None or ep.step == 0 else {"applied": applied}),
+        )  # fmt: skip
+        link.send(state)
+        return state, bool(reading.terminated or truncated)
+
+    def _await_action(self, link: BridgeLink, ep: _Episode, state: p.Message) -> None:
+        """Receive until the ACTION answering ``state`` is applied or, in realtime, until the
+        tick's deadline (where the watchdog may stop the robot); reconnect meanwhile if the
+        controller falls silent."""
+        s = self.settings
+        hellos = link.stats.hellos
+        while not self.stop_event.is_set():
+            now = time.perf_counter()
+            msg = link.receive(max(s.watchdog_s if ep.lockstep else ep.next_tick - now, 0.0))
+            now = time.perf_counter()
+            if msg is not None:
+                ep.last_heard = now
+                if msg.type == p.WELCOME and ep.lockstep and link.stats.hellos > hellos:
+                    link.send(state)  # said HELLO again since: the controller needs it
+                    hellos = link.stats.hellos
+                elif msg.type == p.ACTION and self._apply(ep, state, msg, now):
+                    return
+            if now - ep.last_heard > s.reconnect_s:
+                log.warning("%s: controller silent, reconnecting", self.spec.robot)
+                link.reconnect()
+                ep.last_heard = now
+            elif not link.welcomed and link.stats.hellos and msg is None:
+                link.say_hello()
+            if not ep.lockstep and now >= ep.next_tick:
+                self._watchdog(ep, now)
+                return
+
+    def _apply(self, ep: _Episode, state: p.Message, action: p.Message, now: float) -> bool:
+        """Apply ``action`` if it answers ``state`` (True); else it is late and ignored."""
+        if action["answers"] != state.seq:
+            self.stats.late_actions += 1
+            return False
+        ep.applied = np.clip(action["action"].astype(np.float64), self.low, self.high)
+        self.apply_action(ep.applied)
+        self.stats.actions += 1
+        ep.last_fresh = now
+        return True
+
+    def _watchdog(self, ep: _Episode, now: float) -> None:
+        """At a realtime deadline: stop the robot if no fresh ACTION came for ``watchdog_s``."""
+        if now - ep.last_fresh <= self.settings.watchdog_s:
+            return
+        self.safe_stop()
+        ep.applied = None
+        self.stats.safe_actions += 1
+        if self.stats.first_safe_after_s is None:
+            self.stats.first_safe_after_s = now - ep.last_fresh
+
+    def _end(self, link: BridgeLink, ep: _Episode) -> None:
         self.end_episode()
         self.stats.episodes += 1
-        self.stats.returns.append(total)
-        link.send(link.message(p.EPISODE, episode, event="end", steps=step, **{"return": total}))
+        self.stats.returns.append(ep.total)
+        link.send(link.message(p.EPISODE, ep.id, event="end", steps=ep.step,
+                               **{"return": ep.total}))  # fmt: skip
 
     def _sleep_until(self, deadline: float) -> None:
         """Realtime pacing; a tick that overran starts the next one at once."""
