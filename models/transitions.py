@@ -1,10 +1,11 @@
-"""Transitions: the rows the controller records and the learner trains on, and their checks.
+"""Transitions: the rows the controller records and the learner trains on, and what a valid row is.
 
 Shapes: S observation dim, A action dim, N rows.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,21 +14,36 @@ import numpy.typing as npt
 
 ROBOT_ID_BYTES = 32
 Array = npt.NDArray[Any]
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
-# column -> (ndim, accepted dtype kinds, canonical dtype)
-COLUMNS: dict[str, tuple[int, str, Any]] = {
-    "obs": (2, "iuf", np.float32),
-    "act": (2, "iuf", np.float32),
-    "next_obs": (2, "iuf", np.float32),
-    "reward": (1, "iuf", np.float32),
-    "terminated": (1, "b", np.bool_),
-    "truncated": (1, "b", np.bool_),
-    "episode": (1, "iu", np.int64),
-    "step": (1, "iu", np.int64),
-    "wall_time": (1, "iuf", np.float64),
-    "robot": (1, "UO", str),
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a transition: how its values may be given and the dtype they become."""
+
+    kinds: str
+    """Accepted dtype kinds of the values as given; no casting across kinds, so an int flag or
+    a float step is refused rather than converted."""
+    dtype: Any
+    """The canonical dtype (the store's record field)."""
+    per_row: str
+    """One row's shape: "" a scalar, "S" obs_dim values, "A" act_dim values."""
+    finite: bool = False
+    """NaN and inf are refused, after the cast (a float64 beyond the float32 range is inf)."""
+
+
+COLUMNS: dict[str, Column] = {
+    "obs": Column("iuf", np.float32, "S", finite=True),
+    "act": Column("iuf", np.float32, "A", finite=True),
+    "next_obs": Column("iuf", np.float32, "S", finite=True),
+    "reward": Column("iuf", np.float32, "", finite=True),
+    "terminated": Column("b", np.bool_, ""),
+    "truncated": Column("b", np.bool_, ""),
+    "episode": Column("iu", np.int64, ""),
+    "step": Column("iu", np.int64, ""),
+    "wall_time": Column("iuf", np.float64, "", finite=True),
+    "robot": Column("UO", str, ""),
 }
-_FINITE = ("obs", "act", "next_obs", "reward", "wall_time")
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,8 +68,8 @@ class Transitions:
 
     def __post_init__(self) -> None:
         n = len(self.obs) if isinstance(self.obs, np.ndarray) else 0
-        for name, (ndim, _, _) in COLUMNS.items():
-            v = getattr(self, name)
+        for name, col in COLUMNS.items():
+            v, ndim = getattr(self, name), 2 if col.per_row else 1
             if not isinstance(v, np.ndarray):
                 raise ValueError(f"Transitions.{name} must be a numpy array, not {type(v)}")
             if v.ndim != ndim or len(v) != n:
@@ -73,45 +89,124 @@ class Transitions:
         """Build from per-row sequences, one keyword per column, cast to the canonical dtypes."""
         if set(columns) != set(COLUMNS):
             raise ValueError(f"from_lists needs exactly the columns {list(COLUMNS)}")
-        return cls(**{k: np.asarray(columns[k], dtype=c[2]) for k, c in COLUMNS.items()})
+        return cls(**{k: np.asarray(columns[k], dtype=c.dtype) for k, c in COLUMNS.items()})
+
+
+class RowCheck:
+    """What a valid transition is, for S = obs_dim and A = act_dim: one validator for a single
+    row (`row`, the control loop's append) and for N rows at once (`batch`).
+
+    Both run `_check_column` on every column, so they refuse the same values with the same
+    messages: a dtype kind outside the column's, a wrong shape, an episode or step outside
+    int64, NaN or inf after the cast to the stored dtype, a robot id that is not 1 to
+    ROBOT_ID_BYTES UTF-8 bytes without NUL. A refusal is a ValueError naming the column.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int) -> None:
+        dims = {"": (), "S": (obs_dim,), "A": (act_dim,)}
+        self.row_shapes = {name: dims[col.per_row] for name, col in COLUMNS.items()}
+
+    def row(
+        self,
+        obs: npt.ArrayLike,
+        act: npt.ArrayLike,
+        next_obs: npt.ArrayLike,
+        reward: object,
+        terminated: object,
+        truncated: object,
+        episode: object,
+        step: object,
+        wall_time: object,
+        robot: object,
+    ) -> tuple[Any, ...]:
+        """One transition checked and cast, in COLUMNS order (the robot id as bytes)."""
+        given = (
+            np.asarray(obs),
+            np.asarray(act),
+            np.asarray(next_obs),
+            reward,
+            terminated,
+            truncated,
+            episode,
+            step,
+            wall_time,
+            robot,
+        )
+        shapes = self.row_shapes.items()
+        with np.errstate(over="ignore"):  # an overflowing cast gives inf, refused as such
+            return tuple([_check_column(n, v, s) for (n, s), v in zip(shapes, given, strict=True)])
+
+    def batch(self, b: Transitions) -> dict[str, Array]:
+        """The N rows of ``b`` checked, as columns cast to the canonical dtypes (robot ids as
+        [N] bytes)."""
+        if not isinstance(b, Transitions):
+            raise ValueError(f"expected Transitions, got {type(b).__name__}")
+        shapes = {name: (len(b), *shape) for name, shape in self.row_shapes.items()}
+        with np.errstate(over="ignore"):
+            return {name: _check_column(name, getattr(b, name), s) for name, s in shapes.items()}
+
+
+_PYTHON_KINDS = {bool: "b", int: "i", float: "f", str: "U"}
+
+
+def _dtype_kind(value: object) -> str:
+    """numpy's dtype kind of an array, a numpy scalar or a Python bool, int, float or str."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.dtype.kind
+    kind = _PYTHON_KINDS.get(type(value))
+    if kind is None:  # a subclass, such as an IntEnum
+        kind = next((k for t, k in _PYTHON_KINDS.items() if isinstance(value, t)), "")
+    return kind
+
+
+def _check_column(name: str, value: Any, shape: tuple[int, ...]) -> Any:
+    """Column ``name``: an array of ``shape``, or for one row's scalar a Python or numpy scalar,
+    checked and cast to the column's dtype. Call under np.errstate(over="ignore")."""
+    col = COLUMNS[name]
+    is_array = isinstance(value, np.ndarray)
+    kind = value.dtype.kind if is_array else _dtype_kind(value)
+    if kind not in col.kinds:
+        raise ValueError(f"{name} has dtype kind {kind!r} ({type(value).__name__}); accepted "
+                         f"dtype kinds are {col.kinds!r}")  # fmt: skip
+    if (value.shape if is_array else ()) != shape:
+        got = list(value.shape) if is_array else "a scalar"
+        raise ValueError(f"{name} must have shape {list(shape)}, got {got}")
+    if name == "robot":
+        return _encode_robot_ids(value) if is_array else _robot_id(value)
+    if col.dtype is np.int64 and not _fits_int64(value, kind, is_array):
+        raise ValueError(f"{name} has values that do not fit in int64")
+    try:
+        cast = value.astype(col.dtype, copy=False) if is_array else col.dtype(value)
+    except OverflowError:  # a Python int beyond any float
+        raise ValueError(f"{name} contains a value out of the float range") from None
+    if col.finite and not (np.isfinite(cast).all() if is_array else math.isfinite(cast)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return cast
+
+
+def _fits_int64(value: Any, kind: str, is_array: bool) -> bool:
+    """Whether integers of dtype kind ``kind`` are all in int64 (casting would wrap them)."""
+    if kind == "u":
+        top = (int(value.max()) if value.size else 0) if is_array else int(value)
+        return top <= _INT64_MAX
+    if is_array or isinstance(value, np.generic):  # numpy signed integers are at most int64
+        return True
+    return -_INT64_MAX - 1 <= value <= _INT64_MAX
+
+
+def _robot_id(robot: object) -> bytes:
+    """One robot id as the stored UTF-8 bytes; refuses one that would not round-trip."""
+    b = robot.encode("utf-8") if isinstance(robot, str) else b""
+    if not b or b"\0" in b or len(b) > ROBOT_ID_BYTES:
+        raise ValueError(
+            f"robot id must be a non-empty str without NUL of at most {ROBOT_ID_BYTES} "
+            f"UTF-8 bytes, got {robot!r} ({len(b)} bytes)"
+        )
+    return b
 
 
 def _encode_robot_ids(robot: Array) -> npt.NDArray[np.bytes_]:
-    """robot [N] str -> [N] fixed-size UTF-8 bytes; refuses ids that would not round-trip."""
-    if len(robot) == 1:  # np.unique would be the slowest step of a one-row append
-        uniq, inv = robot, np.zeros(1, np.intp)
-    else:  # ids repeat: encode each distinct one once
-        uniq, inv = np.unique(robot, return_inverse=True)
-    enc = []
-    for r in uniq.tolist():
-        b = r.encode("utf-8") if isinstance(r, str) else b""
-        if not b or b"\0" in b or len(b) > ROBOT_ID_BYTES:
-            raise ValueError(
-                f"robot id must be a non-empty str without NUL of at most {ROBOT_ID_BYTES} "
-                f"UTF-8 bytes, got {r!r} ({len(b)} bytes)"
-            )
-        enc.append(b)
+    """robot [N] str -> [N] fixed-size UTF-8 bytes, each distinct id encoded once."""
+    uniq, inv = np.unique(robot, return_inverse=True)
+    enc = [_robot_id(r) for r in uniq.tolist()]
     return np.array(enc, dtype=f"S{ROBOT_ID_BYTES}")[inv.reshape(-1)]
-
-
-def check_batch(b: Transitions, obs_dim: int, act_dim: int) -> dict[str, Array]:
-    """Validate a batch against the store dims; returns its columns cast to the record dtypes."""
-    if not isinstance(b, Transitions):
-        raise ValueError(f"expected Transitions, got {type(b).__name__}")
-    for name, dim in (("obs", obs_dim), ("act", act_dim), ("next_obs", obs_dim)):
-        if getattr(b, name).shape[1] != dim:
-            raise ValueError(f"{name} must have shape [N, {dim}], got {getattr(b, name).shape}")
-    cols: dict[str, Array] = {}
-    for name, (_, kinds, dtype) in COLUMNS.items():
-        v = getattr(b, name)
-        if v.dtype.kind not in kinds:
-            raise ValueError(f"{name} has dtype {v.dtype}; accepted dtype kinds are {kinds!r}")
-        if v.dtype.kind == "u" and v.size and v.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"{name} has values that do not fit in int64")
-        if name != "robot":
-            with np.errstate(over="ignore"):  # an f32 overflow becomes inf, refused just below
-                cols[name] = v.astype(dtype, copy=False)
-        if name in _FINITE and not np.isfinite(cols[name]).all():  # after the f32 cast: overflow
-            raise ValueError(f"{name} contains NaN or inf")
-    cols["robot"] = _encode_robot_ids(b.robot)
-    return cols

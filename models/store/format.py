@@ -62,6 +62,16 @@ def record_dtype(obs_dim: int, act_dim: int) -> np.dtype[np.void]:
     return np.dtype(fields)
 
 
+def record_values(dt: np.dtype[np.void], seq: int, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The fields of record ``seq`` in ``dt``'s order, for one element assignment (the fastest
+    way numpy fills a record): ``row`` in models.transitions.COLUMNS order, as RowCheck.row
+    returns it. The CRC is left 0 (flush fills it); pad bytes are zero."""
+    obs, act, next_obs, reward, terminated, truncated, episode, step, wall_time, robot = row
+    rec = (MAGIC, 0, seq, episode, step, wall_time, reward, terminated, truncated, b"", robot,
+           obs, act, next_obs)  # fmt: skip
+    return rec if len(rec) == len(dt.names or ()) else (*rec, b"")  # the _tail pad field
+
+
 def bytes_view(rec: Records) -> memoryview:
     """rec [N] records as one flat byte buffer (no copy)."""
     return memoryview(rec.view(np.uint8).reshape(-1))  # type: ignore[arg-type]

@@ -99,7 +99,9 @@ class TransitionReader:
             raise StoreCorruptError(f"{self.path}: rows [{start}, {stop}) changed after validation")
         names, inv = np.unique(rec["robot"], return_inverse=True)
         robot = np.array([b.decode() for b in names.tolist()], f"<U{ROBOT_ID_BYTES}")
-        cols = {k: np.ascontiguousarray(rec[k], c[2]) for k, c in COLUMNS.items() if k != "robot"}
+        cols = {
+            k: np.ascontiguousarray(rec[k], c.dtype) for k, c in COLUMNS.items() if k != "robot"
+        }
         return Transitions(**cols, robot=robot[inv.reshape(-1)])
 
     def iter_chunks(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -27,27 +26,13 @@ from models.store.format import (
     bytes_view,
     count_segments,
     fill_crc,
+    record_values,
     scan_segment,
     segment_path,
 )
-from models.transitions import Transitions, _encode_robot_ids, check_batch
+from models.transitions import RowCheck, Transitions
 
 log = logging.getLogger(__name__)
-
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _scalar_kind(value: object) -> str:
-    """numpy's dtype kind of a Python or numpy scalar ("" for anything else)."""
-    if isinstance(value, (bool, np.bool_)):
-        return "b"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return (
-            np.asarray(value).dtype.kind
-            if isinstance(value, np.generic)
-            else ("i" if isinstance(value, int) else "f")
-        )
-    return ""
 
 
 class TransitionWriter:
@@ -84,6 +69,7 @@ class TransitionWriter:
             if isinstance(e, BlockingIOError):
                 raise RuntimeError(f"{self.path} is open in another TransitionWriter") from None
             raise
+        self._rows = RowCheck(self.meta.obs_dim, self.meta.act_dim)
         self._buf: Records = np.zeros(flush_every, self.meta.dtype)  # zeros: pad bytes stay 0
         self._pending = 0
 
@@ -155,38 +141,10 @@ class TransitionWriter:
         written straight into the record buffer: the service appends one row per tick.
         """
         self._check_open()
-        dims = (self.meta.obs_dim, self.meta.act_dim, self.meta.obs_dim)
-        vecs = {}
-        for name, v, dim in zip(
-            ("obs", "act", "next_obs"), (obs, act, next_obs), dims, strict=True
-        ):
-            arr = np.asarray(v)
-            if arr.shape != (dim,):
-                raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
-            if arr.dtype.kind not in "iuf":
-                raise ValueError(f"{name} has dtype {arr.dtype}; accepted dtype kinds are 'iuf'")
-            with np.errstate(over="ignore"):  # an f32 overflow becomes inf, refused below
-                vecs[name] = arr.astype(np.float32)
-            if not np.isfinite(vecs[name]).all():
-                raise ValueError(f"{name} contains NaN or inf")
         wall = time.time() if wall_time is None else wall_time
-        for name, value, kinds in (("reward", reward, "iuf"), ("terminated", terminated, "b"),
-                                   ("truncated", truncated, "b"), ("episode", episode, "iu"),
-                                   ("step", step, "iu"), ("wall_time", wall, "iuf")):  # fmt: skip
-            # no casting: an int `terminated` or a float `step` is refused, not converted
-            if _scalar_kind(value) not in kinds:
-                raise ValueError(f"{name} must be a scalar of dtype kind {kinds!r}, got {value!r}")
-        if not (math.isfinite(reward) and abs(reward) <= _F32_MAX and math.isfinite(wall)):
-            raise ValueError(f"reward ({reward}) and wall_time ({wall}) must be finite")
-        for name, value in (("episode", episode), ("step", step)):
-            if not -(2**63) <= int(value) < 2**63:
-                raise ValueError(f"{name} does not fit in int64")
-        robot_id = _encode_robot_ids(np.asarray([robot]))[0]
-        rec = self._buf[self._pending : self._pending + 1]
-        rec["magic"], rec["seq"], rec["episode"], rec["step"] = MAGIC, len(self), episode, step
-        rec["wall_time"], rec["reward"], rec["robot"] = wall, reward, robot_id
-        rec["terminated"], rec["truncated"] = terminated, truncated
-        rec["obs"], rec["act"], rec["next_obs"] = vecs["obs"], vecs["act"], vecs["next_obs"]
+        row = self._rows.row(obs, act, next_obs, reward, terminated, truncated, episode, step,
+                             wall, robot)  # fmt: skip
+        self._buf[self._pending] = record_values(self._buf.dtype, len(self), row)
         self._pending += 1
         index = len(self) - 1
         if self._pending == len(self._buf):
@@ -201,7 +159,7 @@ class TransitionWriter:
         refused batch leaves the store and the buffer untouched.
         """
         self._check_open()
-        cols = check_batch(batch, self.meta.obs_dim, self.meta.act_dim)
+        cols = self._rows.batch(batch)
         first, lo = len(self), 0
         while lo < len(batch):
             n = min(len(batch) - lo, len(self._buf) - self._pending)
