@@ -15,6 +15,10 @@ Run a controller for the task in one terminal and the bridge in another::
 Check the bridge on its own first (no controller needed; exits 1 if the check fails)::
 
     python examples/hardware_bridge.py --check --episodes 0
+
+Ask the controller what it serves before running (exits 1 if it is not this pendulum)::
+
+    python examples/hardware_bridge.py --describe --episodes 1
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy.typing as npt
 
 from sim_bridge.checker import check_bridge
 from sim_bridge.hardware import BridgeSettings, HardwareBridge, Reading
-from sim_bridge.link import Refused, RobotSpec
+from sim_bridge.link import Refused, RobotSpec, describe
 
 MAX_TORQUE = 2.0
 MAX_SPEED = 8.0
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robot", default="pendulum-hw", help="robot id, unique per controller")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (0: none)")
     parser.add_argument("--check", action="store_true", help="run check_bridge first")
+    parser.add_argument("--describe", action="store_true", help="ask what the controller serves")
     parser.add_argument("--check-ticks", type=int, default=40, help="ticks the check runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode starts")
     args = parser.parse_args(argv)
@@ -172,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             print(report.summary())
             if not report.ok:
                 return 1
+        if args.describe:
+            served = describe(args.connect, args.robot)
+            print(json.dumps({"served": served}))
+            if problems := bridge.spec.differences(served):
+                print(f"error: the controller serves another task: {problems}", file=sys.stderr)
+                return 1
         if args.episodes > 0:
             stats = bridge.run(args.connect, mode="realtime", episodes=args.episodes)
             summary = {
@@ -180,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ticks": stats.ticks,
                 "safe_stops": stats.safe_actions,
                 "late_actions": stats.late_actions,
+                "bad_actions": stats.link.bad_actions,
+                "dropped_sends": stats.link.dropped_sends,
                 "reconnects": stats.link.reconnects,
             }
             print(json.dumps(summary))
