@@ -409,8 +409,8 @@ def parse_control_reply(body: bytes | memoryview) -> dict[str, Any]:
         return reply
     if ok is not False:
         raise ProtocolError("bad_field", f'a control reply\'s "ok" must be true or false: {ok!r}')
-    if not (isinstance(code, str) and code in ERROR_CODES and isinstance(reason, str)):
-        raise ProtocolError("bad_field", f"a refusal needs an error code and text: {code!r}")
+    if not (isinstance(code, str) and code in CONTROL_ERROR_CODES and isinstance(reason, str)):
+        raise ProtocolError("bad_field", f"a refusal needs a control code and text: {code!r}")
     raise ProtocolError(code, reason)
 
 

@@ -112,6 +112,7 @@ def test_reply_builders_refuse_what_no_client_could_read() -> None:
      (json.dumps({"v": V, "ok": False, "error": "no code"}).encode(), "bad_field"),
      (json.dumps({"v": V, "ok": False, "code": ["x"], "error": "e"}).encode(), "bad_field"),
      (json.dumps({"v": V, "ok": False, "code": "oops", "error": "e"}).encode(), "bad_field"),
+     (json.dumps({"v": V, "ok": False, "code": "mismatch", "error": "e"}).encode(), "bad_field"),
      (f'{{"v": {V}, "ok": true, "ok": false}}'.encode(), "bad_frame")],
 )  # fmt: skip
 def test_malformed_replies_are_refused(reply: bytes, code: str) -> None:
