@@ -91,7 +91,7 @@ class _Strict:
     def answer(self, msg: p.Message, now: float) -> p.Message | None:
         """Check ``msg`` and return the reply a controller would send (if any)."""
         if msg.type == p.DESCRIBE:  # allowed before HELLO, and outside the seq order
-            return p.make(p.SPEC, msg.robot, time=time.time(), **self.served)
+            return p.make(p.SPEC, msg.robot, seq=msg.seq, time=time.time(), **self.served)
         if msg.type == p.HELLO:
             return self._hello(msg)
         if self.hello is None:

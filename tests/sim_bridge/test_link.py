@@ -119,7 +119,7 @@ def test_describe_asks_again_until_answered(controller: Controller, link: Bridge
         controller.receive()  # the first DESCRIBE goes unanswered
         identity, ask = controller.receive()
         assert (ask.type, ask.robot, dict(ask.fields)) == (p.DESCRIBE, SPEC.robot, {})
-        controller.send(identity, p.make(p.SPEC, ask.robot, **SERVED))
+        controller.send(identity, p.make(p.SPEC, ask.robot, seq=ask.seq, **SERVED))
 
     thread = threading.Thread(target=answer_the_second)
     thread.start()
@@ -134,7 +134,7 @@ def test_link_describe_and_refusals(controller: Controller, link: BridgeLink) ->
     def answer(reply: str) -> None:
         identity, ask = controller.receive()
         if reply == "spec":
-            controller.send(identity, p.make(p.SPEC, ask.robot, **SERVED))
+            controller.send(identity, p.make(p.SPEC, ask.robot, seq=ask.seq, **SERVED))
         else:
             exc = p.ProtocolError("unknown_type", "no DESCRIBE here", seq=ask.seq)
             controller.send(identity, p.error_reply(exc, ask.robot))
