@@ -39,8 +39,10 @@ class TransitionWriter:
     """The one appender of a store: creates it, or reopens it and truncates a torn tail.
 
     Rows are packed into a preallocated [flush_every] record buffer (memory stays bounded) and
-    written, one os.write per segment touched, when the buffer fills, on flush() and on close().
-    With durable=True every flush also fsyncs. A second live writer of a store is refused.
+    written, one os.write per segment touched, when the buffer fills, on flush() and on close();
+    a written row survives the writer's death. flush(fsync=True), or every flush with
+    durable=True, also fsyncs, so the rows survive a power loss. A second live writer of a
+    store is refused.
     segment_rows (default DEFAULT_SEGMENT_ROWS) is fixed at creation; None on reopen means keep.
     """
 
@@ -58,6 +60,10 @@ class TransitionWriter:
             raise ValueError(f"flush_every={flush_every}, segment_rows={segment_rows}: need >= 1")
         self.path, self.durable = Path(path), durable
         self._fd = -1
+        # What the next sync must fsync: segments from this one on (None: nothing) and the
+        # directory. Opening may have created the last segment, so the first sync does both.
+        self._unsynced_from: int | None = None
+        self._dir_unsynced = True
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -105,6 +111,7 @@ class TransitionWriter:
             os.ftruncate(self._fd, self._seg_fill * size)
             os.fsync(self._fd)
         os.lseek(self._fd, self._seg_fill * size, os.SEEK_SET)
+        self._unsynced_from = self._seg
         return torn
 
     def __len__(self) -> int:
@@ -175,15 +182,30 @@ class TransitionWriter:
         return range(first, len(self))
 
     def flush(self, fsync: bool = False) -> None:
-        """Write the buffered rows, one os.write per segment touched; fsync if asked or durable."""
+        """Write the buffered rows, one os.write per segment touched: from then on they survive
+        the writer's death (kill -9), not a power loss. With fsync=True (or durable) every row
+        flushed so far is also fsynced, so it survives that too.
+
+        A flush with nothing buffered (and, with fsync, nothing unsynced) makes no syscall, so a
+        loop may call it after every pass.
+        """
         self._check_open()
+        sync = fsync or self.durable
+        if self._pending:
+            self._write_pending(sync)
+        if sync and self._unsynced_from is not None:
+            self._sync()
+
+    def _write_pending(self, sync: bool) -> None:
         recs, size = self._buf[: self._pending], self.meta.dtype.itemsize
         fill_crc(recs)
         raw, done = bytes_view(recs), 0
         try:
             while done < len(recs):
                 if self._seg_fill == self.meta.segment_rows:
-                    self._roll()
+                    self._roll(sync)
+                if self._unsynced_from is None:
+                    self._unsynced_from = self._seg
                 n = min(len(recs) - done, self.meta.segment_rows - self._seg_fill)
                 self._write_all(raw[done * size : (done + n) * size])
                 self._seg_fill += n
@@ -193,8 +215,6 @@ class TransitionWriter:
             if done < len(recs):  # a write failed: keep the unwritten rows for a retry
                 self._buf[: len(recs) - done] = self._buf[done : len(recs)].copy()
             self._pending = len(recs) - done
-        if fsync or self.durable:
-            os.fsync(self._fd)
 
     def _write_all(self, data: memoryview) -> None:
         start = self._seg_fill * self.meta.dtype.itemsize
@@ -207,18 +227,35 @@ class TransitionWriter:
             os.lseek(self._fd, start, os.SEEK_SET)
             raise
 
-    def _roll(self) -> None:
+    def _roll(self, sync: bool) -> None:
         """Start the next segment; the current one is complete from now on."""
-        if self.durable:
-            os.fsync(self._fd)
+        if sync and self._unsynced_from is not None:
+            # After a power loss too, every segment but the last must be complete on disk:
+            # the current one is, before the next one exists.
+            self._sync()
         os.close(self._fd)
         self._fd = -1
         self._seg += 1
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         self._fd = os.open(segment_path(self.path, self._seg), flags, 0o644)
         self._seg_fill = 0
-        if self.durable:
+        self._dir_unsynced = True
+
+    def _sync(self) -> None:
+        """fsync, oldest first, each segment written since the last sync (segments rolled over
+        by flushes without fsync included), then the directory if a segment was created."""
+        assert self._unsynced_from is not None
+        for k in range(self._unsynced_from, self._seg):
+            fd = os.open(segment_path(self.path, k), os.O_RDONLY)
+            try:
+                os.fsync(fd)  # fsync through any descriptor writes back the file's pages
+            finally:
+                os.close(fd)
+        os.fsync(self._fd)
+        if self._dir_unsynced:
             fsync_dir(self.path)
+            self._dir_unsynced = False
+        self._unsynced_from = None
 
     def _check_open(self) -> None:
         if self._fd < 0:

@@ -2,17 +2,19 @@
 
 Run as `python -m tests.models.store_writer_proc PATH [options]` from the repository root. Row i's
 values derive from i alone (see make_rows), so a test can check every row it reads. It appends in
-batches, flushes every --flush-every rows and then prints "flushed <count>" (stdout flushed), so a
-test knows which rows reached the files. With --torn-at, once that many rows are flushed it
-appends half of the next record straight to the current segment, as a write torn by a crash
-would leave it, prints "torn <count>" and sleeps until killed. After --rows rows it prints
-"done <count>" and sleeps --linger seconds.
+batches (or with --single one row at a time, as the service does), flushes every --flush-every
+rows and then prints "flushed <count>" (stdout flushed), so a test knows which rows reached the
+files. With --kill-at, the flush that reaches that many rows is followed at once by SIGKILL to
+itself. With --torn-at, once that many rows are flushed it appends half of the next record
+straight to the current segment, as a write torn by a crash would leave it, prints "torn <count>"
+and sleeps until killed. After --rows rows it prints "done <count>" and sleeps --linger seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -55,6 +57,16 @@ def tear(path: Path, seq: int) -> int:
         os.close(fd)
 
 
+def append_row(w: TransitionWriter, i: int) -> None:
+    """Append row i of the sequence through the single-row path."""
+    t = make_rows(i, 1)
+    w.append(
+        t.obs[0], t.act[0], t.next_obs[0], float(t.reward[0]), bool(t.terminated[0]),
+        bool(t.truncated[0]), episode=int(t.episode[0]), step=int(t.step[0]),
+        robot=str(t.robot[0]), wall_time=float(t.wall_time[0]),
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("path", type=Path)
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=10, help="rows per append_batch")
     p.add_argument("--flush-every", type=int, default=50)
     p.add_argument("--segment-rows", type=int, default=None)
+    p.add_argument("--single", action="store_true", help="append one row at a time")
+    p.add_argument("--kill-at", type=int, default=-1, help="SIGKILL once this many are flushed")
     p.add_argument("--torn-at", type=int, default=-1, help="tear once this many rows flushed")
     p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep after a flush")
     p.add_argument("--linger", type=float, default=60.0, help="seconds to sleep when done")
@@ -75,9 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         flush_every=args.flush_every + args.batch,
     )
     while len(w) < args.rows:
-        w.append_batch(make_rows(len(w), min(args.batch, args.rows - len(w))))
+        if args.single:
+            append_row(w, len(w))
+        else:
+            w.append_batch(make_rows(len(w), min(args.batch, args.rows - len(w))))
         if w.pending >= args.flush_every or len(w) == args.rows:
             w.flush()
+            if 0 <= args.kill_at <= w.flushed:
+                os.kill(os.getpid(), signal.SIGKILL)
             print(f"flushed {w.flushed}", flush=True)
             if 0 <= args.torn_at <= w.flushed:
                 tear(args.path, w.flushed)

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +25,6 @@ from models.store import (
 )
 from tests.models.store_writer_proc import ACT_DIM, OBS_DIM, make_rows
 
-REPO = Path(__file__).resolve().parents[2]
 RECORD_SIZE = record_dtype(OBS_DIM, ACT_DIM).itemsize
 FIELDS = [f.name for f in fields(Transitions)]
 
@@ -69,51 +62,6 @@ def append_one(w: TransitionWriter, t: Transitions, i: int = 0, **override: Any)
 
 def store_bytes(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(path.glob("seg-*.bin")))
-
-
-class Proc:
-    """A store_writer_proc process; its stdout lines arrive on a queue (so waits can time out)."""
-
-    def __init__(self, path: Path, *args: str) -> None:
-        cmd = [sys.executable, "-m", "tests.models.store_writer_proc", str(path), *args]
-        self.p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line.strip())
-
-    def wait_for(self, word: str, at_least: int = 0, timeout: float = 15.0) -> int:
-        """Consume lines until '<word> <n>' with n >= at_least; returns the last 'flushed' n."""
-        deadline, flushed = time.monotonic() + timeout, 0
-        while True:
-            try:
-                kind, n = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01)).split()
-            except queue.Empty:
-                raise AssertionError(f"writer process: no '{word}' line in {timeout} s") from None
-            flushed = int(n) if kind == "flushed" else flushed
-            if kind == word and int(n) >= at_least:
-                return flushed if word == "flushed" else int(n)
-
-    def kill9(self) -> None:
-        self.p.send_signal(signal.SIGKILL)
-        assert self.p.wait(timeout=10) == -signal.SIGKILL
-
-
-@pytest.fixture
-def proc_factory() -> Iterator[Any]:
-    procs: list[Proc] = []
-
-    def start(path: Path, *args: str) -> Proc:
-        procs.append(Proc(path, *args))
-        return procs[-1]
-
-    yield start
-    for pr in procs:
-        if pr.p.poll() is None:
-            pr.kill9()
 
 
 # 1. round trip ---------------------------------------------------------------------------------
@@ -219,45 +167,6 @@ def test_reader_follows_live_writer_process(tmp_path: Path, proc_factory: Any) -
     assert growths >= 5, "writer and reader did not overlap"
     r.refresh()
     assert (len(r), r.torn_tail_bytes) == (rows, 0)
-
-
-# 3. kill -9 -------------------------------------------------------------------------------------
-
-
-def test_kill9_after_torn_write(tmp_path: Path, proc_factory: Any) -> None:
-    pr = proc_factory(tmp_path, "--flush-every=37", "--batch=10", "--segment-rows=100",
-                      "--torn-at=555")  # fmt: skip
-    flushed = pr.wait_for("torn")
-    assert flushed == 560  # flushes happen at 40, 80, ... rows
-    with pytest.raises(RuntimeError, match="another TransitionWriter"):
-        TransitionWriter(tmp_path, OBS_DIM, ACT_DIM)  # the live process holds the lock
-    pr.kill9()
-
-    r = TransitionReader(tmp_path)
-    assert (len(r), r.torn_tail_bytes) == (flushed, RECORD_SIZE // 2)
-    assert_same(r.read_all(), make_rows(0, flushed))
-
-    with TransitionWriter(tmp_path, OBS_DIM, ACT_DIM, flush_every=16) as w:
-        assert (w.recovered_torn_bytes, len(w)) == (RECORD_SIZE // 2, flushed)
-        w.append_batch(make_rows(flushed, 100))
-    assert r.refresh() == 100 and r.torn_tail_bytes == 0
-    assert_same(r.read_all(), make_rows(0, flushed + 100))
-    assert_same(TransitionReader(tmp_path).read_all(), make_rows(0, flushed + 100))
-
-
-def test_kill9_while_writing(tmp_path: Path, proc_factory: Any) -> None:
-    pr = proc_factory(tmp_path, "--flush-every=64", "--batch=16", "--segment-rows=500")
-    reported = pr.wait_for("flushed", at_least=3000)
-    pr.kill9()
-    r = TransitionReader(tmp_path)
-    n = len(r)
-    assert n >= reported  # a flush cut short by the kill may add rows, or a hidden torn tail
-    assert_same(r.read_all(), make_rows(0, n))
-    with TransitionWriter(tmp_path, OBS_DIM, ACT_DIM) as w:
-        assert (w.recovered_torn_bytes, len(w)) == (r.torn_tail_bytes, n)
-        w.append_batch(make_rows(n, 10))
-    assert r.refresh() == 10
-    assert_same(r.read(n - 5, n + 10), make_rows(n - 5, 15))
 
 
 # 4. garbage tails and corruption ----------------------------------------------------------------
