@@ -8,7 +8,9 @@ predicts the reward). Preprocessing and normalization are inside the graph.
 Metadata (ONNX ``metadata_props``, all strings, keys prefixed ``tickmpc.``) records the dims, the
 member count, the training data size and holdout metrics, the creation time, a hash of the model
 code, the format version and ``graph_sha256``: a hash of the serialized graph that
-:mod:`models.runtime` recomputes to refuse a corrupted file.
+:mod:`models.runtime` recomputes to refuse a corrupted file. ``extra.delta_std`` [S], the scale
+of each state delta, is required: the rollout's disagreement penalty divides by it, so a file
+without a valid one is refused rather than read as ones (which would change the penalty's units).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -55,6 +58,11 @@ class ModelMetadata:
     code_sha256: str
     graph_sha256: str
     extra: Mapping[str, Any]
+
+    @property
+    def delta_std(self) -> tuple[float, ...]:
+        """Scale of each state delta [S] (a learned model's target std), checked at load."""
+        return tuple(float(x) for x in self.extra["delta_std"])
 
     @property
     def input_names(self) -> tuple[str, str]:
@@ -98,6 +106,9 @@ class ModelMetadata:
                 )
             config_dict = json.loads(props[PREFIX + "config"])
             config = EnsembleConfig(**config_dict)
+            extra = json.loads(props.get(PREFIX + "extra", "{}"))
+            if problem := delta_std_problem(extra, config.obs_dim):
+                raise ModelFileError(f"{source}: {problem}")
             return cls(
                 format_version=version,
                 config=config,
@@ -107,12 +118,36 @@ class ModelMetadata:
                 created_unix=float(props[PREFIX + "created_unix"]),
                 code_sha256=props[PREFIX + "code_sha256"],
                 graph_sha256=props[PREFIX + "graph_sha256"],
-                extra=json.loads(props.get(PREFIX + "extra", "{}")),
+                extra=extra,
             )
         except ModelFileError:
             raise
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{source}: bad tickmpc metadata: {exc!r}") from exc
+
+
+def delta_std_problem(extra: object, obs_dim: int) -> str | None:
+    """What is wrong with the ``delta_std`` of a model's ``extra`` metadata, None if nothing:
+    it must be a list of obs_dim finite numbers > 0."""
+    if not isinstance(extra, Mapping) or "delta_std" not in extra:
+        return "no delta_std (the scale of each state delta) in the metadata's extra"
+    value = extra["delta_std"]
+    if not isinstance(value, list):
+        return f"delta_std must be a list of {obs_dim} numbers, got {value!r}"
+    if len(value) != obs_dim:
+        return f"delta_std has {len(value)} values, the model's obs_dim is {obs_dim}"
+    if not all(_positive_finite(x) for x in value):
+        return f"delta_std must be finite numbers > 0, got {value}"
+    return None
+
+
+def _positive_finite(x: object) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return 0.0 < float(x) < math.inf  # NaN compares false
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def graph_sha256(model: onnx.ModelProto) -> str:
@@ -195,11 +230,15 @@ def trace_to_onnx(
     return program.model_proto
 
 
-def _delta_scale(model: nn.Module) -> dict[str, list[float]]:
-    # The rollout's disagreement penalty divides by the scale of each state delta.
-    if not isinstance(model, GaussianEnsemble):
-        return {}
-    return {"delta_std": model.out_std[0, : model.config.obs_dim].tolist()}
+def _delta_std(model: nn.Module) -> list[float]:
+    """A learned ensemble's target std of the state deltas. A hand-written model predicts in
+    raw units: its own ``delta_std`` attribute if it declares one, else ones."""
+    if isinstance(model, GaussianEnsemble):
+        return model.out_std[0, : model.config.obs_dim].tolist()
+    declared = getattr(model, "delta_std", None)
+    if declared is not None:
+        return [float(x) for x in declared]
+    return [1.0] * config_of(model).obs_dim
 
 
 def export_ensemble(
@@ -211,18 +250,27 @@ def export_ensemble(
     member_batched: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> ModelMetadata:
-    """Export ``model`` to ``path`` atomically (temporary file, then rename); return metadata."""
+    """Export ``model`` to ``path`` atomically (temporary file, then rename); return metadata.
+
+    ``extra`` is recorded as given, after ``delta_std`` (a learned ensemble's target std, a
+    hand-written module's own ``delta_std`` attribute, else ones), which it may override. A
+    file without a valid ``delta_std`` would be refused at load, so none is written.
+    """
+    cfg = config_of(model)
+    extra = {"delta_std": _delta_std(model), **(extra or {})}
+    if problem := delta_std_problem(extra, cfg.obs_dim):
+        raise ValueError(f"cannot export {path}: {problem}")
     proto = to_onnx(model, member_batched=member_batched)
     meta = ModelMetadata(
         format_version=FORMAT_VERSION,
-        config=config_of(model),
+        config=cfg,
         member_batched=member_batched,
         train_rows=int(train_rows),
         holdout=dict(holdout or {}),
         created_unix=time.time(),
         code_sha256=code_sha256(),
         graph_sha256=graph_sha256(proto),
-        extra={**_delta_scale(model), **(extra or {})},
+        extra=extra,
     )
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -132,6 +135,57 @@ def test_refuses_corrupt_files(exported: tuple[GaussianEnsemble, Path], tmp_path
 
     with pytest.raises(ModelFileError, match="cannot read"):
         OnnxEnsemble(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize(
+    ("delta_std", "problem"),
+    [
+        (None, "no delta_std"),
+        ([1.0, 2.0, 3.0], "delta_std has 3 values, the model's obs_dim is 4"),
+        ([1.0, float("nan"), 1.0, 1.0], "finite numbers > 0"),
+        ([1.0, float("inf"), 1.0, 1.0], "finite numbers > 0"),
+        ([1.0, 0.0, 1.0, 1.0], "finite numbers > 0"),
+        ([1.0, -0.5, 1.0, 1.0], "finite numbers > 0"),
+        ([1.0, "1", 1.0, 1.0], "finite numbers > 0"),
+        ("ones", "must be a list of 4 numbers"),
+    ],
+)
+def test_refuses_a_model_without_a_valid_delta_std(
+    exported: tuple[GaussianEnsemble, Path], tmp_path: Path, delta_std: Any, problem: str
+) -> None:
+    """Read as ones, a missing scale would silently change the disagreement penalty's units."""
+    model, path = exported
+    assert OnnxEnsemble(path).metadata.delta_std == pytest.approx(model.out_std[0, :4].tolist())
+    proto = onnx.load(str(path))
+    props = {p.key: p for p in proto.metadata_props}
+    extra = {"store_rows": 5} | ({} if delta_std is None else {"delta_std": delta_std})
+    props["tickmpc.extra"].value = json.dumps(extra)  # outside the graph hash: only this changes
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ModelFileError, match=rf"bad\.onnx: .*{re.escape(problem)}"):
+        OnnxEnsemble(bad)
+
+
+class _Identity(torch.nn.Module):
+    """A hand-written "ensemble": next_obs = obs, exactly."""
+
+    def __init__(self, delta_std: list[float] | None = None) -> None:
+        super().__init__()
+        self.config = EnsembleConfig(obs_dim=2, act_dim=1, members=2)
+        if delta_std is not None:
+            self.delta_std = delta_std
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = obs.unsqueeze(0).expand(2, *obs.shape)
+        return mean, torch.full_like(mean, -30.0)
+
+
+def test_a_hand_written_model_records_its_own_delta_std_or_ones(tmp_path: Path) -> None:
+    export_ensemble(_Identity(), tmp_path / "ones.onnx")
+    assert OnnxEnsemble(tmp_path / "ones.onnx").metadata.delta_std == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"cannot export .*finite numbers > 0"):
+        export_ensemble(_Identity([0.5, 0.0]), tmp_path / "zero.onnx")
+    assert not (tmp_path / "zero.onnx").exists()
 
 
 def test_predict_checks_shapes(exported: tuple[GaussianEnsemble, Path]) -> None:
