@@ -24,29 +24,43 @@ import argparse
 import itertools
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from controller.closed_loop import RunConfig, run_closed_loop
+from controller.closed_loop import run_closed_loop
+from controller.config import Config, parse_overrides, updated
 
 THRESHOLD = 170.0
-VARIANTS: dict[str, RunConfig] = {
-    "cartpole": RunConfig(task="cartpole-swingup", episodes=10),
-    "cartpole-realtime": RunConfig(task="cartpole-swingup", episodes=10, realtime=True),
+
+
+def variant(*sets: str) -> Config:
+    """A run config from ``--set``-style overrides of the defaults."""
+    return updated(Config(), parse_overrides(sets))
+
+
+VARIANTS: dict[str, Config] = {
+    "cartpole": variant("task=cartpole-swingup", "run.episodes=10"),
+    "cartpole-realtime": variant("task=cartpole-swingup", "run.episodes=10", "run.realtime=true"),
     # The same with the service's rollouts cut into one slice per core (its default is one
     # session): faster on an idle machine, more deadline misses beside the learner.
-    "cartpole-realtime-slices": RunConfig(
-        task="cartpole-swingup", episodes=10, realtime=True, rollout_slices=0
+    "cartpole-realtime-slices": variant(
+        "task=cartpole-swingup",
+        "run.episodes=10",
+        "run.realtime=true",
+        "service.runtime.rollout_slices=0",
     ),
     # 1000-step episodes once it balances: a cheaper plan keeps 30 episodes within minutes.
     # Random episodes last about 5 steps, so the first model comes after 50 rows, not 200.
-    "inverted-pendulum": RunConfig(
-        task="inverted-pendulum", episodes=30, horizon=15, population=100, random_rows=50
+    "inverted-pendulum": variant(
+        "task=inverted-pendulum",
+        "run.episodes=30",
+        "planner.horizon=15",
+        "planner.population=100",
+        "learner.min_transitions=50",
     ),
-    "reacher": RunConfig(task="reacher", episodes=30),
+    "reacher": variant("task=reacher", "run.episodes=30"),
 }
 CHECKPOINTS = (10, 30)
 
@@ -71,9 +85,10 @@ def main() -> None:
             raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         runs = []
         for seed in range(args.first_seed, args.first_seed + seeds):
-            config = replace(VARIANTS[name], seed=seed)
+            sets = [f"{part}.seed={seed}" for part in ("run", "planner", "learner")]
             if episodes:
-                config = replace(config, episodes=episodes)
+                sets.append(f"run.episodes={episodes}")
+            config = updated(VARIANTS[name], parse_overrides(sets))
             run = measure(config, out / f"{name}-seed{seed}")
             runs.append(run)
             print(f"{name} seed {seed}: " + "  ".join(f"{k} {v}" for k, v in row(run).items()),
@@ -84,7 +99,7 @@ def main() -> None:
                       "variants": figures}))  # fmt: skip
 
 
-def measure(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def measure(config: Config, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     lines, codes = run_closed_loop(config, run_dir)
     wall = time.perf_counter() - started
@@ -96,7 +111,7 @@ def measure(config: RunConfig, run_dir: Path) -> dict[str, Any]:
              if b["model_version"] != a["model_version"]]  # fmt: skip
     reached = next((i + 1 for i, r in enumerate(returns) if r >= THRESHOLD), None)
     return {
-        "seed": config.seed,
+        "seed": config.run.seed,
         "returns": [round(r, 1) for r in returns],
         "episodes_to_170": reached,
         "final_return": round(returns[-1], 1),

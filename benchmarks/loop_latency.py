@@ -7,10 +7,13 @@ waits for the ACTION answering it. The round trip is timed on the bridge from ju
 send to just after the reply is decoded; the controller reports its plan time in the ACTION
 (``plan_ms``), and the overhead is the difference, per tick.
 
-Two phases: ``explore`` (no model: the planner is a uniform draw, so the round trip is almost
+Phases: ``explore`` (no model: the planner is a uniform draw, so the round trip is almost
 all overhead) and ``planner`` (a freshly initialized E=5 4x200 ensemble published to the model
 directory, CEM with a tiny population, so the ONNX Runtime path and the planner's host work run
-in the service process between receive and send). The headline figures are the planner phase's.
+in the service process between receive and send). The service writes each pass's transitions
+to the store before its ACTIONs go out; to show what that write costs, the planner phase also
+runs without a store (``planner-nostore``) and with ``--durable`` (an fsync per pass,
+``planner-durable``), in the same run. The headline figures are the planner phase's.
 Target (DESIGN.md): p99 <= 0.5 ms on this machine.
 
     python benchmarks/loop_latency.py [--quick]
@@ -37,7 +40,14 @@ from sim_bridge import protocol as p
 from sim_bridge.link import BridgeLink, RobotSpec
 
 SPEC = RobotSpec("bench", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
-TINY_PLAN = ["planner=cem", "population=20", "horizon=5", "iterations=1"]
+TINY_PLAN = ["planner.planner=cem", "planner.population=20", "planner.horizon=5",
+             "planner.iterations=1"]  # fmt: skip
+PHASES = {  # name: (with a model, store flags: None for no store)
+    "explore": (False, []),
+    "planner": (True, []),
+    "planner-nostore": (True, None),
+    "planner-durable": (True, ["--durable"]),
+}
 
 
 def _port() -> int:
@@ -46,13 +56,17 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(root: Path, models: bool, transport: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def _serve(
+    root: Path, models: bool, store: list[str] | None, transport: str
+) -> tuple[subprocess.Popen[bytes], str, str]:
     if transport == "ipc":
         endpoint, control, telemetry = (f"ipc://{root}/{name}" for name in ("r", "c", "t"))
     else:
         endpoint, control, telemetry = (f"tcp://127.0.0.1:{_port()}" for _ in range(3))
     cmd = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint]
-    cmd += ["--control", control, "--telemetry", telemetry, "--store", str(root / "store")]
+    cmd += ["--control", control, "--telemetry", telemetry]
+    if store is not None:
+        cmd += ["--store", str(root / "store"), *store]
     if models:
         cmd += ["--models", str(root / "models")]
     for setting in TINY_PLAN:
@@ -61,7 +75,8 @@ def _serve(root: Path, models: bool, transport: str) -> tuple[subprocess.Popen[b
     return proc, endpoint, control
 
 
-def phase(name: str, ticks: int, with_model: bool, transport: str) -> dict[str, Any]:
+def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
+    with_model, store = PHASES[name]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if with_model:
@@ -69,7 +84,7 @@ def phase(name: str, ticks: int, with_model: bool, transport: str) -> dict[str, 
                 obs_dim=4, act_dim=1, preprocess={"kind": "sincos", "angle_indices": [1]}
             )
             ModelDirectory(root / "models").publish(GaussianEnsemble(config))
-        proc, endpoint, control = _serve(root, with_model, transport)
+        proc, endpoint, control = _serve(root, with_model, store, transport)
         link = BridgeLink(endpoint, SPEC, "lockstep")
         try:
             link.connect(120.0)
@@ -90,7 +105,7 @@ def phase(name: str, ticks: int, with_model: bool, transport: str) -> dict[str, 
                         raise RuntimeError("the service stopped answering")
                     if reply.type == p.ACTION and reply["answers"] == state.seq:
                         break
-            status = request(control, {"cmd": "status"})
+            status = request(control, "status")
         finally:
             link.close()
             proc.terminate()
@@ -122,15 +137,15 @@ def main() -> None:
     args = parser.parse_args()
     ticks = args.ticks or (500 if args.quick else 4000)
     results = []
-    for name, with_model in (("explore", False), ("planner", True)):
+    for name in PHASES:
         t0 = time.perf_counter()
-        r = phase(name, ticks, with_model, args.transport)
+        r = phase(name, ticks, args.transport)
         results.append(r)
         print(f"{name:8s} overhead p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us  "
               f"max {r['max_us']:8.1f} us  (round trip p50 {r['round_trip_p50_us']:.0f} us, "
               f"plan p50 {r['plan_p50_us']:.0f} us, {r['ticks']} ticks, dropped {r['dropped']}, "
               f"{time.perf_counter() - t0:.0f} s)")  # fmt: skip
-    head = results[-1]
+    head = next(r for r in results if r["phase"] == "planner")
     print(json.dumps({
         "p50_us": head["p50_us"], "p99_us": head["p99_us"], "ticks": head["ticks"],
         "dropped": head["dropped"], "target_p99_us": 500.0, "phases": results,

@@ -1,10 +1,11 @@
 """Plan latency of the planners over the rollout graph, against the same rows in torch eager.
 
-For each configuration (issue 3's list) it builds an ensemble of the stated shape, publishes it
-the way the learner does, and times ``Planner.plan`` with no budget (all iterations) from a fixed
-state. It reports plan time p50/p99, member-rows per second, the FLOP rate of those rows as a
-fraction of this machine's float32 GEMM rate (measured in the same run), and ``eager_ratio``:
-the time of the same rollouts done as a torch eager host loop (one model call per step, as
+For each configuration in ``CONFIGS`` (each with the target it is measured against) it builds
+an ensemble of the stated shape, publishes it the way the learner does, and times
+``Planner.plan`` with no budget (all iterations) from a fixed state. It reports plan time
+p50/p99, member-rows per second, the FLOP rate of those rows as a fraction of this machine's
+float32 GEMM rate (measured in the same run), and ``eager_ratio``: the time of the same
+rollouts done as a torch eager host loop (one model call per step, as
 mbrl-lib does) divided by the plan time (> 1: the rollout graph is faster).
 
 Also measured, because the design depends on them:
@@ -75,7 +76,7 @@ CONFIGS = [
         "pets-cartpole-cem",
         "cartpole-swingup",
         4,
-        PlannerSettings(
+        PlannerSettings().changed(
             planner="cem",
             population=350,
             horizon=15,
@@ -100,7 +101,7 @@ CONFIGS = [
         "pets-halfcheetah-cem",
         "half-cheetah",
         4,
-        PlannerSettings(
+        PlannerSettings().changed(
             planner="cem",
             population=400,
             horizon=30,

@@ -237,8 +237,7 @@ def bridge(
         "episodes": stats.episodes, "returns": [round(r, 3) for r in stats.returns],
         "ticks": stats.ticks, "actions": stats.actions, "safe_actions": stats.safe_actions,
         "late_actions": stats.late_actions, "reconnects": link.reconnects,
-        "dropped_sends": getattr(link, "dropped_sends", 0),
-        "bad_actions": getattr(link, "bad_actions", 0),
+        "dropped_sends": link.dropped_sends, "bad_actions": link.bad_actions,
     }  # fmt: skip
     print(json.dumps(summary))
 
@@ -360,14 +359,10 @@ def _control_request(endpoint: str, cmd: str, **fields: Any) -> dict[str, Any]:
     from controller.service.control import request
 
     try:
-        reply = request(endpoint, cmd, **fields)
-    except (TimeoutError, ValueError) as exc:
+        return request(endpoint, cmd, **fields)
+    except (TimeoutError, ValueError) as exc:  # a refusal is a ProtocolError: "code: reason"
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    if not reply.get("ok"):
-        typer.echo(f"error ({reply.get('code')}): {reply.get('error')}", err=True)
-        raise typer.Exit(code=1)
-    return reply
 
 
 @app.command("run")

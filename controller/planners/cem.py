@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from controller.checks import check_choice, check_number
+from controller.planners import kernels
 from controller.planners.base import WarmStart
-from controller.planners.noise import TRUNCATION, truncated_normal
+from controller.planners.noise import TRUNCATION, gaussian_candidates, truncated_candidates
 
 if TYPE_CHECKING:
     from controller.planners.settings import PlannerSettings
@@ -60,7 +61,12 @@ def refit(
     mean: np.ndarray, std: np.ndarray, elites: np.ndarray, alpha: float, min_std: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The elite refit of CEM and iCEM: [H, A] mean and std moved toward the elites' [K, H, A]
-    statistics, keeping ``alpha`` of the old values; the std floored at ``min_std`` [A]."""
+    statistics, keeping ``alpha`` of the old values; the std floored at ``min_std`` [A].
+
+    The numba kernel, once compiled, gives the same bits (see controller.planners.kernels)."""
+    k = kernels.compiled()
+    if k is not None and len(elites):
+        return k.refit(mean, std, elites, alpha, min_std)
     new_mean = alpha * mean + (1.0 - alpha) * elites.mean(axis=0)
     new_std = np.maximum(alpha * std + (1.0 - alpha) * elites.std(axis=0), min_std)
     return new_mean, new_std
@@ -90,15 +96,13 @@ class CEM:
         return self.s.population
 
     def ask(self, iteration: int) -> np.ndarray:
-        shape = (self.s.population, *self.mean.shape)
+        n = self.s.population
         if self.o.bounds == "truncate":
             # PETS: shrink the std so that mean +- 2 std stays inside the bounds.
             room = np.minimum(self.mean - self.low, self.high - self.mean) / TRUNCATION
             std = np.minimum(self.std, np.maximum(room, 0.0))
-            candidates = self.mean + std * truncated_normal(self.rng, shape)
-        else:
-            candidates = self.mean + self.std * self.rng.standard_normal(shape)
-        return np.clip(candidates, self.low, self.high)
+            return truncated_candidates(self.rng, self.mean, std, self.low, self.high, n)
+        return gaussian_candidates(self.rng, self.mean, self.std, self.low, self.high, n)
 
     def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:
         k = self.o.elites(len(scores))

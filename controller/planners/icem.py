@@ -17,7 +17,7 @@ import numpy as np
 from controller.checks import check_number
 from controller.planners.base import WarmStart
 from controller.planners.cem import EliteOptions, refit
-from controller.planners.noise import colored_noise
+from controller.planners.noise import colored_candidates
 
 if TYPE_CHECKING:
     from controller.planners.settings import PlannerSettings
@@ -77,9 +77,8 @@ class ICEM:
         return self._sampled(iteration) + kept + int(iteration == self.s.iterations - 1)
 
     def ask(self, iteration: int) -> np.ndarray:
-        h, a = self.mean.shape
-        noise = colored_noise(self.rng, self.o.noise_beta, self._sampled(iteration), h, a)
-        parts = [self.mean + self.std * noise]
+        n, beta = self._sampled(iteration), self.o.noise_beta
+        parts = [colored_candidates(self.rng, beta, self.mean, self.std, self.low, self.high, n)]
         parts.append(self.kept if iteration == 0 else self.elites[: self.n_keep])
         if iteration == self.s.iterations - 1:
             parts.append(self.mean[None])

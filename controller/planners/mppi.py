@@ -11,6 +11,7 @@ import numpy as np
 
 from controller.checks import check_number
 from controller.planners.base import WarmStart
+from controller.planners.noise import gaussian_candidates
 
 if TYPE_CHECKING:
     from controller.planners.settings import PlannerSettings
@@ -51,8 +52,9 @@ class MPPI:
         return self.s.population
 
     def ask(self, iteration: int) -> np.ndarray:
-        noise = self.sigma * self.rng.standard_normal((self.s.population, *self.mean.shape))
-        candidates = np.clip(self.mean + noise, self.low, self.high)
+        sigma = np.broadcast_to(self.sigma, self.mean.shape)
+        n = self.s.population
+        candidates = gaussian_candidates(self.rng, self.mean, sigma, self.low, self.high, n)
         candidates[0] = self.mean  # the nominal sequence itself is always a candidate
         return candidates
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from controller.planners.base import WarmStart
+from controller.planners.noise import uniform_candidates
 
 if TYPE_CHECKING:
     from controller.planners.settings import PlannerSettings
@@ -41,8 +42,8 @@ class RandomShooting:
         return self.s.population
 
     def ask(self, iteration: int) -> np.ndarray:
-        shape = (self.s.population, *self.warm.shape)
-        candidates = self.rng.uniform(self.low, self.high, size=shape)
+        h = len(self.warm)
+        candidates = uniform_candidates(self.rng, self.low, self.high, self.s.population, h)
         if iteration == 0:
             candidates[0] = self.warm
         return candidates

@@ -295,11 +295,7 @@ class MPCService:
         reward = tr.msg["reward"]
         if reward is None:  # the bridge does not know it: the task's definition does
             with torch.no_grad():
-                o, a, o2 = (
-                    torch.as_tensor(np.asarray(x, np.float32))
-                    for x in (tr.obs, tr.act, tr.next_obs)
-                )
-                reward = float(self.task.reward(o, a, o2))
+                reward = float(self.task.reward(*tr.tensors()))
         tr.reward = reward
         session = tr.session
         session.episode_return += reward
@@ -368,10 +364,7 @@ class MPCService:
 
     def _terms(self, tr: Transition) -> dict[str, float]:
         with torch.no_grad():
-            o, a, o2 = (
-                torch.as_tensor(np.asarray(x, np.float32)) for x in (tr.obs, tr.act, tr.next_obs)
-            )
-            return {k: float(v) for k, v in self.task.terms(o, a, o2).items()}
+            return {k: float(v) for k, v in self.task.terms(*tr.tensors()).items()}
 
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from controller.planners import Planner
 from controller.service.stats import RobotStats
@@ -35,6 +36,13 @@ class Transition:
     @property
     def next_obs(self) -> np.ndarray:
         return np.asarray(self.msg["obs"])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(obs, act, next_obs) as float32 tensors, for the task's reward terms."""
+        o, a, o2 = (
+            torch.tensor(x, dtype=torch.float32) for x in (self.obs, self.act, self.next_obs)
+        )
+        return o, a, o2
 
 
 @dataclass

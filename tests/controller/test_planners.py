@@ -237,7 +237,9 @@ def test_each_optimizer_takes_only_its_own_options() -> None:
     assert set(OPTIMIZERS) == {"random", "cem", "icem", "mppi"}
     icem = PlannerSettings().changed(planner="icem", noise_beta=3.0, elite_fraction=0.2)
     assert icem.options.noise_beta == 3.0 and icem.to_dict()["noise_beta"] == 3.0
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['noise_beta'\] for planner 'cem'"):
+    with pytest.raises(
+        ValueError, match=r"unknown setting\(s\) \['noise_beta'\] for planner 'cem'"
+    ):
         PlannerSettings().changed(noise_beta=3.0)
     with pytest.raises(ValueError, match="planner 'mppi'"):
         icem.changed(planner="mppi", keep_elites=0.5)

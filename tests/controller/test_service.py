@@ -22,13 +22,13 @@ import zmq
 
 from controller.planners import PlannerSettings
 from controller.service import MPCService, ServiceSettings
-from controller.tasks import get_task
 from controller.service.control import parse_assignments, request
+from controller.tasks import get_task
 from models.registry import ModelDirectory
 from models.store import TransitionReader
 from sim_bridge import protocol as p
 from sim_bridge.hardware import BridgeSettings
-from sim_bridge.link import BridgeLink, RobotSpec
+from sim_bridge.link import BridgeLink, RobotSpec, describe
 from sim_bridge.mujoco_bridge import MujocoBridge
 from tests.controller.known_models import export_cartpole
 
@@ -117,13 +117,12 @@ def test_lockstep_episode_swings_up_the_cartpole_and_records_every_transition(
     # 200 here; uniformly random actions score ~0.1.
     assert stats.returns[0] > 120.0
     assert stats.actions == 200 and stats.safe_actions == 0 and stats.late_actions == 0
-    status = served.service.status()
-    robot = status["robots"]["cart-a"]
+    # The bridge is done once it sent the last STATE; the service reads it a moment later.
+    _wait(lambda: served.service.status()["robots"]["cart-a"]["episodes"] == 1, 10)
+    robot = served.service.status()["robots"]["cart-a"]
     assert robot["ticks"] == 200 and robot["model_version"] == 1 and robot["errors"] == 0
-    served.service.stop_event.set()
-    served.thread.join()
-    served.service.writer.flush()  # type: ignore[union-attr]
-    data = TransitionReader(served.root / "store").read_all()
+    assert robot["transitions"] == 200 and robot["fallbacks"] == 0 and robot["nonfinite"] == 0
+    data = TransitionReader(served.root / "store").read_all()  # written: no flush needed
     assert len(data.obs) == 200 and set(data.robot) == {"cart-a"}
     np.testing.assert_array_equal(data.next_obs[:-1], data.obs[1:])  # one chain, no gaps
     assert data.truncated[-1] and not data.truncated[:-1].any()
@@ -143,16 +142,56 @@ def test_live_tune_changes_the_horizon_of_the_following_actions(served: Running)
     _state(link, 1, obs, 0.0)
     action = _reply(link)
     assert (action["horizon"], action["planner"]) == (30, "icem")
-    refused = request(served.control, "set", changes={"horizon": 0})
-    assert not refused["ok"] and refused["code"] == "bad_setting"
-    assert "horizon" in refused["error"]
-    unknown = request(served.control, "set", changes={"weights": {"nope": 1.0}})
-    assert not unknown["ok"] and "nope" in unknown["error"]
+    with pytest.raises(p.ProtocolError, match=r"bad_setting: horizon must be an integer"):
+        request(served.control, "set", changes={"horizon": 0})
+    with pytest.raises(p.ProtocolError, match="bad_setting: .*no reward term 'nope'"):
+        request(served.control, "set", changes={"weights": {"nope": 1.0}})
     settings = request(served.control, "get")["settings"]
     assert settings["horizon"] == 30 and settings["weights"] == {"ctrl": 0.05}
     _state(link, 2, obs, 0.0)
     assert _reply(link)["horizon"] == 30
     link.close()
+
+
+def test_a_bridge_learns_the_served_spec_from_describe_and_welcome(served: Running) -> None:
+    spec = describe(served.endpoint, "asker", 10.0)  # no HELLO needed
+    assert (spec["task"], spec["obs_dim"], spec["act_dim"]) == ("cartpole-swingup", 4, 1)
+    assert spec["control_period"] == CARTPOLE.control_period
+    assert spec["episode_steps"] == CARTPOLE.episode_steps
+    assert list(spec["action_low"]) == [-1.0] and list(spec["action_high"]) == [1.0]
+    link = BridgeLink(served.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+    assert link.served_spec is not None and link.served_spec["obs_dim"] == 4
+    assert served.service.status()["robots"].keys() == {"probe"}  # DESCRIBE made no session
+    link.close()
+
+
+def test_telemetry_reports_each_tick_with_its_reward_terms(served: Running) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
+    sub.connect(served.service.endpoints["telemetry"])
+    time.sleep(0.3)  # the subscription reaches the publisher
+    link = BridgeLink(served.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+    rng = np.random.default_rng(0)
+    _state(link, 0, rng.standard_normal(4))
+    for step in (1, 2):
+        _state(link, step, rng.standard_normal(4), float(_reply(link)["action"][0]))
+    _reply(link)
+    records = []
+    while sub.poll(2000) and len(records) < 3:
+        records.append(p.parse_telemetry(sub.recv_multipart()))
+    sub.close()
+    link.close()
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[0]["reward"] is None and records[0]["reward_terms"] is None
+    for r in records[1:]:  # the robot sent no reward: the task's terms give it
+        terms = r["reward_terms"]
+        assert set(terms) == set(CARTPOLE.weights)
+        weighted = sum(CARTPOLE.weights[k] * v for k, v in terms.items())
+        assert r["reward"] == pytest.approx(weighted, rel=1e-5, abs=1e-6)
+        assert r["fallback"] is False and r["nonfinite"] == 0 and r["v"] == p.PROTOCOL_VERSION
 
 
 def test_tune_and_status_commands_talk_to_the_control_socket(served: Running) -> None:
@@ -376,6 +415,44 @@ def test_realtime_bridge_makes_the_robot_safe_when_the_controller_dies_and_recon
         thread.join(timeout=10)
         controller.kill()
         controller.wait()
+
+
+def test_a_killed_service_loses_no_transition_an_action_answered(tmp_path: Path) -> None:
+    """kill -9 of ``tickmpc serve`` mid-episode: every transition whose next STATE got an
+    ACTION is in the store afterwards."""
+    port = _free_port()
+    controller = _serve_process(port, tmp_path)
+    link = BridgeLink(f"tcp://127.0.0.1:{port}", SPEC, "lockstep")
+    answered: list[int] = []  # steps of the STATEs that an ACTION answered
+    done = threading.Event()
+
+    def robot() -> None:
+        rng = np.random.default_rng(0)
+        link.connect(60.0)
+        step, applied = 0, None
+        while not done.is_set():
+            seq = _state(link, step, rng.standard_normal(4), applied)
+            while (reply := link.receive(0.5)) is not None and reply.type != p.ACTION:
+                pass
+            if reply is None or reply["answers"] != seq:
+                return  # the service is gone
+            answered.append(step)
+            step, applied = step + 1, float(reply["action"][0])
+
+    thread = threading.Thread(target=robot)
+    thread.start()
+    try:
+        _wait(lambda: len(answered) >= 300, 60)
+        controller.send_signal(signal.SIGKILL)  # mid-episode, while the robot is stepping
+        controller.wait()
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        link.close()
+    acknowledged = {k - 1 for k in answered if k >= 1}  # STATE k completes transition k - 1
+    assert len(acknowledged) >= 299
+    stored = TransitionReader(tmp_path / "store").read_all()
+    assert acknowledged <= set(stored.step.tolist()), sorted(acknowledged - set(stored.step))
 
 
 @pytest.mark.parametrize("task", ["cartpole-swingup", "pendulum", "inverted-pendulum",
