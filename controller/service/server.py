@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 import zmq
 
 from controller.planners import Planner, PlannerSettings
 from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher
+from controller.service.recorder import Recorder
 from controller.service.session import Pending, RobotSession, Transition
 from controller.service.settings import ServiceSettings
 from controller.tasks import Task
@@ -63,10 +63,6 @@ class MPCService:
         self._started = time.monotonic()
         self._housekeeping = 0.0
         self._episodes = 0
-        self._unrecorded: list[Transition] = []
-        """Transitions completed by this pass's STATEs, written before its ACTIONs go out."""
-        self._answered: list[tuple[RobotSession, dict[str, Any]]] = []
-        """This pass's telemetry records, published after its ACTIONs."""
         self.commands = ControlHandler(self)
         self.watcher = (
             ModelWatcher(settings.models, self.task, settings.runtime, settings.model_poll_s)
@@ -74,6 +70,7 @@ class MPCService:
             else None
         )
         self.writer: TransitionWriter | None = None
+        self.recorder = Recorder(task, None, settings.durable)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -82,6 +79,7 @@ class MPCService:
         s = self.settings
         if s.store is not None:
             self.writer = TransitionWriter(s.store, self.task.obs_dim, self.task.act_dim)
+            self.recorder.writer = self.writer
             reader = TransitionReader(s.store)
             if n := len(reader):
                 self._episodes = int(reader.read(n - 1, n).episode[0])
@@ -119,11 +117,11 @@ class MPCService:
         if self.control in events:
             self._drain_control()
         self._swap_model()
-        self._record_all()
+        self.recorder.record()
         for session in list(self.sessions.values()):
             if session.pending is not None:
                 self._tick(session)
-        self._publish()
+        self.recorder.publish(self.telemetry)
         now = time.monotonic()
         if now - self._housekeeping > HOUSEKEEPING_S:
             self._housekeeping = now
@@ -167,7 +165,7 @@ class MPCService:
             if msg["event"] == "start":
                 self._begin_episode(session, msg.episode)
             else:
-                self._record_all()
+                self.recorder.record()
                 session.stats.episodes += 1
                 session.stats.last_return = session.episode_return
         elif msg.type == p.HEARTBEAT:
@@ -268,45 +266,12 @@ class MPCService:
         self._begin_episode(session, msg.episode)
         prev = session.last_state
         if prev is not None and applied is not None and prev["step"] == msg["step"] - 1:
-            self._unrecorded.append(Transition(session, prev["obs"], applied, msg))
+            self.recorder.unrecorded.append(Transition(session, prev["obs"], applied, msg))
         session.last_state = msg
         if session.pending is not None:
             session.stats.dropped_stale += 1
         over = msg["terminated"] or msg["truncated"]
         session.pending = None if over else Pending(msg, time.perf_counter())
-
-    def _record_all(self) -> None:
-        """Store the pass's transitions in one write (before any ACTION answers them)."""
-        unrecorded, self._unrecorded = self._unrecorded, []
-        for transition in unrecorded:
-            try:
-                self._record(transition)
-            except Exception:  # a bad row is lost alone, never the service or the store
-                transition.session.stats.errors += 1
-                log.exception("robot %s: transition at step %d not recorded",
-                              transition.session.robot, transition.msg["step"])  # fmt: skip
-        if unrecorded and self.writer is not None:
-            try:
-                self.writer.flush(fsync=self.settings.durable)
-            except OSError:  # the rows stay pending in the writer and go with the next flush
-                log.exception("store write failed; retrying with the next pass")
-
-    def _record(self, tr: Transition) -> None:
-        reward = tr.msg["reward"]
-        if reward is None:  # the bridge does not know it: the task's definition does
-            with torch.no_grad():
-                reward = float(self.task.reward(*tr.tensors()))
-        tr.reward = reward
-        session = tr.session
-        session.episode_return += reward
-        session.last_transition = tr
-        if self.writer is None:
-            return
-        self.writer.append(
-            tr.obs, tr.act, tr.next_obs, reward, tr.msg["terminated"], tr.msg["truncated"],
-            episode=session.episode, step=tr.msg["step"] - 1, robot=session.robot,
-        )  # fmt: skip
-        session.stats.transitions += 1
 
     def _tick(self, session: RobotSession) -> None:
         pending, session.pending = session.pending, None
@@ -346,25 +311,7 @@ class MPCService:
             "model_version": self.model_version, "dropped_stale": session.stats.dropped_stale,
             "action": reply["action"].tolist(),
         }  # fmt: skip
-        self._answered.append((session, record))
-
-    def _publish(self) -> None:
-        """One telemetry record per ACTION of the pass, with the reward (and each reward term)
-        of the transition its STATE completed; computed here, after the ACTIONs are out."""
-        answered, self._answered = self._answered, []
-        for session, record in answered:
-            tr = session.last_transition
-            completed = tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None
-            record["reward"] = tr.reward if completed and tr is not None else None
-            record["reward_terms"] = self._terms(tr) if completed and tr is not None else None
-            try:
-                self.telemetry.send_multipart(p.telemetry_record(**record), zmq.NOBLOCK)
-            except zmq.Again:  # no subscriber keeps up: telemetry is dropped, never waited on
-                pass
-
-    def _terms(self, tr: Transition) -> dict[str, float]:
-        with torch.no_grad():
-            return {k: float(v) for k, v in self.task.terms(*tr.tensors()).items()}
+        self.recorder.answered.append((session, record))
 
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):

@@ -80,3 +80,14 @@ def test_cli_defaults_are_the_dataclass_defaults() -> None:
     help_text = subprocess.run([*TICKMPC, "run", "--help"], capture_output=True, text=True,
                                timeout=120, env={"COLUMNS": "200", "PATH": ""}).stdout  # fmt: skip
     assert f"(default: {PlannerSettings().horizon})" in help_text
+
+
+def test_resume_refuses_a_run_config_with_an_unknown_key(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(
+        'task = "cartpole-swingup"\n[run]\nepisodes = 3\nhorizon = 5\n'
+    )
+    out = subprocess.run([*TICKMPC, "run", "--resume", str(run)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1 and "run.horizon" in out.stderr and "config" in out.stderr
