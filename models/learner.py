@@ -14,11 +14,24 @@ Those newest rows are new to the current model and mostly seen by the candidate,
 favours the candidate: it is there to catch a diverged or broken training, not to rank close
 models. A passing candidate becomes the next version in the model directory, and ``on_publish``
 is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
-loads the version at once; the service also finds it there on its own, after a restart too); a
-failing one is kept under ``rejected/`` and logged.
+loads the version at once); a failing one is kept under ``rejected/`` and logged.
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
 warm-starts from the newest one. The store is the single source of real data; model-generated
 rollouts (MBPO) can be added as another consumer of the current model.
+
+Stopping and announcing, decided so that a dying service costs the learner nothing:
+
+- A stop request (``stop_event``; ``tickmpc learn`` sets it on SIGTERM, which is how it hears
+  that the service died) interrupts a running retrain within one gradient step: the training
+  loop checks the event, and a retrain stopped in training, or while its candidate was being
+  exported and checked, publishes nothing, records no Retrain and is logged at INFO, not as a
+  failure. Finishing it instead would hold shutdown for up to ``max_seconds`` (60 s) to
+  publish a model nobody is waiting for; the store keeps the rows, so a restarted learner
+  trains on them anyway.
+- Announcing is a courtesy, so it is published quietly: an ``on_publish`` that raises (a
+  TimeoutError when no service answers) costs one WARNING line without a traceback, and the
+  learner goes on. The version is already in the model directory by then, and the service
+  polls that directory and reads it on start, so it finds the version without the announcement.
 """
 
 from __future__ import annotations
@@ -147,15 +160,14 @@ class Learner:
         return self.history
 
     def step(self) -> bool:
-        """Retrain once if enough new transitions arrived; True if it did."""
+        """Retrain once if enough new transitions arrived; True if it did (to the end)."""
         reader = self._reader()
         if reader is None:
             return False
         rows = len(reader)
         if not self._due(reader, rows):
             return False
-        self.retrain(reader.read(0, rows))
-        return True
+        return self.retrain(reader.read(0, rows)) is not None
 
     def _due(self, reader: TransitionReader, rows: int) -> bool:
         new = rows - self.trained_rows
@@ -168,8 +180,9 @@ class Learner:
         fresh = reader.read(self.trained_rows, rows)
         return bool(fresh.terminated.any() or fresh.truncated.any())
 
-    def retrain_now(self) -> Retrain:
-        """Retrain on everything in the store now, whatever arrived since the last time."""
+    def retrain_now(self) -> Retrain | None:
+        """Retrain on everything in the store now, whatever arrived since the last time (None
+        if a stop request interrupted it)."""
         reader = self._reader()
         if reader is None:
             raise FileNotFoundError(f"no transition store at {self.store}")
@@ -180,7 +193,12 @@ class Learner:
         self._store_reader = follow(self.store, self._store_reader)
         return self._store_reader
 
-    def retrain(self, data: Transitions) -> Retrain:
+    def retrain(self, data: Transitions) -> Retrain | None:
+        """Train on ``data``, check the candidate and publish it or set it aside.
+
+        Returns None, having published and recorded nothing, when ``stop_event`` was set
+        during the retrain.
+        """
         c = self.config
         started = time.perf_counter()
         model_config = EnsembleConfig(
@@ -190,32 +208,36 @@ class Learner:
         init = self.model if self.model is not None and self.model.config == model_config else None
         train = TrainConfig(max_epochs=c.max_epochs, max_seconds=c.max_seconds,
                             seed=c.seed + len(self.history))  # fmt: skip
+        log.info("retraining on %d rows", len(data))
         model, report = train_ensemble(
-            data.obs, data.act, data.next_obs, model_config=model_config, config=train, init=init
-        )
+            data.obs, data.act, data.next_obs, model_config=model_config, config=train,
+            init=init, stop=self.stop_event,
+        )  # fmt: skip
+        if report.stopped_by == "stop":
+            log.info("retrain on %d rows stopped in training: nothing published", len(data))
+            return None
         gate = data[slice(max(len(data) - c.gate_rows, 0), len(data))]
         self.directory.root.mkdir(parents=True, exist_ok=True)
         candidate = self.directory.root / f".candidate-{os.getpid()}.onnx"
         holdout = {"holdout_nll": report.holdout_nll, "holdout_mse": report.holdout_mse}
-        export_ensemble(model, candidate, train_rows=report.train_rows, holdout=holdout,
-                        member_batched=True, extra={"store_rows": len(data)})  # fmt: skip
-        accepted, reason, new_nmse, old_nmse = self._gate(candidate, gate)
-        version = None
-        if accepted:
-            published = self.directory.adopt(candidate)
-            torch.save(model.state_dict(), published.path.with_suffix(".pt"))
-            self.model, version = model, published.version
-            if self.on_publish is not None:
-                try:
-                    self.on_publish(published)
-                except Exception as exc:  # an absent controller finds the version on its own
-                    log.warning("announcing v%d failed: %s", published.version, exc)
-        else:
-            rejected = self.directory.root / "rejected"
-            rejected.mkdir(exist_ok=True)
-            os.replace(candidate, rejected / f"rows{len(data):08d}-{int(time.time())}.onnx")
-            log.warning("candidate on %d rows rejected: %s", len(data), reason)
-        candidate.unlink(missing_ok=True)
+        try:
+            export_ensemble(model, candidate, train_rows=report.train_rows, holdout=holdout,
+                            member_batched=True, extra={"store_rows": len(data)})  # fmt: skip
+            accepted, reason, new_nmse, old_nmse = self._gate(candidate, gate)
+            if self.stop_event.is_set():  # export and gate take seconds
+                log.info("retrain on %d rows stopped before publishing: nothing published",
+                         len(data))  # fmt: skip
+                return None
+            version: int | None = None
+            if accepted:
+                version = self._publish(candidate, model)
+            else:
+                rejected = self.directory.root / "rejected"
+                rejected.mkdir(exist_ok=True)
+                os.replace(candidate, rejected / f"rows{len(data):08d}-{int(time.time())}.onnx")
+                log.warning("candidate on %d rows rejected: %s", len(data), reason)
+        finally:
+            candidate.unlink(missing_ok=True)
         self.trained_rows = len(data)
         result = Retrain(
             rows=len(data), seconds=time.perf_counter() - started, epochs=report.epochs,
@@ -228,6 +250,20 @@ class Learner:
                 f.write(json.dumps(asdict(result)) + "\n")
         log.info("retrain on %d rows: version %s (%s)", len(data), version, reason)
         return result
+
+    def _publish(self, candidate: Path, model: GaussianEnsemble) -> int:
+        """Adopt the checked candidate as the next version, then announce it quietly."""
+        published = self.directory.adopt(candidate)
+        torch.save(model.state_dict(), published.path.with_suffix(".pt"))
+        self.model = model
+        if self.on_publish is not None:
+            try:
+                self.on_publish(published)
+            except Exception as exc:  # the service finds the version in the directory anyway
+                log.warning("v%d published, but announcing it failed (%s: %s); the service "
+                            "will find it in %s", published.version, type(exc).__name__, exc,
+                            self.directory.root)  # fmt: skip
+        return published.version
 
     def _gate(self, candidate: Path, gate: Transitions) -> tuple[bool, str, float, float | None]:
         options = RuntimeOptions(intra_op_threads=self.config.torch_threads, spin=False)

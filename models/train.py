@@ -4,6 +4,8 @@ Gaussian negative log-likelihood on normalized state deltas, one bootstrap resam
 training rows per member, a holdout split shared by all members, per-member early stopping that
 restores each member's best weights, optional warm start from a previous model, and a report.
 Everything random is drawn from ``TrainConfig.seed``, so a run is reproducible on one machine.
+A ``stop`` event ends training between gradient steps (the learner's shutdown), like
+``max_seconds`` does: the best weights so far are returned and the report says why.
 
 Shapes: N rows, E members, B batch, S observation, A action, O outputs.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -104,7 +107,7 @@ class TrainReport:
     holdout_rows: int
     warm_start: bool
     stopped_by: str
-    """"early_stopping", "max_epochs" or "max_seconds"."""
+    """"early_stopping", "max_epochs", "max_seconds" or "stop" (the stop event was set)."""
 
     @property
     def holdout_nll(self) -> float:
@@ -153,12 +156,15 @@ def train_ensemble(
     model_config: EnsembleConfig,
     config: TrainConfig | None = None,
     init: GaussianEnsemble | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[GaussianEnsemble, TrainReport]:
     """Train a new ensemble on ``obs [N, S]``, ``act [N, A]``, ``next_obs [N, S]``.
 
     ``reward [N]`` is required when ``model_config.predict_reward``. ``init`` warm-starts from a
     previous model with the same architecture; it is copied, never modified. Normalization is
     refit to the current data, since the data distribution moves as the robot explores.
+    ``stop``, checked before every gradient step, ends training within one step once set
+    (``stopped_by="stop"``; the steps of the unfinished epoch are dropped with it).
     """
     config = config or TrainConfig()
     started = time.perf_counter()
@@ -204,11 +210,14 @@ def train_ensemble(
     bs = min(config.batch_size, n_train)
     buf_x = np.empty((e, bs, x_train.shape[1]), np.float32)
     buf_y = np.empty((e, bs, y_train.shape[1]), np.float32)
+    stopped = stop.is_set if stop is not None else _never
     stopped_by, epoch = "max_epochs", 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = epoch_order(rng, boot)
         for start in range(0, n_train - bs + 1, bs):
+            if stopped():
+                break
             gather_batch(x_train, y_train, order[:, start : start + bs], buf_x, buf_y)
             mean, logvar = model.forward_normalized(torch.from_numpy(buf_x))
             loss = gaussian_nll(mean, logvar, torch.from_numpy(buf_y)).sum()
@@ -216,6 +225,9 @@ def train_ensemble(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if stopped():  # the best weights so far are restored below, so the epoch is dropped
+            stopped_by, epoch = "stop", epoch - 1
+            break
         nll = _evaluate(model, x_eval, y_eval)[0]
         improved = nll < best_nll - config.min_improvement
         if improved.any():
@@ -258,6 +270,10 @@ def train_ensemble(
         stopped_by=stopped_by,
     )
     return model, report
+
+
+def _never() -> bool:
+    return False
 
 
 def _validated_arrays(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +161,24 @@ def test_time_cap_and_reward_target() -> None:
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 2), (2, 3, 2), (2, 3, 1), (2, 3, 1)]
     with pytest.raises(ValueError, match="no reward was given"):
         train_ensemble(obs, act, nxt, model_config=cfg)
+
+
+def test_a_stop_request_ends_training_within_a_step() -> None:
+    obs, act, nxt = _system(2000)
+    endless = TrainConfig(max_epochs=100_000, patience=100_000, max_seconds=60.0, seed=3)
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    started = time.monotonic()
+    model, report = train_ensemble(obs, act, nxt, model_config=CFG, config=endless, stop=stop)
+    late = time.monotonic() - started - 0.5
+    assert report.stopped_by == "stop" and report.epochs >= 1
+    assert late < 0.5, f"training went on {late:.2f} s after the stop request"
+    assert all(1 <= m.best_epoch <= report.epochs for m in report.members)
+    assert torch.isfinite(model(torch.from_numpy(obs[:5]), torch.from_numpy(act[:5]))[0]).all()
+
+    _, report = train_ensemble(obs, act, nxt, model_config=CFG, config=endless, stop=stop)
+    assert (report.stopped_by, report.epochs) == ("stop", 0)  # already set: no step at all
 
 
 def test_training_input_is_validated() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from models.learner import Learner, LearnerConfig
+from models.learner import Learner, LearnerConfig, ModelVersion
 from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
 from models.store import TransitionWriter
@@ -72,7 +75,7 @@ def test_a_candidate_worse_than_the_current_model_is_kept_aside_not_published(
                             "gate_margin": 0.0})  # fmt: skip
     learner = Learner(store, models, weak)
     result = learner.retrain_now()
-    assert not result.accepted and "nmse" in result.reason
+    assert result is not None and not result.accepted and "nmse" in result.reason
     assert ModelDirectory(models).versions() == [1]
     assert len(list((models / "rejected").glob("*.onnx"))) == 1
 
@@ -95,15 +98,71 @@ def test_an_episode_end_triggers_a_retrain_before_retrain_every_rows_and_is_anno
     assert announced == ([1, 2] if learner.history[-1].accepted else [1])
 
 
-def test_a_failing_announcement_does_not_stop_the_learner(tmp_path: Path) -> None:
+def _wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_failing_announcement_leaves_the_learner_running_and_the_version_published(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store, models = tmp_path / "store", tmp_path / "models"
+    directory = ModelDirectory(models)
     _append(store, 200, seed=9)
 
     def unreachable(version: object) -> None:
-        raise TimeoutError("no reply from the control socket")
+        raise TimeoutError("no reply from the control socket tcp://127.0.0.1:5556 in 2.0 s")
 
     learner = Learner(store, models, CONFIG, on_publish=unreachable)
-    assert learner.step() and ModelDirectory(models).versions() == [1]
+    thread = threading.Thread(target=learner.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: len(learner.history) == 1, 60, "first retrain")
+        assert directory.versions() == [1] and thread.is_alive()
+        _append(store, 200, seed=10)  # it goes on retraining
+        _wait_for(lambda: len(learner.history) == 2, 60, "second retrain")
+    finally:
+        learner.stop_event.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    published = [r.version for r in learner.history if r.version is not None]
+    assert published and directory.versions() == published
+    assert directory.latest() == ModelVersion(published[-1], directory.path_of(published[-1]))
+    failures = [r for r in caplog.records if "announcing it failed" in r.getMessage()]
+    assert len(failures) == len(published)  # one line per version
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in failures)
+    assert "TimeoutError" in failures[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_stop_request_interrupts_a_running_retrain_and_publishes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="models.learner")
+    store, models = tmp_path / "store", tmp_path / "models"
+    _append(store, 600, seed=11)
+    # The default architecture on 600 rows trains for 5-20 s before early stopping.
+    slow = LearnerConfig(**{**CONFIG.__dict__, "members": 5, "hidden_layers": 3,
+                            "hidden_units": 200, "max_epochs": 100_000})  # fmt: skip
+    announced: list[ModelVersion] = []
+    learner = Learner(store, models, slow, on_publish=announced.append)
+    thread = threading.Thread(target=learner.run, daemon=True)
+    thread.start()
+    started = lambda: any("retraining on" in r.getMessage() for r in caplog.records)  # noqa: E731
+    _wait_for(started, 30, "retrain")
+    time.sleep(0.3)  # well inside the training loop
+    learner.stop_event.set()
+    asked = time.monotonic()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert time.monotonic() - asked < 1.5
+    assert learner.history == [] and announced == [] and learner.trained_rows == 0
+    assert ModelDirectory(models).versions() == []
+    assert not (models / "rejected").exists() and not list(models.glob(".candidate-*"))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("stopped in training: nothing published" in r.getMessage() for r in caplog.records)
 
 
 def test_learner_config_refuses_a_non_boolean_episode_end_switch() -> None:
