@@ -144,8 +144,9 @@ class TransitionWriter:
     ) -> int:
         """Append one transition (obs [S], act [A], next_obs [S]); returns its global index.
 
-        wall_time defaults to time.time(). Checked like append_batch (same refusals), but
-        written straight into the record buffer: the service appends one row per tick.
+        wall_time defaults to time.time(). Checked by the same RowCheck as append_batch (the
+        same refusals, see models.transitions), then packed into the record buffer with one
+        assignment: the service appends one row per tick.
         """
         self._check_open()
         wall = time.time() if wall_time is None else wall_time
