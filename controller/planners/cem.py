@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from controller.checks import check_choice, check_number
-from controller.planners import kernels
 from controller.planners.base import WarmStart
 from controller.planners.noise import TRUNCATION, gaussian_candidates, truncated_candidates
 
@@ -61,12 +60,7 @@ def refit(
     mean: np.ndarray, std: np.ndarray, elites: np.ndarray, alpha: float, min_std: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The elite refit of CEM and iCEM: [H, A] mean and std moved toward the elites' [K, H, A]
-    statistics, keeping ``alpha`` of the old values; the std floored at ``min_std`` [A].
-
-    The numba kernel, once compiled, gives the same bits (see controller.planners.kernels)."""
-    k = kernels.compiled()
-    if k is not None and len(elites):
-        return k.refit(mean, std, elites, alpha, min_std)
+    statistics, keeping ``alpha`` of the old values; the std floored at ``min_std`` [A]."""
     new_mean = alpha * mean + (1.0 - alpha) * elites.mean(axis=0)
     new_std = np.maximum(alpha * std + (1.0 - alpha) * elites.std(axis=0), min_std)
     return new_mean, new_std

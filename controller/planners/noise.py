@@ -1,9 +1,9 @@
 """Pure sampling cores for the optimizers: candidate sequences drawn within the bounds.
 
-Each ``*_candidates`` function runs its numba kernel (:mod:`controller.planners.kernels`) once
-compiled and the numpy expression written here until then; both give the same bits and consume
-the generator identically, so a seeded plan does not depend on which ran. The kernels won
-1.5-3.5x over numpy in ``benchmarks/planner_cpu.py``.
+Each ``*_candidates`` function computes the numpy expression written here, or for a large batch
+its numba kernel (:mod:`controller.planners.kernels`, 2-4x faster there) once compiled; both give
+the same bits and consume the generator identically, so a seeded plan does not depend on which
+ran.
 
 Shapes: N candidates, H horizon, A action.
 """
@@ -77,7 +77,7 @@ def gaussian_candidates(
     n: int,
 ) -> np.ndarray:
     """[N, H, A] ``clip(mean + std * z, low, high)``: mean, std [H, A]; low, high [A]."""
-    k = kernels.compiled()
+    k = kernels.for_batch(n * mean.size)
     if k is not None:
         return k.gaussian(rng, mean, std, low, high, n)
     return np.clip(mean + std * rng.standard_normal((n, *mean.shape)), low, high)
@@ -92,7 +92,7 @@ def truncated_candidates(
     n: int,
 ) -> np.ndarray:
     """As :func:`gaussian_candidates` with z from :func:`truncated_normal`."""
-    k = kernels.compiled()
+    k = kernels.for_batch(n * mean.size)
     if k is not None:
         return k.truncated(rng, mean, std, low, high, n)
     return np.clip(mean + std * truncated_normal(rng, (n, *mean.shape)), low, high)
@@ -108,8 +108,8 @@ def colored_candidates(
     n: int,
 ) -> np.ndarray:
     """As :func:`gaussian_candidates` with z from :func:`colored_noise` (exponent ``beta``)."""
-    k = kernels.compiled()
     h, a = mean.shape
+    k = kernels.for_batch(n * h * a)
     if k is None:
         return np.clip(mean + std * colored_noise(rng, beta, n, h, a), low, high)
     if beta == 0.0 or h == 1:
@@ -124,7 +124,7 @@ def uniform_candidates(
     rng: np.random.Generator, low: np.ndarray, high: np.ndarray, n: int, h: int
 ) -> np.ndarray:
     """[N, H, A] uniform in [low, high) per action dimension: low, high [A]."""
-    k = kernels.compiled()
+    k = kernels.for_batch(n * h * len(low))
     if k is not None:
         return k.uniform(rng, low, high, n, h)
     return rng.uniform(low, high, size=(n, h, len(low)))
