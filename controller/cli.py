@@ -277,8 +277,6 @@ def learn(
         "task": task, "service.store": store, "service.models": models,
         "learner.seed": seed, "learner.torch_threads": torch_threads,
     })  # fmt: skip
-    from dataclasses import replace
-
     from controller.service.control import request
     from controller.tasks import get_task
     from models.learner import Learner, ModelVersion
@@ -288,13 +286,15 @@ def learn(
         typer.echo("error: learn needs a store and a model directory (--store, --models, or "
                    "service.store and service.models in --config)", err=True)  # fmt: skip
         raise typer.Exit(code=1)
-    learner_config = replace(config.learner, preprocess=get_task(config.task).preprocess)
 
     def tell_service(version: ModelVersion) -> None:
         request(config.service.control, "model", timeout_s=2.0)
 
-    learner = Learner(config.service.store, config.service.models, learner_config,
-                      metrics=metrics, on_publish=tell_service if announce else None)  # fmt: skip
+    learner = Learner(
+        config.service.store, config.service.models, config.learner,
+        preprocess=get_task(config.task).preprocess, metrics=metrics,
+        on_publish=tell_service if announce else None,
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
     try:
         learner.run()

@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 class LearnerConfig:
     """Everything the learner does; saved in the run's config.toml."""
 
-    preprocess: Mapping[str, Any] = field(default_factory=dict)
-    """The task's observation preprocessing (see models.preprocess)."""
     members: int = 5
     hidden_layers: int = 3
     hidden_units: int = 200
@@ -135,10 +133,14 @@ class Learner:
         models: Path,
         config: LearnerConfig,
         *,
+        preprocess: Mapping[str, Any] | None = None,
         metrics: Path | None = None,
         on_publish: Callable[[ModelVersion], None] | None = None,
     ) -> None:
         self.store, self.config, self.metrics = Path(store), config, metrics
+        self.preprocess = dict(preprocess or {})
+        """The task's observation preprocessing (see models.preprocess), baked into every
+        exported version: it belongs to the task, not to the learner's settings."""
         self.on_publish = on_publish
         self.directory = ModelDirectory(models)
         self.stop_event = threading.Event()
@@ -203,7 +205,7 @@ class Learner:
         started = time.perf_counter()
         model_config = EnsembleConfig(
             obs_dim=data.obs.shape[1], act_dim=data.act.shape[1], members=c.members,
-            hidden_layers=c.hidden_layers, hidden_units=c.hidden_units, preprocess=c.preprocess,
+            hidden_layers=c.hidden_layers, hidden_units=c.hidden_units, preprocess=self.preprocess,
         )  # fmt: skip
         init = self.model if self.model is not None and self.model.config == model_config else None
         train = TrainConfig(max_epochs=c.max_epochs, max_seconds=c.max_seconds,

@@ -359,8 +359,6 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def _inverse_scale2(meta: ModelMetadata) -> np.ndarray:
-    s = meta.config.obs_dim
-    scale = np.asarray(meta.extra.get("delta_std", [1.0] * s), np.float32).reshape(-1)
-    if scale.shape != (s,) or not np.isfinite(scale).all() or (scale <= 0).any():
-        scale = np.ones(s, np.float32)
+    """1 / delta_std^2: disagreement in units of the state-delta scale (checked at load)."""
+    scale = np.asarray(meta.delta_std, np.float32).reshape(-1)
     return (1.0 / scale**2).astype(np.float32)

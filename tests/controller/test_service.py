@@ -144,7 +144,7 @@ def test_live_tune_changes_the_horizon_of_the_following_actions(served: Running)
     assert (action["horizon"], action["planner"]) == (30, "icem")
     with pytest.raises(p.ProtocolError, match=r"bad_setting: horizon must be an integer"):
         request(served.control, "set", changes={"horizon": 0})
-    with pytest.raises(p.ProtocolError, match="bad_setting: .*no reward term 'nope'"):
+    with pytest.raises(p.ProtocolError, match=r"bad_setting: .*no reward term 'nope'"):
         request(served.control, "set", changes={"weights": {"nope": 1.0}})
     settings = request(served.control, "get")["settings"]
     assert settings["horizon"] == 30 and settings["weights"] == {"ctrl": 0.05}

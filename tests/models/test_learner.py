@@ -19,9 +19,17 @@ from models.store import TransitionWriter
 from models.transitions import Transitions
 from sim_bridge.random_data import collect_random
 
+PRE = {"kind": "sincos", "angle_indices": [1]}
+"""The cartpole's observation preprocessing, which every learner here bakes into its models."""
+
+
+def _learner(store: Path, models: Path, config: LearnerConfig, **kwargs: Any) -> Learner:
+    return Learner(store, models, config, preprocess=PRE, **kwargs)
+
+
 CONFIG = LearnerConfig(
-    preprocess={"kind": "sincos", "angle_indices": [1]}, members=3, hidden_layers=2,
-    hidden_units=64, min_transitions=200, retrain_every=200, max_epochs=80,
+    members=3, hidden_layers=2, hidden_units=64, min_transitions=200, retrain_every=200,
+    max_epochs=80,
 )  # fmt: skip
 
 
@@ -43,7 +51,7 @@ def test_learner_publishes_when_enough_data_arrived_and_warm_starts_after_a_rest
     tmp_path: Path,
 ) -> None:
     store, models, metrics = tmp_path / "store", tmp_path / "models", tmp_path / "learner.jsonl"
-    learner = Learner(store, models, CONFIG, metrics=metrics)
+    learner = _learner(store, models, CONFIG, metrics=metrics)
     assert not learner.step()  # no store yet
     _append(store, 150, seed=1)
     assert not learner.step()  # below min_transitions
@@ -54,7 +62,7 @@ def test_learner_publishes_when_enough_data_arrived_and_warm_starts_after_a_rest
     assert OnnxEnsemble(directory.path_of(1)).metadata.extra["store_rows"] == 250
     assert not learner.step()  # nothing new
     _append(store, 200, seed=3)
-    restarted = Learner(store, models, CONFIG, metrics=metrics)  # a new process, same files
+    restarted = _learner(store, models, CONFIG, metrics=metrics)  # a new process, same files
     assert restarted.model is not None and restarted.trained_rows == 250
     assert restarted.step()
     second = restarted.history[-1]
@@ -68,12 +76,12 @@ def test_a_candidate_worse_than_the_current_model_is_kept_aside_not_published(
 ) -> None:
     store, models = tmp_path / "store", tmp_path / "models"
     _append(store, 400, seed=4)
-    Learner(store, models, CONFIG).step()
+    _learner(store, models, CONFIG).step()
     _append(store, 200, seed=5)
     # An untrainable candidate (one epoch of a fresh tiny model) against a trained current one.
     weak = LearnerConfig(**{**CONFIG.__dict__, "max_epochs": 1, "hidden_units": 8,
                             "gate_margin": 0.0})  # fmt: skip
-    learner = Learner(store, models, weak)
+    learner = _learner(store, models, weak)
     result = learner.retrain_now()
     assert result is not None and not result.accepted and "nmse" in result.reason
     assert ModelDirectory(models).versions() == [1]
@@ -86,12 +94,12 @@ def test_an_episode_end_triggers_a_retrain_before_retrain_every_rows_and_is_anno
     store, models = tmp_path / "store", tmp_path / "models"
     announced: list[int] = []
     _append(store, 200, seed=6)
-    learner = Learner(store, models, CONFIG, on_publish=lambda v: announced.append(v.version))
+    learner = _learner(store, models, CONFIG, on_publish=lambda v: announced.append(v.version))
     assert learner.step() and announced == [1]
     _append(store, 30, seed=7)  # a running episode: 30 rows of the 200 needed
     assert not learner.step()
     _append(store, 12, seed=8, end=True)  # the episode ends (e.g. the pole fell)
-    steps_only = Learner(store, models, LearnerConfig(**{**CONFIG.__dict__,
+    steps_only = _learner(store, models, LearnerConfig(**{**CONFIG.__dict__,
                          "retrain_at_episode_end": False}))  # fmt: skip
     assert not steps_only.step()
     assert learner.step() and learner.history[-1].rows == 242
@@ -115,7 +123,7 @@ def test_a_failing_announcement_leaves_the_learner_running_and_the_version_publi
     def unreachable(version: object) -> None:
         raise TimeoutError("no reply from the control socket tcp://127.0.0.1:5556 in 2.0 s")
 
-    learner = Learner(store, models, CONFIG, on_publish=unreachable)
+    learner = _learner(store, models, CONFIG, on_publish=unreachable)
     thread = threading.Thread(target=learner.run, daemon=True)
     thread.start()
     try:
@@ -147,7 +155,7 @@ def test_a_stop_request_interrupts_a_running_retrain_and_publishes_nothing(
     slow = LearnerConfig(**{**CONFIG.__dict__, "members": 5, "hidden_layers": 3,
                             "hidden_units": 200, "max_epochs": 100_000})  # fmt: skip
     announced: list[ModelVersion] = []
-    learner = Learner(store, models, slow, on_publish=announced.append)
+    learner = _learner(store, models, slow, on_publish=announced.append)
     thread = threading.Thread(target=learner.run, daemon=True)
     thread.start()
     started = lambda: any("retraining on" in r.getMessage() for r in caplog.records)  # noqa: E731

@@ -17,8 +17,6 @@ Bounds, and why:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -81,16 +79,3 @@ def test_report_describes_the_run(learned: tuple) -> None:
     assert all(1 <= m.best_epoch <= report.epochs for m in report.members)
     assert all(np.isfinite([m.holdout_nll, m.train_mse]).all() for m in report.members)
     assert runtime.metadata.train_rows == report.train_rows
-
-
-def test_make_run_pipeline(tmp_path: Path) -> None:
-    """The embedded default end to end: store, train, publish, check, summary."""
-    from controller.offline import OfflineConfig, run_offline
-
-    config = OfflineConfig(steps=600, eval_steps=200, hidden_units=32, max_epochs=20)
-    result = run_offline(config, tmp_path / "run")
-    assert (tmp_path / "run" / "config.toml").read_text().startswith("[offline]")
-    assert (tmp_path / "run" / "summary.json").exists()
-    assert result.model.version == 1 and result.model.path.exists()
-    assert result.report.train_rows + result.report.holdout_rows == 600
-    assert np.isfinite(result.holdout.nmse)
