@@ -80,7 +80,9 @@ def main() -> None:
             model = GaussianEnsemble(cfg).eval()
             path = Path(tmp) / f"e5_{layers}x200.onnx"
             export_ensemble(model, path)
-            runtime = OnnxEnsemble(path, options=RuntimeOptions(intra_op_threads=args.threads))
+            runtime = OnnxEnsemble(
+                path, options=RuntimeOptions(intra_op_threads=args.threads, spin=True)
+            )
             fpr = flops_per_row(model)
             print(f"\nE=5 {layers}x200: {fpr / 1e3:.1f} kFLOP per member-row")
             print(f"{'batch':>7} {'ort rows/s':>12} {'torch rows/s':>13} {'ort/torch':>9} "

@@ -237,7 +237,7 @@ def horizon_design(tmp: Path, threads: int, reps: int) -> dict[str, float]:
     version, _ = ModelDirectory(tmp / "horizon").publish(make_model(task, 4))
     data, _ = read_model(version.path)
     model = ModelGraph(onnx.load_from_string(data), 5, task.obs_dim, task.act_dim, True)
-    options = RuntimeOptions(intra_op_threads=threads)
+    options = RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=0)
     n, h = 200, 15
     rng = np.random.default_rng(0)
     perms = np.stack([rng.permutation(n) for _ in range(h)])
@@ -279,7 +279,7 @@ def slicing(tmp: Path, threads: int, reps: int) -> list[dict[str, object]]:
         actions = rng.uniform(-1, 1, (n, 15, 1)).astype(np.float32)
         ms: dict[int, float] = {}
         for slices in (1, 2, 4):
-            options = RuntimeOptions(intra_op_threads=threads, rollout_slices=slices)
+            options = RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=slices)
             evaluator = RolloutEvaluator(version.path, task, options=options)
             run = functools.partial(evaluator.evaluate, obs, actions, settings, rng)
             calls = reps if n * settings.particles < 1000 else max(1, reps // 20)
@@ -295,7 +295,9 @@ def anytime_margin(tmp: Path, threads: int, plans: int) -> dict[str, float]:
     task = get_task("cartpole-swingup")
     version, _ = ModelDirectory(tmp / "anytime").publish(make_model(task, 4))
     evaluator = RolloutEvaluator(
-        version.path, task, options=RuntimeOptions(intra_op_threads=threads)
+        version.path,
+        task,
+        options=RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=0),
     )
     planner = Planner(evaluator, PlannerSettings(population=200, horizon=15, iterations=3))
     obs = start_state(task)
@@ -320,7 +322,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    options = RuntimeOptions(device=args.device, intra_op_threads=args.threads)
+    # An idle benchmark process: spinning workers and one slice per core (the service runs
+    # neither; see RuntimeOptions), as the figures in docs/planning.md were measured.
+    options = RuntimeOptions(
+        device=args.device, intra_op_threads=args.threads, spin=True, rollout_slices=0
+    )
     torch.set_num_threads(args.threads)
     gemm_rates = gemm_gflops(min_seconds=0.2 if args.quick else 1.0)
     gemm = max(gemm_rates.values())

@@ -37,18 +37,25 @@ class RuntimeOptions:
     """Threads across independent operators (0..MAX_THREADS); the ensemble graph is a chain."""
     cuda_device_id: int = 0
     """Which GPU, when running on CUDA."""
-    spin: bool = True
-    """Let ONNX Runtime's worker threads spin-wait between operators (its default). Spinning
-    shaves wake-up latency inside a run but burns the cores for a while after it, which other
-    processes on a small machine (the bridge, the learner) feel; see benchmarks/loop_latency.py."""
-    rollout_slices: int = 0
+    spin: bool = False
+    """Let ONNX Runtime's worker threads spin-wait between operators (its own default). Spinning
+    shaves wake-up latency inside a run but burns the cores for a while after it, which the
+    other processes on a small machine (the bridge, the learner) feel: off by default, as the
+    service runs (benchmarks/loop_latency.py); throughput benchmarks on an idle machine turn
+    it on."""
+    rollout_slices: int = 1
     """Rollout evaluation (controller.rollout): cut each batch of particle rows into up to this
     many slices run at once, each on its own single-threaded session (0: one per core this
     process may use on the CPU, 1 on CUDA; 1: one session with ``intra_op_threads``). Measured
     on 2 cores, E=5 4x200, H=15: 200 candidates took 7.6 ms in one 2-thread session and 6.3 ms
     as two single-threaded halves; 7,000 particle rows 204 and 167 ms. Only batches under
     ~50 rows are faster in one multi-threaded session (20 candidates: 1.8 ms against 2.2 ms
-    in halves, and 2.5 ms whole on one thread); they are a few milliseconds either way."""
+    in halves, and 2.5 ms whole on one thread); they are a few milliseconds either way. Yet one
+    session is the default, as the service runs: slices are a fixed split, so a slice whose
+    core is taken holds the plan up, while one session's thread pool moves work to the free
+    core. Measured with realtime cartpole on 2 cores, the learner training beside it: 4.3% and
+    0.9% of ticks missed their deadline with two slices (seeds 0, 1), 0.4% and 0.3% with one
+    session."""
     chunk_rows: int = 1024
     """Split larger batches into runs of at most this many rows (0: never). On the CPU the
     activations of a 10^4-row batch ([E, B, 200] floats per layer) spill out of cache and the

@@ -27,18 +27,6 @@ def check_endpoint(name: str, endpoint: str, allow_remote: bool) -> None:
         )
 
 
-def service_runtime() -> RuntimeOptions:
-    """The service's ONNX Runtime options: no spinning and one session per rollout batch.
-
-    Spinning worker threads burn the cores after each run, which the bridge and the learner
-    on a small machine feel (benchmarks/loop_latency.py). Slices are a fixed split, so a slice
-    whose core is taken holds the plan up, while one session's thread pool moves work to the
-    free core: measured with realtime cartpole on 2 cores, the learner training beside it,
-    4.3% and 0.9% of ticks missed their deadline with two slices (seeds 0, 1), 0.4% and 0.3%
-    with one session."""
-    return RuntimeOptions(spin=False, rollout_slices=1)
-
-
 @dataclass(frozen=True)
 class ServiceSettings:
     """Fixed for the service's lifetime (the live settings are PlannerSettings)."""
@@ -63,8 +51,8 @@ class ServiceSettings:
     """A robot silent this long is forgotten (it must say HELLO again)."""
     model_poll_s: float = 0.5
     """How often to look for a newer model version."""
-    runtime: RuntimeOptions = field(default_factory=service_runtime)
-    """ONNX Runtime options of the rollout sessions (device, threads, slices)."""
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    """ONNX Runtime options of the rollout sessions (device, threads, spinning, slices)."""
 
     def __post_init__(self) -> None:
         for name in ("endpoint", "control", "telemetry"):
