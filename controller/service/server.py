@@ -31,6 +31,7 @@ from controller.service.settings import ServiceSettings
 from controller.tasks import Task
 from models.store import TransitionReader, TransitionWriter
 from sim_bridge import protocol as p
+from sim_bridge.link import RobotSpec
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.2
@@ -181,20 +182,16 @@ class MPCService:
         problems = []
         if msg["task"] not in (t.name, t.env_id):
             problems.append(f"task {msg['task']!r} (this controller serves {t.name!r})")
-        if (msg["obs_dim"], msg["act_dim"]) != (t.obs_dim, t.act_dim):
-            problems.append(f"dims obs {msg['obs_dim']}, act {msg['act_dim']} "
-                            f"(task: obs {t.obs_dim}, act {t.act_dim})")  # fmt: skip
-        bounds = (msg["action_low"], msg["action_high"])
-        if any(len(b) != t.act_dim for b in bounds) or not (
-            np.allclose(bounds[0], self.low) and np.allclose(bounds[1], self.high)
-        ):
-            problems.append(f"action bounds {[list(b) for b in bounds]} "
-                            f"(task: {list(t.action_low)}, {list(t.action_high)})")  # fmt: skip
-        if not math.isclose(msg["control_period"], t.control_period, rel_tol=1e-3):
-            problems.append(f"control period {msg['control_period']} s "
-                            f"(task: {t.control_period} s)")  # fmt: skip
+        try:  # the same comparison, with the same tolerances, as a bridge makes of a WELCOME
+            robot = RobotSpec(msg.robot, msg["task"], msg["obs_dim"], msg["act_dim"],
+                              tuple(msg["action_low"]), tuple(msg["action_high"]),
+                              msg["control_period"])  # fmt: skip
+            problems += robot.differences(self._spec())
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
-            raise p.ProtocolError("mismatch", "HELLO does not match: " + "; ".join(problems),
+            raise p.ProtocolError("mismatch", "HELLO does not match the served task: "
+                                  + "; ".join(problems),
                                   seq=msg.seq, robot=msg.robot)  # fmt: skip
         session = self.sessions.get(identity)
         if session is None or session.robot != msg.robot:
