@@ -1,9 +1,10 @@
 """A task's reward as an ONNX graph, to be inlined into the rollout graph.
 
 The graph takes ``obs [B, S]``, ``act [B, A]``, ``next_obs [B, S]`` and the term weights
-``weights [T]`` (in ``Task.weights`` order) and returns ``reward [B]`` (the weighted sum) and
-``done [B]`` (1.0 where the task's termination holds, else 0.0). Weights are an input, so
-retuning them live never rebuilds a graph. Exported once per task with the torch exporter.
+``weights [T]`` (in ``Task.weights`` order) and returns ``reward [B]`` (``Task.reward`` with
+those weights) and ``done [B]`` (1.0 where the task's termination holds, else 0.0). Weights are
+an input, so retuning them live never rebuilds a graph. Exported once per task with the torch
+exporter.
 """
 
 from __future__ import annotations
@@ -25,15 +26,11 @@ class _TaskReward(nn.Module):
     def __init__(self, task: Task) -> None:
         super().__init__()
         self.task = task
-        self.names = list(task.weights)
 
     def forward(
         self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        terms = self.task.terms(obs, act, next_obs)
-        total = torch.zeros_like(next_obs[..., 0])
-        for i, name in enumerate(self.names):
-            total = total + weights[i] * terms[name]
+        total = self.task.reward(obs, act, next_obs, weights)
         if self.task.terminated is None:
             done = torch.zeros_like(total)
         else:

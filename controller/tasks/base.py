@@ -5,7 +5,12 @@ export them into ONNX next to the learned model. Terms are unweighted, named qua
 weights are data (``Task.weights``), so an operator can retune them without code, and each term's
 value can be reported on its own.
 
-Shapes: ``...`` any leading batch dims (e.g. N candidates x H steps), S observation, A action.
+The weighted sum is written once, in :meth:`Task.weighted_sum`: ``Task.reward`` calls it with
+weights by name, the exported reward graph (:mod:`controller.rollout.reward_graph`) with its
+``weights [T]`` input.
+
+Shapes: ``...`` any leading batch dims (e.g. N candidates x H steps), S observation, A action,
+T reward terms (in ``Task.weights`` order).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 RewardTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -75,17 +81,50 @@ class Task:
             weights[name] = float(value)
         return weights
 
+    def weighted_sum(
+        self,
+        terms: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The reward from term values ``{name: [...]}``: their sum weighted by ``weights``,
+        by term name, or a tensor [T] in ``Task.weights`` order (None: ``Task.weights``).
+
+        Terms are added in ``Task.weights`` order. Raises ValueError if the term names are not
+        exactly the weights' names.
+        """
+        names = list(self.weights)
+        if set(terms) != set(names):
+            raise ValueError(f"{self.name}: reward terms {sorted(terms)} do not match the "
+                             f"weights {sorted(names)}")  # fmt: skip
+        w = self.weights if weights is None else weights
+        if isinstance(w, Mapping):
+            factors: list[float | torch.Tensor] = [w[name] for name in names]
+        else:
+            factors = [w[i] for i in range(len(names))]
+        total = torch.zeros_like(terms[names[0]])
+        for name, factor in zip(names, factors, strict=True):
+            total = total + factor * terms[name]
+        return total
+
     def reward(
         self,
         obs: torch.Tensor,
         act: torch.Tensor,
         next_obs: torch.Tensor,
-        weights: Mapping[str, float] | None = None,
+        weights: Mapping[str, float] | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Weighted sum of the terms: [...]."""
-        w = self.weights if weights is None else weights
-        terms = self.terms(obs, act, next_obs)
-        total = torch.zeros_like(next_obs[..., 0])
-        for name, value in terms.items():
-            total = total + w[name] * value
-        return total
+        """Weighted sum of the terms: [...] (see :meth:`weighted_sum` for ``weights``)."""
+        return self.weighted_sum(self.terms(obs, act, next_obs), weights)
+
+    def term_values(
+        self,
+        obs: np.ndarray | torch.Tensor,
+        act: np.ndarray | torch.Tensor,
+        next_obs: np.ndarray | torch.Tensor,
+    ) -> dict[str, float]:
+        """Each unweighted term of one transition (obs [S], act [A], next_obs [S]) as a float,
+        in ``Task.weights`` order: what telemetry reports per tick. Computed in float64."""
+        with torch.inference_mode():
+            x, a, x2 = (torch.as_tensor(np.asarray(v, np.float64)) for v in (obs, act, next_obs))
+            terms = self.terms(x, a, x2)
+            return {name: float(terms[name]) for name in self.weights}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from controller.rollout.reward_graph import export_reward
 from controller.tasks import TASKS, get_task
 from controller.tasks.base import Task
 from sim_bridge.random_data import collect_random
@@ -38,7 +40,8 @@ def test_task_describes_environment(task: Task) -> None:
     try:
         space = env.action_space
         assert isinstance(space, gym.spaces.Box)
-        assert task.obs_dim == env.observation_space.shape[0]
+        obs_shape = env.observation_space.shape
+        assert obs_shape is not None and task.obs_dim == obs_shape[0]
         assert task.act_dim == space.shape[0]
         np.testing.assert_allclose(task.action_low, space.low)
         np.testing.assert_allclose(task.action_high, space.high)
@@ -77,3 +80,49 @@ def test_terms_are_named_and_weights_validated() -> None:
         task.validated_weights({"ctrl": float("nan")})
     with pytest.raises(ValueError, match="unknown task"):
         get_task("walker")
+
+
+@pytest.mark.parametrize("task", list(TASKS.values()), ids=lambda t: t.name)
+def test_one_weighted_sum_by_name_by_tensor_and_in_the_graph(task: Task) -> None:
+    rng = np.random.default_rng(0)
+    obs, nxt = (rng.standard_normal((40, task.obs_dim)).astype(np.float32) for _ in range(2))
+    act = rng.standard_normal((40, task.act_dim)).astype(np.float32)
+    draws = rng.uniform(-2, 2, len(task.weights))
+    by_name = {name: float(w) for name, w in zip(task.weights, draws, strict=True)}
+    as_tensor = torch.tensor(list(by_name.values()), dtype=torch.float32)
+    t_obs, t_act, t_nxt = (torch.from_numpy(x) for x in (obs, act, nxt))
+    want = task.reward(t_obs, t_act, t_nxt, by_name)
+    torch.testing.assert_close(task.reward(t_obs, t_act, t_nxt, as_tensor), want)
+    terms = task.terms(t_obs, t_act, t_nxt)
+    torch.testing.assert_close(task.weighted_sum(terms, by_name), want)
+    # The exported graph takes the weights as an input and computes the same sum.
+    session = ort.InferenceSession(
+        export_reward(task).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feeds = {"obs": obs, "act": act, "next_obs": nxt, "weights": as_tensor.numpy()}
+    reward, _ = session.run(["reward", "done"], feeds)
+    np.testing.assert_allclose(reward, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_sum_refuses_terms_that_are_not_the_weights() -> None:
+    task = get_task("cartpole-swingup")
+    with pytest.raises(ValueError, match="do not match the weights"):
+        task.weighted_sum({"tip": torch.ones(3)})
+    with pytest.raises(ValueError, match="do not match the weights"):
+        task.weighted_sum({"tip": torch.ones(3), "ctrl": torch.ones(3), "speed": torch.ones(3)})
+
+
+def test_term_values_of_one_transition() -> None:
+    task = get_task("cartpole-swingup")
+    obs = np.array([0.1, 3.0, 0.2, -0.1])
+    act = np.array([0.5])
+    nxt = np.array([0.11, 3.05, 0.2, -0.1])
+    values = task.term_values(obs, act, nxt)
+    assert list(values) == list(task.weights)
+    assert all(type(v) is float for v in values.values())
+    assert values["ctrl"] == -0.25
+    from_torch = task.term_values(*(torch.tensor(x, dtype=torch.float32) for x in (obs, act, nxt)))
+    assert from_torch == pytest.approx(values, rel=1e-6)
+    total = sum(task.weights[k] * v for k, v in values.items())
+    as_batch = [torch.from_numpy(x)[None] for x in (obs, act, nxt)]
+    assert total == pytest.approx(float(task.reward(*as_batch)[0]), rel=1e-12)
