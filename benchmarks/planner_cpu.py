@@ -56,11 +56,11 @@ from controller.planners import Planner, PlannerSettings, kernels, noise  # noqa
 from controller.planners.base import shift  # noqa: E402
 from controller.planners.cem import refit  # noqa: E402
 from controller.rollout.evaluator import RolloutEvaluator  # noqa: E402
-from controller.service.settings import service_runtime  # noqa: E402
 from controller.tasks import get_task  # noqa: E402
 from controller.tasks.base import Task  # noqa: E402
 from models.ensemble import EnsembleConfig, GaussianEnsemble  # noqa: E402
 from models.registry import ModelDirectory  # noqa: E402
+from models.runtime import RuntimeOptions  # noqa: E402
 
 WIN_FACTOR = 1.3
 """numba's geometric-mean speedup over a piece's sizes must reach this to replace numpy."""
@@ -317,7 +317,8 @@ def plan_breakdown(config: Config, tmp: Path, plans: int) -> dict[str, Any]:
     """Alternating numpy and numba plans of one configuration; per part the median ms."""
     task = get_task(config.task)
     version, _ = ModelDirectory(tmp / config.name).publish(make_model(task, config.layers))
-    evaluator = RolloutEvaluator(version.path, task, options=service_runtime())
+    # RuntimeOptions' defaults are the service's: one session, no spinning.
+    evaluator = RolloutEvaluator(version.path, task, options=RuntimeOptions())
     ort, evaluate, ask, tell = [0.0], [0.0], [0.0], [0.0]
     for mode, sessions in evaluator.sessions.items():
         evaluator.sessions[mode] = [_TimedSession(s, ort) for s in sessions]
