@@ -7,9 +7,10 @@ goes through the same floating-point operations in the same order, and clipping 
 
 Only batches of at least :data:`MIN_ELEMENTS` values use them. Within a plan, right after an
 ONNX Runtime run, numba's call overhead (unboxing the ``Generator`` alone takes ~50 us with cold
-caches) ate the gain at cartpole sizes (N=200-500, H=15-25, A=1: ask 0.9-1.0x numpy), while at
-half-cheetah sizes (N=400-1000, H=30, A=6) ask ran 1.7-3.2x faster (``benchmarks/planner_cpu.py``;
-figures in docs/planning.md, "CPU-side work"). Small configurations never load numba.
+caches) ate the gain at cartpole sizes (N=200-500, H=15-25, A=1: ask + tell 0.85-0.99x of
+numpy), while at half-cheetah sizes (N=200-1000, H=25-30, A=6) ask + tell ran 1.6-1.9x faster
+(``benchmarks/planner_cpu.py``; figures in docs/planning.md, "CPU-side work and numba"). Small
+configurations never load numba.
 
 Compiled off the hot path: the first large batch (or :func:`start`) starts compiling in a
 background thread (~0.3 s from numba's on-disk cache, ~2.5 s on a machine's first run), and
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 TRUNCATION = 2.0
 """Truncated normal draws lie within this many standard deviations (as PETS)."""
 MIN_ELEMENTS = 20_000
-"""Smallest batch (N x H x A values) sampled by numba; in plans numba lost at 12,500 (N=500,
-H=25, A=1: 0.94-0.96x) and won at 72,000 (N=400, H=30, A=6: 2.0-3.2x)."""
+"""Smallest batch (N x H x A values) sampled by numba: in plans it lost at 12,500 (N=500, H=25,
+A=1: ask + tell 0.91-0.99x in five runs) and won at 30,000 (N=200, H=25, A=6: 1.58-1.67x in
+two)."""
 
 
 # ----------------------------------------------------------------------------------------------
