@@ -315,6 +315,7 @@ optimizer's ask and tell; the planner's own (warm-start shift, budget, Plan)."""
 
 def plan_breakdown(config: Config, tmp: Path, plans: int) -> dict[str, Any]:
     """Alternating numpy and numba plans of one configuration; per part the median ms."""
+    kernels.compile_now()  # else the first "numba" plans would draw with numpy until compiled
     task = get_task(config.task)
     version, _ = ModelDirectory(tmp / config.name).publish(make_model(task, config.layers))
     # RuntimeOptions' defaults are the service's: one session, no spinning.
