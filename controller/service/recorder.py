@@ -53,8 +53,9 @@ class Recorder:
     def _record(self, tr: Transition) -> None:
         reward = tr.msg["reward"]
         if reward is None:  # the bridge does not know it: the task's definition does
-            with torch.no_grad():
-                reward = float(self.task.reward(*tr.tensors()))
+            tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
+            terms = {name: torch.tensor(v, dtype=torch.float64) for name, v in tr.terms.items()}
+            reward = float(self.task.weighted_sum(terms))
         tr.reward = reward
         session = tr.session
         session.episode_return += reward
@@ -74,10 +75,9 @@ class Recorder:
         for session, record in answered:
             tr = session.last_transition
             if tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None:
-                with torch.no_grad():
-                    terms = self.task.terms(*tr.tensors())
-                record["reward"] = tr.reward
-                record["reward_terms"] = {k: float(v) for k, v in terms.items()}
+                if tr.terms is None:
+                    tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
+                record["reward"], record["reward_terms"] = tr.reward, tr.terms
             else:
                 record["reward"] = record["reward_terms"] = None
             try:

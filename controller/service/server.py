@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controller.planners import Planner, PlannerSettings
+from controller.planners import Planner, PlannerSettings, kernels
 from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher
 from controller.service.recorder import Recorder
@@ -76,8 +76,12 @@ class MPCService:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind the sockets, open the store and load the newest model (if any)."""
+        """Compile the planners' numba kernels, open the store, bind the sockets and load the
+        newest model (if any)."""
         s = self.settings
+        # Here rather than at the first large batch: compiling holds the GIL for up to a few
+        # hundred milliseconds, which no tick should wait for (0.3 s from numba's cache).
+        kernels.compile_now()
         if s.store is not None:
             self.writer = TransitionWriter(s.store, self.task.obs_dim, self.task.act_dim)
             self.recorder.writer = self.writer

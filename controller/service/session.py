@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from controller.planners import Planner
 from controller.service.stats import RobotStats
@@ -32,17 +31,12 @@ class Transition:
     msg: p.Message
     reward: float | None = None
     """Set when recorded: the STATE's reward, or the task's where the robot sent none."""
+    terms: dict[str, float] | None = None
+    """The task's unweighted reward terms of it, once computed."""
 
     @property
     def next_obs(self) -> np.ndarray:
         return np.asarray(self.msg["obs"])
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(obs, act, next_obs) as float32 tensors, for the task's reward terms."""
-        o, a, o2 = (
-            torch.tensor(x, dtype=torch.float32) for x in (self.obs, self.act, self.next_obs)
-        )
-        return o, a, o2
 
 
 @dataclass

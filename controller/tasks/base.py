@@ -125,6 +125,9 @@ class Task:
         """Each unweighted term of one transition (obs [S], act [A], next_obs [S]) as a float,
         in ``Task.weights`` order: what telemetry reports per tick. Computed in float64."""
         with torch.inference_mode():
-            x, a, x2 = (torch.as_tensor(np.asarray(v, np.float64)) for v in (obs, act, next_obs))
+            # A copy: message arrays are read-only, which torch warns about when it shares them.
+            x, a, x2 = (
+                torch.tensor(np.asarray(v), dtype=torch.float64) for v in (obs, act, next_obs)
+            )
             terms = self.terms(x, a, x2)
             return {name: float(terms[name]) for name in self.weights}
