@@ -128,6 +128,11 @@ SetOption = Annotated[
 ]
 
 
+DEFAULT_TASK = _default("task")
+DEFAULT_ENDPOINT = _default("service.endpoint")
+DEFAULT_CONTROL = _default("service.control")
+
+
 def _help(text: str, path: str) -> str:
     return f"{text} (default: {_default(path)})"
 
@@ -192,9 +197,9 @@ def serve(
 
 @app.command("bridge")
 def bridge(
-    task: Annotated[str, typer.Option(help="Task to simulate.")] = "cartpole-swingup",
+    task: Annotated[str, typer.Option(help="Task to simulate.")] = DEFAULT_TASK,
     connect: Annotated[str, typer.Option(help="The service's robot endpoint.")] = (
-        "tcp://127.0.0.1:5555"
+        DEFAULT_ENDPOINT
     ),
     robot: Annotated[str, typer.Option(help="Robot id (unique per service).")] = "sim-0",
     mode: Annotated[str, typer.Option(help="lockstep or realtime.")] = "realtime",
@@ -311,7 +316,6 @@ def _assignments(items: list[str] | None) -> dict[str, Any]:
         raise typer.BadParameter(str(exc)) from None
 
 
-DEFAULT_CONTROL = _default("service.control")
 ControlOption = Annotated[str, typer.Option(help="The service's control socket.")]
 
 
