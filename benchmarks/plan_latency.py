@@ -153,12 +153,12 @@ def eager_plan_seconds(
     members ([E, M / E, ...] per call), Gaussian sampling, the task reward; the optimizer's
     own numpy work is left out (it is the same for both).
     """
-    e, h, p = model.config.members, settings.horizon, settings.particles
+    e, h, p = model.config.members, settings.horizon, settings.rollout.particles
     generator = torch.Generator().manual_seed(0)
     populations = [settings.population] * settings.iterations
     if settings.planner == "icem":
         populations = [
-            math.ceil(settings.population * settings.population_decay**-i)
+            math.ceil(settings.population * settings.options.population_decay**-i)
             for i in range(settings.iterations)
         ]
     weights = dict(task.weights)
@@ -173,7 +173,7 @@ def eager_plan_seconds(
                 perm = torch.randperm(m, generator=generator)
                 back = torch.argsort(perm)
                 for t in range(h):
-                    if settings.propagation == "ts1":
+                    if settings.rollout.propagation == "ts1":
                         perm = torch.randperm(m, generator=generator)
                         back = torch.argsort(perm)
                     a = actions[:, t]
@@ -213,8 +213,8 @@ def measure_config(
         "population": config.settings.population,
         "horizon": config.settings.horizon,
         "iterations": config.settings.iterations,
-        "particles": config.settings.particles,
-        "propagation": config.settings.propagation,
+        "particles": config.settings.rollout.particles,
+        "propagation": config.settings.rollout.propagation,
         "model": f"E5_{config.layers}x200",
         "device": evaluator.device,
         "sessions": len(evaluator.sessions["routed"]),

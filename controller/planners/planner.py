@@ -6,8 +6,9 @@ budget (see :class:`~controller.planners.base.IterationCost`) and always returns
 even one iteration fits, the previous plan shifted one step, flagged as a fallback.
 ``use(settings)`` (or ``configure(**changes)``) and ``set_evaluator`` take effect at the start
 of the next ``plan``: a change made between two plans never lands inside one. A planner belongs
-to one thread; the service makes every change from its own loop. A settings change whose seed
-differs reseeds the random generator. Given a seed and no budget, plans are deterministic.
+to one thread; the service makes every change from its own loop. A change that sets the seed
+reseeds the random generator (even to the seed it had: a way to replay). Given a seed and no
+budget, plans are deterministic.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Planner:
         self._evaluator = evaluator
         self._pending_evaluator: RolloutEvaluator | None = None
         self._pending: PlannerSettings | None = None
+        self._reseed = False
         self._cost = IterationCost()
         self._install(settings or PlannerSettings())
         self.rng = np.random.default_rng(self.settings.seed)
@@ -59,13 +61,15 @@ class Planner:
         An invalid change raises ValueError naming the setting and its range, and nothing
         changes (including earlier pending changes).
         """
-        return self.use((self._pending or self.settings).changed(changes))
+        return self.use((self._pending or self.settings).changed(changes), "seed" in changes)
 
-    def use(self, settings: PlannerSettings) -> PlannerSettings:
+    def use(self, settings: PlannerSettings, reseed: bool = False) -> PlannerSettings:
         """Swap in a whole settings object at the next ``plan`` (its weights are checked
-        against the task now: ValueError and nothing changes)."""
+        against the task now: ValueError and nothing changes). The random generator is
+        reseeded from ``settings.seed`` when ``reseed`` is true or the seed differs."""
         self._weights_array(settings.weights)
         self._pending = settings
+        self._reseed = self._reseed or reseed or settings.seed != self.settings.seed
         return settings
 
     def set_evaluator(self, evaluator: RolloutEvaluator) -> None:
@@ -156,8 +160,9 @@ class Planner:
             self._evaluator = evaluator
         settings, self._pending = self._pending, None
         if settings is not None:
-            if settings.seed != self.settings.seed:
+            if self._reseed:
                 self.rng = np.random.default_rng(settings.seed)
+                self._reseed = False
             self._install(settings)
 
     def _install(self, settings: PlannerSettings) -> None:

@@ -3,7 +3,9 @@
 Requests and replies are versioned JSON frames defined in ``sim_bridge.protocol`` and described
 in docs/protocol.md ("Control socket"). A request that does not parse is answered with its
 protocol error code; a setting refused by validation with ``bad_setting`` and the reason; a
-failure of the service itself with ``internal``. Nothing a client sends stops the service.
+request for one robot's settings with ``bad_field`` (this service keeps one set of settings for
+every robot); a failure of the service itself with ``internal``. Nothing a client sends stops
+the service.
 """
 
 from __future__ import annotations
@@ -28,19 +30,18 @@ class ControlHandler:
     def answer(self, body: bytes) -> bytes:
         """The reply frame to one request frame."""
         try:
-            request = p.parse_control_request(body)
+            return p.control_reply(**self._dispatch(p.parse_control_request(body)))
         except p.ProtocolError as exc:
             return p.control_error(exc.code, exc.reason)
-        try:
-            return p.control_reply(**self._dispatch(request))
-        except ValueError as exc:
-            return p.control_error("bad_setting", str(exc))
         except Exception as exc:  # a bug must cost one request, not the service
             log.exception("internal error on a control request")
             return p.control_error("internal", repr(exc)[:500])
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         service, cmd = self.service, request["cmd"]
+        if "robot" in request:
+            raise p.ProtocolError("bad_field", "this service keeps one set of settings for "
+                                  "every robot: leave out 'robot'")  # fmt: skip
         if cmd == "model":  # the learner announces a new version
             if service.watcher is not None:
                 service.watcher.poke()
@@ -48,5 +49,8 @@ class ControlHandler:
         if cmd == "status":
             return service.status()
         if cmd == "set":
-            service.apply(request["changes"])
+            try:
+                service.apply(request["changes"])
+            except ValueError as exc:
+                raise p.ProtocolError("bad_setting", str(exc)) from None
         return {"settings": service.planner_settings.to_dict()}

@@ -3,14 +3,20 @@ one telemetry record per ACTION it sent.
 
 The store write comes before the pass's ACTIONs go out, in one write (``flush``): every
 transition an ACTION answers is then in the store, in the OS's cache, so a killed service
-loses none of them; ``durable`` adds an fsync for power loss. Telemetry comes after the
-ACTIONs, with the reward of the transition each STATE completed and the task's reward terms
-of it, so computing the terms never delays an ACTION.
+loses none of them; ``durable`` adds an fsync for power loss. Both are on the ACTION's path,
+as is the task's reward for a robot that sends none (it is stored with the row). Telemetry
+comes after the ACTIONs: the reward of the transition each STATE completed and the task's
+reward terms of it.
+
+A write that fails is counted (``store_errors``, in ``tickmpc status``) and logged; its rows
+stay buffered in the writer and go with the next pass's flush. A telemetry record that cannot
+be built is counted as the robot's error and logged. Neither stops the service.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -33,6 +39,8 @@ class Recorder:
         """Transitions completed by this pass's STATEs."""
         self.answered: list[tuple[RobotSession, dict[str, Any]]] = []
         """This pass's telemetry records, without their rewards yet."""
+        self.store_errors = 0
+        """Store writes that failed (their rows were kept for the next one)."""
 
     def record(self) -> None:
         """Store the pass's transitions in one write (before any ACTION answers them)."""
@@ -44,11 +52,13 @@ class Recorder:
                 transition.session.stats.errors += 1
                 log.exception("robot %s: transition at step %d not recorded",
                               transition.session.robot, transition.msg["step"])  # fmt: skip
-        if unrecorded and self.writer is not None:
+        if self.writer is not None and self.writer.pending:
             try:
                 self.writer.flush(fsync=self.durable)
-            except OSError:  # the rows stay pending in the writer and go with the next flush
-                log.exception("store write failed; retrying with the next pass")
+            except (OSError, ValueError):  # full disk, closed writer: keep serving, say so
+                self.store_errors += 1
+                log.exception("store write failed (%d so far); the rows stay buffered",
+                              self.store_errors)  # fmt: skip
 
     def _record(self, tr: Transition) -> None:
         reward = tr.msg["reward"]
@@ -56,31 +66,38 @@ class Recorder:
             tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
             terms = {name: torch.tensor(v, dtype=torch.float64) for name, v in tr.terms.items()}
             reward = float(self.task.weighted_sum(terms))
-        tr.reward = reward
         session = tr.session
-        session.episode_return += reward
         session.last_transition = tr
-        if self.writer is None:
-            return
-        self.writer.append(
-            tr.obs, tr.act, tr.next_obs, reward, tr.msg["terminated"], tr.msg["truncated"],
-            episode=session.episode, step=tr.msg["step"] - 1, robot=session.robot,
-        )  # fmt: skip
-        session.stats.transitions += 1
+        if self.writer is not None:  # refuses a non-finite reward (raises: not recorded)
+            self.writer.append(
+                tr.obs, tr.act, tr.next_obs, reward, tr.msg["terminated"], tr.msg["truncated"],
+                episode=session.episode, step=tr.msg["step"] - 1, robot=session.robot,
+            )  # fmt: skip
+            session.stats.transitions += 1
+        tr.reward = reward
+        session.episode_return += reward
 
     def publish(self, telemetry: zmq.Socket[bytes]) -> None:
         """One telemetry record per ACTION of the pass, with the reward (and each reward term)
-        of the transition its STATE completed (null for an episode's first STATE)."""
+        of the transition its STATE completed (null for an episode's first STATE, and where
+        the transition was not recorded)."""
         answered, self.answered = self.answered, []
         for session, record in answered:
-            tr = session.last_transition
-            if tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None:
-                if tr.terms is None:
-                    tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
-                record["reward"], record["reward_terms"] = tr.reward, tr.terms
-            else:
-                record["reward"] = record["reward_terms"] = None
             try:
-                telemetry.send_multipart(p.telemetry_record(**record), zmq.NOBLOCK)
+                record["reward"] = record["reward_terms"] = None
+                tr = session.last_transition
+                if tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None:
+                    if tr.terms is None:
+                        tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
+                    finite = all(math.isfinite(v) for v in tr.terms.values())
+                    record["reward"] = tr.reward
+                    record["reward_terms"] = tr.terms if finite else None
+                frames = p.telemetry_record(**record)
+            except Exception:  # a record that cannot be built is lost alone
+                session.stats.errors += 1
+                log.exception("robot %s: no telemetry for step %s", session.robot, record["step"])
+                continue
+            try:
+                telemetry.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:  # no subscriber keeps up: telemetry is dropped, never waited on
                 pass

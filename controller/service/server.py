@@ -359,13 +359,15 @@ class MPCService:
 
     def apply(self, changes: dict[str, Any]) -> PlannerSettings:
         """Validate ``changes`` (flat planner settings) and swap the new settings in at every
-        robot's next tick; ValueError and nothing changes. A new seed reseeds every robot."""
+        robot's next tick; ValueError and nothing changes. A ``seed`` in the changes reseeds every
+        robot's planner and exploration, even to the seed it had."""
         new = self.planner_settings.changed(changes)
         self.task.validated_weights(new.weights)
+        reseed = "seed" in changes
         for session in self.sessions.values():
             if session.planner is not None:
-                session.planner.use(new)
-            if new.seed != self.planner_settings.seed:
+                session.planner.use(new, reseed)
+            if reseed:
                 session.rng = np.random.default_rng(new.seed)
         self.planner_settings = new
         log.info("settings changed: %s", changes)
@@ -390,6 +392,7 @@ class MPCService:
             "refused_messages": self.refused,
             "forgotten_robots": self.forgotten,
             "transitions": len(self.writer) if self.writer is not None else 0,
+            "store_errors": self.recorder.store_errors,
             "durable": self.settings.durable,
             "endpoints": self.endpoints,
             "settings": self.planner_settings.to_dict(),

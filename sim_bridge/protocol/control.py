@@ -29,6 +29,18 @@ CONTROL_ERROR_CODES = (
     "bad_setting", "internal",
 )  # fmt: skip
 """The ERROR_CODES a control reply may refuse a request with."""
+STATUS_FIELDS = (
+    "task", "uptime_s", "model_version", "rejected_models", "refused_messages",
+    "forgotten_robots", "transitions", "store_errors", "durable", "endpoints", "settings",
+    "robots",
+)  # fmt: skip
+"""The keys of a ``status`` reply besides ``v`` and ``ok``."""
+ROBOT_STATUS_FIELDS = (
+    "ticks", "tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "fallbacks",
+    "nonfinite", "dropped_stale", "errors", "transitions", "episodes", "last_return", "mode",
+    "episode", "model_version",
+)  # fmt: skip
+"""The keys of each robot's entry in a ``status`` reply's ``robots``."""
 
 
 def control_request(cmd: str, **fields: Any) -> bytes:

@@ -122,6 +122,9 @@ def test_lockstep_episode_swings_up_the_cartpole_and_records_every_transition(
     robot = served.service.status()["robots"]["cart-a"]
     assert robot["ticks"] == 200 and robot["model_version"] == 1 and robot["errors"] == 0
     assert robot["transitions"] == 200 and robot["fallbacks"] == 0 and robot["nonfinite"] == 0
+    status = served.service.status()
+    assert tuple(status) == p.STATUS_FIELDS and tuple(robot) == p.ROBOT_STATUS_FIELDS
+    assert status["store_errors"] == 0
     data = TransitionReader(served.root / "store").read_all()  # written: no flush needed
     assert len(data.obs) == 200 and set(data.robot) == {"cart-a"}
     np.testing.assert_array_equal(data.next_obs[:-1], data.obs[1:])  # one chain, no gaps
@@ -192,6 +195,23 @@ def test_telemetry_reports_each_tick_with_its_reward_terms(served: Running) -> N
         weighted = sum(CARTPOLE.weights[k] * v for k, v in terms.items())
         assert r["reward"] == pytest.approx(weighted, rel=1e-5, abs=1e-6)
         assert r["fallback"] is False and r["nonfinite"] == 0 and r["v"] == p.PROTOCOL_VERSION
+
+
+def test_a_seed_setting_reseeds_every_robot_even_to_the_same_seed(tmp_path: Path) -> None:
+    running = _start(tmp_path)  # no model: the actions are the exploration stream
+    link = BridgeLink(running.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+    actions = []
+    for step in range(3):
+        if step:
+            request(running.control, "set", changes={"seed": 5})
+        _state(link, step, np.zeros(4), None if step == 0 else 0.0)
+        actions.append(float(_reply(link)["action"][0]))
+    assert actions[1] == actions[2] != actions[0]  # both drawn first from a fresh seed-5 stream
+    with pytest.raises(p.ProtocolError, match=r"bad_field: .*one set of settings"):
+        request(running.control, "set", changes={"horizon": 5}, robot="probe")
+    link.close()
+    _stop(running)
 
 
 def test_tune_and_status_commands_talk_to_the_control_socket(served: Running) -> None:

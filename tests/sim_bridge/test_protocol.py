@@ -561,3 +561,13 @@ def test_doc_worked_example_decodes() -> None:
     assert msg["obs"].tolist() == np.array([0.1, -0.25, 3.0, 0.0], np.float32).tolist()
     assert msg["applied"].tolist() == [-1.5]
     assert p.encode(msg) == [head, *payload]
+
+
+@pytest.mark.parametrize(
+    ("bullet", "names"),
+    [("- `status` keys:", p.STATUS_FIELDS), ("- `robots` maps", p.ROBOT_STATUS_FIELDS)],
+)
+def test_doc_lists_the_status_keys(bullet: str, names: tuple[str, ...]) -> None:
+    text = doc_text().split(bullet, 1)[1].split("\n- ", 1)[0].split(". ", 1)[0]
+    listed = re.findall(r"`([a-z_0-9]+)`", text)
+    assert listed == list(names)
