@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from controller.checks import check_int, check_number, parse_value
+from controller.planners.registry import PLANNERS
 from controller.planners.settings import PlannerSettings
 from controller.service.settings import ServiceSettings
 from controller.tasks import get_task
@@ -88,16 +89,29 @@ class Config:
 
     @staticmethod
     def load(path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
-        """The file's tree over the defaults, then ``overrides``; ValueError names the file."""
+        """The file's tree and ``overrides`` (flags) over the defaults, checked as one tree
+        (so a check across fields sees both); ValueError naming the file.
+
+        When the overrides switch the planner, the file's options of its own planner that the
+        new one does not take are dropped (a run's saved config holds every option of the
+        planner it ran), as a live switch does."""
         try:
             data = tomllib.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            return updated(Config(), merged(_switched(data, overrides or {}), overrides or {}))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
             raise ValueError(f"config {path}: {exc}") from exc
-        try:
-            config = updated(Config(), data)
-        except ValueError as exc:
-            raise ValueError(f"config {path}: {exc}") from exc
-        return updated(config, overrides or {})
+
+
+def _switched(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` without the options of its planner that the overrides' planner does not take."""
+    saved, wanted = data.get("planner"), overrides.get("planner")
+    if not (isinstance(saved, dict) and isinstance(wanted, Mapping)):
+        return data
+    old, new = saved.get("planner", PlannerSettings.planner), wanted.get("planner")
+    if new is None or new == old or new not in PLANNERS or old not in PLANNERS:
+        return data  # no switch, or a name the checks will refuse with its own message
+    dropped = set(PlannerSettings.names(old)) - set(PlannerSettings.names(new))
+    return {**data, "planner": {k: v for k, v in saved.items() if k not in dropped}}
 
 
 def updated(obj: T, changes: Mapping[str, Any], where: str = "") -> T:

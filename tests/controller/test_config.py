@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from controller.config import Config, as_dict, parse_overrides, updated
-from controller.planners import PlannerSettings
+from controller.planners import OPTIMIZERS, PlannerSettings
 from controller.service import ServiceSettings
-from models.learner import LearnerConfig
 
 TICKMPC = [sys.executable, "-m", "controller.cli"]
 
@@ -30,13 +28,34 @@ def test_the_tree_round_trips_through_its_file(tmp_path: Path) -> None:
 
 
 def test_no_field_is_declared_twice() -> None:
-    """Each section's fields are its own; the planner's flat names are unique across its parts."""
-    names = PlannerSettings.names("icem")
-    assert len(names) == len(set(names))
-    sections = [ServiceSettings, LearnerConfig]
-    top = {f.name for f in fields(Config)}
-    for section in sections:
-        assert not top & {f.name for f in fields(section)} - {"seed"}
+    """Every setting name appears once in the whole tree, but for each part's own seed."""
+    names: list[str] = []
+
+    def leaves(table: dict[str, object]) -> None:
+        for name, value in table.items():
+            if isinstance(value, dict) and name not in ("weights", "preprocess"):
+                leaves(value)
+            else:
+                names.append(name)
+
+    leaves(as_dict(updated(Config(), {"planner": {"budget_ms": 30.0}})))
+    for planner in OPTIMIZERS:  # every optimizer's options, not only the default one's
+        names += [n for n in PlannerSettings.names(planner) if n not in names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    assert repeated == ["seed"]  # the run's resets, the planner's and the learner's
+    assert names.count("seed") == 3
+
+
+def test_a_file_and_flags_are_checked_as_one_tree(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[service]\nendpoint = "tcp://0.0.0.0:5555"\n[planner]\nnoise_beta = 2.5\n')
+    both = Config.load(path, {"service": {"allow_remote": True}, "planner": {"planner": "icem"}})
+    assert both.service.allow_remote and both.planner.options.noise_beta == 2.5
+    with pytest.raises(ValueError, match="allow_remote"):
+        Config.load(path, {"planner": {"planner": "icem"}})
+    Config().save(path)  # a saved run holds every option of its planner (CEM)...
+    switched = Config.load(path, {"planner": {"planner": "mppi", "temperature": 2.0}})
+    assert switched.planner.options.temperature == 2.0  # ...which a switch leaves behind
 
 
 @pytest.mark.parametrize(
@@ -73,7 +92,7 @@ def test_the_cli_refuses_a_bad_flag_or_file_with_its_name(tmp_path: Path) -> Non
 
 
 def test_cli_defaults_are_the_dataclass_defaults() -> None:
-    from controller import cli
+    from controller.cli import common as cli
 
     assert cli.DEFAULTS == as_dict(Config())
     assert cli.DEFAULT_CONTROL == ServiceSettings().control

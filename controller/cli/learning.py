@@ -1,0 +1,189 @@
+"""``tickmpc learn`` (the learner alone) and ``tickmpc run`` (the closed loop: a simulated
+robot, the service and the learner, learning from scratch)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from controller.cli.common import ConfigOption, SetOption, app, compose, console, help_text
+
+
+@app.command("learn")
+def learn(
+    config_file: ConfigOption = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help=help_text("Task (for its observation preprocessing).", "task")),
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Transition store to learn from (config: service.store).")
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(help="Model directory to publish into (config: service.models)."),
+    ] = None,
+    metrics: Annotated[Path | None, typer.Option(help="JSON lines, one per retrain.")] = None,
+    announce: Annotated[
+        bool,
+        typer.Option("--announce", help="Tell the service (service.control) of each version."),
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help=help_text("Training seed.", "learner.seed"))] = (
+        None
+    ),
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            help=help_text("Torch threads (leave the planner its cores).", "learner.torch_threads")
+        ),
+    ] = None,
+    sets: SetOption = None,
+) -> None:
+    """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C.
+    Model and training settings: ``--set learner.NAME=VALUE`` or the config file."""
+    config = compose(config_file, sets, {
+        "task": task, "service.store": store, "service.models": models,
+        "learner.seed": seed, "learner.torch_threads": torch_threads,
+    })  # fmt: skip
+    from controller.service.control import request
+    from controller.tasks import get_task
+    from models.learner import Learner, ModelVersion
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if config.service.store is None or config.service.models is None:
+        typer.echo("error: learn needs a store and a model directory (--store, --models, or "
+                   "service.store and service.models in --config)", err=True)  # fmt: skip
+        raise typer.Exit(code=1)
+
+    def tell_service(version: ModelVersion) -> None:
+        request(config.service.control, "model", timeout_s=2.0)
+
+    learner = Learner(
+        config.service.store, config.service.models, config.learner,
+        preprocess=get_task(config.task).preprocess, metrics=metrics,
+        on_publish=tell_service if announce else None,
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
+    try:
+        learner.run()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("run")
+def run(
+    config_file: ConfigOption = None,
+    task: Annotated[str | None, typer.Option(help=help_text("Task to learn.", "task"))] = None,
+    episodes: Annotated[
+        int | None,
+        typer.Option(
+            help=help_text("Episodes, the first random (on --resume: a new total).", "run.episodes")
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help=help_text("One seed for the run: resets, planner and training.", "run.seed")
+        ),
+    ] = None,
+    planner: Annotated[
+        str | None, typer.Option(help=help_text("random, cem, icem or mppi.", "planner.planner"))
+    ] = None,
+    horizon: Annotated[
+        int | None, typer.Option(help=help_text("Planning horizon.", "planner.horizon"))
+    ] = None,
+    population: Annotated[
+        int | None, typer.Option(help=help_text("Candidates per iteration.", "planner.population"))
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(help=help_text("Optimizer iterations per plan.", "planner.iterations")),
+    ] = None,
+    realtime: Annotated[
+        bool | None, typer.Option("--realtime", help="Wall-clock robot (default: lockstep).")
+    ] = None,
+    hidden_units: Annotated[
+        int | None,
+        typer.Option(help=help_text("Model units per hidden layer.", "learner.hidden_units")),
+    ] = None,
+    episode_steps: Annotated[
+        int | None,
+        typer.Option(help=help_text("Truncate episodes (0: task's).", "run.episode_steps")),
+    ] = None,
+    sets: SetOption = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<time>).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its config.toml, then flags)."),
+    ] = None,
+) -> None:
+    """The embedded default: a simulated robot, the MPC service and the learner, learning from
+    scratch. Prints a line per episode and a summary; writes everything to the run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from controller.closed_loop import ClosedLoop, plot_learning_curve, run_closed_loop
+
+    named = {
+        "task": task, "run.episodes": episodes, "planner.planner": planner,
+        "planner.horizon": horizon, "planner.population": population,
+        "planner.iterations": iterations, "run.realtime": realtime,
+        "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
+        "run.seed": seed, "planner.seed": seed, "learner.seed": seed,
+    }  # fmt: skip
+    first = 0
+    if resume is not None:
+        if config_file is not None:
+            typer.echo("error: --resume takes the run's own config.toml, not --config", err=True)
+            raise typer.Exit(code=1)
+        config = compose(resume / "config.toml", sets, named)
+        first = ClosedLoop.completed(resume)
+        run_dir = resume
+    else:
+        config = compose(config_file, sets, named)
+        run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    console.print(f"run directory: {run_dir}")
+    if config.steps < config.learner.min_transitions:
+        console.print(
+            f"note: the first model comes after learner.min_transitions = "
+            f"{config.learner.min_transitions} transitions: about "
+            f"{-(-config.learner.min_transitions // config.steps)} random episodes of "
+            f"{config.steps} steps (--set learner.min_transitions=N for fewer)"
+        )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"))  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("episodes", total=config.run.episodes, completed=first, info="")
+
+        def show(line: dict[str, Any]) -> None:
+            progress.update(bar, advance=1, info=(
+                f"return {line['return']:.1f}  {line['ticks_per_s']:.0f} ticks/s  plan p99 "
+                f"{line['plan_ms_p99']} ms  model v{line['model_version']}  "
+                f"misses {line['deadline_misses']}"))  # fmt: skip
+
+        try:
+            lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show)
+        except KeyboardInterrupt:
+            console.print("stopped; resume with --resume " + str(run_dir))
+            raise typer.Exit(code=130) from None
+        except (RuntimeError, TimeoutError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from exc
+    table = Table(title=f"{config.task}: {len(lines)} episodes")
+    for name in ("episode", "return", "ticks_per_s", "plan_ms_p99", "deadline_misses",
+                 "model_version"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for line in lines:
+        table.add_row(*(str(round(line[k], 1) if isinstance(line[k], float) else line[k])
+                        for k in ("episode", "return", "ticks_per_s", "plan_ms_p99",
+                                  "deadline_misses", "model_version")))  # fmt: skip
+    console.print(table)
+    console.print(f"processes exited: {codes}")
+    console.print(f"learning curve: {plot_learning_curve(run_dir, config.task)}")

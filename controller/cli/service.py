@@ -1,0 +1,180 @@
+"""``tickmpc serve``, ``bridge``, ``tune`` and ``status``: the service, a simulated robot,
+and the service's control socket from the shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from controller.cli.common import (
+    DEFAULT_CONTROL,
+    DEFAULT_ENDPOINT,
+    DEFAULT_TASK,
+    ConfigOption,
+    ControlOption,
+    SetOption,
+    app,
+    assignments,
+    compose,
+    console,
+    control_request,
+    help_text,
+)
+from sim_bridge.hardware import BridgeSettings
+
+
+@app.command("serve")
+def serve(
+    config_file: ConfigOption = None,
+    task: Annotated[
+        str | None, typer.Option(help=help_text("The task the robots run.", "task"))
+    ] = (None),
+    models: Annotated[
+        Path | None, typer.Option(help="Model directory to follow (none: random actions).")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Transition store to record into.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help=help_text("Where bridges connect.", "service.endpoint"))
+    ] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(help=help_text("Control socket (tune, status).", "service.control")),
+    ] = None,
+    telemetry: Annotated[
+        str | None, typer.Option(help=help_text("Telemetry PUB socket.", "service.telemetry"))
+    ] = None,
+    allow_remote: Annotated[
+        bool | None, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
+    ] = None,
+    durable: Annotated[
+        bool | None, typer.Option("--durable", help="fsync the store after every pass.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=help_text("cpu, cuda or auto.", "service.runtime.device"))
+    ] = None,
+    sets: SetOption = None,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: never).")] = 0,
+) -> None:
+    """Run the MPC service alone: plan for every bridge that connects, until Ctrl-C."""
+    config = compose(config_file, sets, {
+        "task": task, "service.models": models, "service.store": store,
+        "service.endpoint": endpoint, "service.control": control,
+        "service.telemetry": telemetry, "service.allow_remote": allow_remote,
+        "service.durable": durable, "service.runtime.device": device,
+    })  # fmt: skip
+    from controller.service import MPCService
+    from controller.tasks import get_task
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        service = MPCService(get_task(config.task), config.service, config.planner)
+        service.start()
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
+    console.print(f"serving {config.task}: {json.dumps(service.endpoints)}", highlight=False)
+    try:
+        service.serve(duration or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+
+
+@app.command("bridge")
+def bridge(
+    task: Annotated[str, typer.Option(help="Task to simulate.")] = DEFAULT_TASK,
+    connect: Annotated[str, typer.Option(help="The service's robot endpoint.")] = (
+        DEFAULT_ENDPOINT
+    ),
+    robot: Annotated[str, typer.Option(help="Robot id (unique per service).")] = "sim-0",
+    mode: Annotated[str, typer.Option(help="lockstep or realtime.")] = "realtime",
+    episodes: Annotated[int, typer.Option(help="Episodes to run (0: until Ctrl-C).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the episode resets.")] = 0,
+    obs_noise: Annotated[float, typer.Option(help="Emulated observation noise std.")] = 0.0,
+    action_delay: Annotated[int, typer.Option(help="Emulated action delay, ticks.")] = 0,
+    jitter: Annotated[float, typer.Option(help="Emulated timing jitter, seconds.")] = 0.0,
+    watchdog: Annotated[
+        float, typer.Option(help="Safe action after this silence, s.")
+    ] = BridgeSettings.watchdog_s,
+    reconnect: Annotated[
+        float, typer.Option(help="Reconnect after this silence, s.")
+    ] = BridgeSettings.reconnect_s,
+) -> None:
+    """Run one simulated robot (MuJoCo / gymnasium) against a service."""
+    from sim_bridge.link import Refused
+    from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        sim = MujocoBridge(
+            task, robot, seed=seed,
+            emulation=Emulation(obs_noise, action_delay, jitter),
+            settings=BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect),
+        )  # fmt: skip
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    signal.signal(signal.SIGTERM, lambda *_: sim.stop_event.set())
+    try:
+        stats = sim.run(connect, mode=mode, episodes=episodes or None)
+    except (Refused, TimeoutError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    except KeyboardInterrupt:
+        stats = sim.stats
+    link = stats.link
+    summary = {
+        "episodes": stats.episodes, "returns": [round(r, 3) for r in stats.returns],
+        "ticks": stats.ticks, "actions": stats.actions, "safe_actions": stats.safe_actions,
+        "late_actions": stats.late_actions, "reconnects": link.reconnects,
+        "dropped_sends": link.dropped_sends, "bad_actions": link.bad_actions,
+    }  # fmt: skip
+    print(json.dumps(summary))
+
+
+@app.command("tune")
+def tune(
+    changes: Annotated[list[str], typer.Argument(help="NAME=VALUE ..., weight.TERM=VALUE.")],
+    control: ControlOption = DEFAULT_CONTROL,
+) -> None:
+    """Change live settings (applied at every robot's next tick), e.g. horizon=30 planner=icem;
+    seed=N reseeds every robot's planner."""
+    reply = control_request(control, "set", changes=assignments(changes))
+    console.print_json(data=reply["settings"])
+
+
+STATUS_COLUMNS = ("tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "fallbacks",
+                  "nonfinite", "dropped_stale", "errors", "episodes", "last_return",
+                  "model_version", "mode")  # fmt: skip
+
+
+@app.command("status")
+def status(
+    control: ControlOption = DEFAULT_CONTROL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Per robot: tick rate, plan time p50/p99, deadline misses, fallbacks, non-finite
+    candidates, dropped states, errors, model."""
+    reply = control_request(control, "status")
+    if as_json:
+        print(json.dumps(reply, indent=2))
+        return
+    console.print(
+        f"task {reply['task']}, model v{reply['model_version']}, "
+        f"{reply['transitions']} transitions, up {reply['uptime_s']} s"
+    )
+    table = Table()
+    table.add_column("robot")
+    for name in STATUS_COLUMNS:
+        table.add_column(name, justify="right")
+    for robot, row in reply["robots"].items():
+        table.add_row(robot, *(str(row[c]) for c in STATUS_COLUMNS))
+    console.print(table)
