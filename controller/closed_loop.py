@@ -123,7 +123,7 @@ class ClosedLoop:
         robot = self._robot()
         deadline = time.monotonic() + 10.0
         while robot.get("episodes", 0) <= before and time.monotonic() < deadline:
-            time.sleep(0.05)  # the service has not read the episode's end yet (it flushes then)
+            time.sleep(0.05)  # the service has not read the episode's end yet
             robot = self._robot()
         misses = robot.get("deadline_misses", self._misses)
         line = {

@@ -10,11 +10,13 @@ ONNX Runtime run, numba's call overhead (unboxing the ``Generator`` alone takes 
 caches) ate the gain at cartpole sizes (N=200-500, H=15-25, A=1: ask + tell 0.85-0.99x of
 numpy), while at half-cheetah sizes (N=200-1000, H=25-30, A=6) ask + tell ran 1.6-1.9x faster
 (``benchmarks/planner_cpu.py``; figures in docs/planning.md, "CPU-side work and numba"). Small
-configurations never load numba.
+configurations never run them.
 
-Compiled off the hot path: the first large batch (or :func:`start`) starts compiling in a
-background thread (~0.3 s from numba's on-disk cache, ~2.5 s on a machine's first run), and
-numpy serves until the kernels are ready; :func:`compile_now` compiles in the caller's thread.
+Compiled off the hot path: the MPC service compiles them at start (:func:`compile_now`, ~0.3 s
+from numba's on-disk cache, ~2.5 s on a machine's first run), since a live change may make any
+configuration large and compiling holds the GIL for a few hundred milliseconds. Elsewhere the
+first large batch (or :func:`start`) starts compiling in a background thread, and numpy serves
+until the kernels are ready.
 Importing this module does not import numba.
 
 Shapes: N candidates, H horizon, A action, F frequencies (H // 2 + 1).

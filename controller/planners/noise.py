@@ -1,7 +1,8 @@
 """Pure sampling cores for the optimizers: candidate sequences drawn within the bounds.
 
 Each ``*_candidates`` function computes the numpy expression written here, or for a large batch
-its numba kernel (:mod:`controller.planners.kernels`, 2-4x faster there) once compiled; both give
+its numba kernel (:mod:`controller.planners.kernels`: ask + tell 1.6-1.9x faster at
+half-cheetah sizes, ``benchmarks/planner_cpu.py``) once compiled; both give
 the same bits and consume the generator identically, so a seeded plan does not depend on which
 ran.
 

@@ -29,15 +29,14 @@ class OptimizerEntry:
     """(options, settings, low [A], high [A]) -> a fresh optimizer."""
     options: type
     """Its frozen options dataclass (every field defaulted and validated on construction)."""
-    summary: str
 
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
     {
-        "random": OptimizerEntry(RandomShooting, RandomOptions, "random shooting"),
-        "cem": OptimizerEntry(CEM, CEMOptions, "cross-entropy method (PETS)"),
-        "icem": OptimizerEntry(ICEM, ICEMOptions, "iCEM (Pinneri et al. 2020)"),
-        "mppi": OptimizerEntry(MPPI, MPPIOptions, "MPPI (Williams et al.)"),
+        "random": OptimizerEntry(RandomShooting, RandomOptions),
+        "cem": OptimizerEntry(CEM, CEMOptions),
+        "icem": OptimizerEntry(ICEM, ICEMOptions),
+        "mppi": OptimizerEntry(MPPI, MPPIOptions),
     }
 )
 PLANNERS = tuple(OPTIMIZERS)

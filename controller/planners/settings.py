@@ -127,10 +127,6 @@ class PlannerSettings:
         del common["rollout"], common["options"]
         return {**common, **asdict(self.rollout), **asdict(self.options)}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlannerSettings:
-        return cls().changed(data)
-
     def budget_s(self, control_period: float, waited_s: float) -> float:
         """A realtime plan's budget: fixed, or the period less the margin and the wait."""
         if self.budget_ms is not None:

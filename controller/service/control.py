@@ -21,7 +21,7 @@ WEIGHT_PREFIX = "weight."
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
-    """``["horizon=30", "planner=icem", "weight.tip=2"]`` -> changes for ``{"cmd": "set"}``.
+    """``["horizon=30", "planner=icem", "weight.tip=2"]`` -> the changes of a ``set`` request.
 
     Values are read as JSON where they parse (numbers, true/false, null) and as strings
     otherwise; ``weight.NAME=V`` sets one task reward weight.

@@ -1,9 +1,9 @@
 """Follows a model directory and loads each new version off the hot path.
 
 A background thread polls ``LATEST`` every ``poll_s`` and at once when the learner announces a
-version (``{"cmd": "model"}`` on the control socket calls :meth:`ModelWatcher.poke`); a newer
-version is read, verified, composed into rollout
-graphs, loaded into ONNX Runtime and run once on a dummy batch, all in that thread. The service
+version (a ``model`` request on the control socket calls :meth:`ModelWatcher.poke`); a newer
+version is read, verified, composed into rollout graphs, loaded into ONNX Runtime and run once
+on a dummy batch, all in that thread. The service
 then takes the ready evaluator between ticks (a pointer swap). A version that fails to load is
 logged, remembered and skipped; the previous model keeps serving.
 """

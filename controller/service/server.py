@@ -81,7 +81,10 @@ class MPCService:
         s = self.settings
         # Here rather than at the first large batch: compiling holds the GIL for up to a few
         # hundred milliseconds, which no tick should wait for (0.3 s from numba's cache).
-        kernels.compile_now()
+        try:
+            kernels.compile_now()
+        except Exception:  # a broken numba install: the planners sample with numpy, same bits
+            log.exception("numba kernels failed to compile; the planners use numpy")
         if s.store is not None:
             self.writer = TransitionWriter(s.store, self.task.obs_dim, self.task.act_dim)
             self.recorder.writer = self.writer
