@@ -14,6 +14,9 @@ in the service process between receive and send). The service writes each pass's
 to the store before its ACTIONs go out; to show what that write costs, the planner phase also
 runs without a store (``planner-nostore``) and with ``--durable`` (an fsync per pass,
 ``planner-durable``), in the same run. The headline figures are the planner phase's.
+``planner-telemetry`` adds a subscriber to the telemetry (a thread of this process reading
+every record, as ``tickmpc run`` does): the service builds a record per tick, with the task's
+reward terms, only while someone subscribes.
 Target (DESIGN.md): p99 <= 0.5 ms on this machine.
 
     python benchmarks/loop_latency.py [--quick]
@@ -27,11 +30,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 from controller.service.control import request
 from models.ensemble import EnsembleConfig, GaussianEnsemble
@@ -42,11 +47,12 @@ from sim_bridge.link import BridgeLink, RobotSpec
 SPEC = RobotSpec("bench", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
 TINY_PLAN = ["planner.planner=cem", "planner.population=20", "planner.horizon=5",
              "planner.iterations=1"]  # fmt: skip
-PHASES = {  # name: (with a model, store flags: None for no store)
-    "explore": (False, []),
-    "planner": (True, []),
-    "planner-nostore": (True, None),
-    "planner-durable": (True, ["--durable"]),
+PHASES = {  # name: (with a model, store flags: None for no store, a telemetry subscriber)
+    "explore": (False, [], False),
+    "planner": (True, [], False),
+    "planner-nostore": (True, None, False),
+    "planner-durable": (True, ["--durable"], False),
+    "planner-telemetry": (True, [], True),
 }
 
 
@@ -58,7 +64,7 @@ def _port() -> int:
 
 def _serve(
     root: Path, models: bool, store: list[str] | None, transport: str
-) -> tuple[subprocess.Popen[bytes], str, str]:
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
     if transport == "ipc":
         endpoint, control, telemetry = (f"ipc://{root}/{name}" for name in ("r", "c", "t"))
     else:
@@ -72,11 +78,30 @@ def _serve(
     for setting in TINY_PLAN:
         cmd += ["--set", setting]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, endpoint, control
+    return proc, endpoint, control, telemetry
+
+
+def _subscribe(telemetry: str, stop: threading.Event, received: list[int]) -> threading.Thread:
+    """A thread that reads every telemetry record until ``stop`` (counting them)."""
+
+    def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        with context.socket(zmq.SUB) as sub:
+            sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
+            sub.connect(telemetry)
+            while not stop.is_set():
+                if sub.poll(100):
+                    p.parse_telemetry(sub.recv_multipart())
+                    received[0] += 1
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
-    with_model, store = PHASES[name]
+    with_model, store, subscribe = PHASES[name]
+    stop, received = threading.Event(), [0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if with_model:
@@ -84,8 +109,10 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
                 obs_dim=4, act_dim=1, preprocess={"kind": "sincos", "angle_indices": [1]}
             )
             ModelDirectory(root / "models").publish(GaussianEnsemble(config))
-        proc, endpoint, control = _serve(root, with_model, store, transport)
+        proc, endpoint, control, telemetry = _serve(root, with_model, store, transport)
         link = BridgeLink(endpoint, SPEC, "lockstep")
+        if subscribe:
+            _subscribe(telemetry, stop, received)
         try:
             link.connect(120.0)
             rng = np.random.default_rng(0)
@@ -107,6 +134,7 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
                         break
             status = request(control, "status")
         finally:
+            stop.set()
             link.close()
             proc.terminate()
             proc.wait(timeout=30)
@@ -125,6 +153,7 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         "plan_p50_us": round(float(np.percentile(plan, 50)), 1),
         "dropped": int(robot["dropped_stale"]),
         "recorded": int(status["transitions"]),
+        "telemetry_records": received[0],
         "model_version": int(robot["model_version"]),
     }
 

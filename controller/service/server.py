@@ -93,10 +93,11 @@ class MPCService:
                 self._episodes = int(reader.read(n - 1, n).episode[0])
         self.router = self._bind(zmq.ROUTER, "endpoint")
         self.control = self._bind(zmq.ROUTER, "control")
-        self.telemetry = self._bind(zmq.PUB, "telemetry")
+        self.telemetry = self._bind(zmq.XPUB, "telemetry")  # XPUB: it hears who subscribes
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.telemetry, zmq.POLLIN)
         if self.watcher is not None:
             self.watcher.load_now()
             self._swap_model()
@@ -124,6 +125,8 @@ class MPCService:
             self._drain_robots()
         if self.control in events:
             self._drain_control()
+        if self.telemetry in events:
+            self.recorder.hear_subscriptions(self.telemetry)
         self._swap_model()
         self.recorder.record()
         for session in list(self.sessions.values()):
@@ -307,6 +310,8 @@ class MPCService:
         )  # fmt: skip
         self._send(session.identity, reply)
         session.stats.tick(time.monotonic(), plan_ms, miss, fallback, nonfinite)
+        if not self.recorder.listening:
+            return
         record = {
             "robot": session.robot, "seq": msg.seq, "episode": session.episode,
             "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,

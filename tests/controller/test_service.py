@@ -6,106 +6,37 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
-from controller.planners import PlannerSettings
 from controller.service import MPCService, ServiceSettings
 from controller.service.control import parse_assignments, request
-from controller.tasks import get_task
 from models.registry import ModelDirectory
 from models.store import TransitionReader
 from sim_bridge import protocol as p
-from sim_bridge.hardware import BridgeSettings
 from sim_bridge.link import BridgeLink, RobotSpec, describe
 from sim_bridge.mujoco_bridge import MujocoBridge
-from tests.controller.known_models import export_cartpole
-
-LOOPBACK = "tcp://127.0.0.1:*"
-FAST = PlannerSettings(planner="cem", horizon=15, population=100, iterations=2)
-CARTPOLE = get_task("cartpole-swingup")
-SPEC = RobotSpec("probe", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
-TICKMPC = [sys.executable, "-m", "controller.cli"]
-
-
-@dataclass
-class Running:
-    service: MPCService
-    thread: threading.Thread
-    root: Path
-
-    @property
-    def endpoint(self) -> str:
-        return self.service.endpoints["endpoint"]
-
-    @property
-    def control(self) -> str:
-        return self.service.endpoints["control"]
-
-
-def _publish_cartpole(models: Path, version: int = 1) -> None:
-    directory = ModelDirectory(models)
-    models.mkdir(parents=True, exist_ok=True)
-    export_cartpole(directory.path_of(version))
-    directory.mark_latest(version)
-
-
-def _start(root: Path, planner: PlannerSettings = FAST, **settings: object) -> Running:
-    service = MPCService(
-        CARTPOLE,
-        ServiceSettings(
-            endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
-            models=root / "models", store=root / "store",
-            **{"stale_after_s": 60.0, "model_poll_s": 0.1, **settings},  # type: ignore[arg-type]
-        ),
-        planner,
-    )  # fmt: skip
-    service.start()
-    thread = threading.Thread(target=service.serve, daemon=True)
-    thread.start()
-    return Running(service, thread, root)
-
-
-def _stop(running: Running) -> None:
-    running.service.stop_event.set()
-    running.thread.join(timeout=10)
-    running.service.close()
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Running]:
-    _publish_cartpole(tmp_path / "models")
-    running = _start(tmp_path)
-    yield running
-    _stop(running)
-
-
-def _state(link: BridgeLink, step: int, obs: np.ndarray, applied: float | None = None) -> int:
-    extra = {} if applied is None else {"applied": np.array([applied])}
-    msg = link.message(p.STATE, 1, step=step, reward=None, terminated=False, truncated=False,
-                       obs=obs, **extra)  # fmt: skip
-    link.send(msg)
-    return msg.seq
-
-
-def _reply(link: BridgeLink, timeout_s: float = 10.0) -> p.Message:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        msg = link.receive(end - time.monotonic())
-        if msg is not None and msg.type in (p.ACTION, p.ERROR):
-            return msg
-    raise AssertionError("no reply from the service")
+from tests.controller.service_fixtures import (
+    CARTPOLE,
+    FAST,
+    LOOPBACK,
+    SPEC,
+    TICKMPC,
+    Running,
+    publish_cartpole,
+    reply_to,
+    send_state,
+    start_service,
+    stop_service,
+    wait_for,
+)
 
 
 def test_lockstep_episode_swings_up_the_cartpole_and_records_every_transition(
@@ -118,7 +49,7 @@ def test_lockstep_episode_swings_up_the_cartpole_and_records_every_transition(
     assert stats.returns[0] > 120.0
     assert stats.actions == 200 and stats.safe_actions == 0 and stats.late_actions == 0
     # The bridge is done once it sent the last STATE; the service reads it a moment later.
-    _wait(lambda: served.service.status()["robots"]["cart-a"]["episodes"] == 1, 10)
+    wait_for(lambda: served.service.status()["robots"]["cart-a"]["episodes"] == 1, 10)
     robot = served.service.status()["robots"]["cart-a"]
     assert robot["ticks"] == 200 and robot["model_version"] == 1 and robot["errors"] == 0
     assert robot["transitions"] == 200 and robot["fallbacks"] == 0 and robot["nonfinite"] == 0
@@ -137,13 +68,13 @@ def test_live_tune_changes_the_horizon_of_the_following_actions(served: Running)
     link = BridgeLink(served.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     obs = np.array([0.0, 0.1, 0.0, 0.0])
-    _state(link, 0, obs)
-    assert _reply(link)["horizon"] == 15
+    send_state(link, 0, obs)
+    assert reply_to(link)["horizon"] == 15
     reply = request(served.control, "set", changes=parse_assignments(
         ["horizon=30", "planner=icem", "weight.ctrl=0.05"]))  # fmt: skip
     assert reply["ok"] and reply["settings"]["horizon"] == 30
-    _state(link, 1, obs, 0.0)
-    action = _reply(link)
+    send_state(link, 1, obs, 0.0)
+    action = reply_to(link)
     assert (action["horizon"], action["planner"]) == (30, "icem")
     with pytest.raises(p.ProtocolError, match=r"bad_setting: horizon must be an integer"):
         request(served.control, "set", changes={"horizon": 0})
@@ -151,8 +82,8 @@ def test_live_tune_changes_the_horizon_of_the_following_actions(served: Running)
         request(served.control, "set", changes={"weights": {"nope": 1.0}})
     settings = request(served.control, "get")["settings"]
     assert settings["horizon"] == 30 and settings["weights"] == {"ctrl": 0.05}
-    _state(link, 2, obs, 0.0)
-    assert _reply(link)["horizon"] == 30
+    send_state(link, 2, obs, 0.0)
+    assert reply_to(link)["horizon"] == 30
     link.close()
 
 
@@ -178,11 +109,11 @@ def test_telemetry_reports_each_tick_with_its_reward_terms(served: Running) -> N
     link = BridgeLink(served.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     rng = np.random.default_rng(0)
-    _state(link, 0, rng.standard_normal(4))
+    send_state(link, 0, rng.standard_normal(4))
     for step in (1, 2):
-        _state(link, step, rng.standard_normal(4), float(_reply(link)["action"][0]))
-    _reply(link)
-    records = []
+        send_state(link, step, rng.standard_normal(4), float(reply_to(link)["action"][0]))
+    reply_to(link)
+    records: list[dict[str, Any]] = []
     while sub.poll(2000) and len(records) < 3:
         records.append(p.parse_telemetry(sub.recv_multipart()))
     sub.close()
@@ -198,27 +129,27 @@ def test_telemetry_reports_each_tick_with_its_reward_terms(served: Running) -> N
 
 
 def test_a_seed_setting_reseeds_every_robot_even_to_the_same_seed(tmp_path: Path) -> None:
-    running = _start(tmp_path)  # no model: the actions are the exploration stream
+    running = start_service(tmp_path)  # no model: the actions are the exploration stream
     link = BridgeLink(running.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     actions = []
     for step in range(3):
         if step:
             request(running.control, "set", changes={"seed": 5})
-        _state(link, step, np.zeros(4), None if step == 0 else 0.0)
-        actions.append(float(_reply(link)["action"][0]))
+        send_state(link, step, np.zeros(4), None if step == 0 else 0.0)
+        actions.append(float(reply_to(link)["action"][0]))
     assert actions[1] == actions[2] != actions[0]  # both drawn first from a fresh seed-5 stream
     with pytest.raises(p.ProtocolError, match=r"bad_field: .*one set of settings"):
         request(running.control, "set", changes={"horizon": 5}, robot="probe")
     link.close()
-    _stop(running)
+    stop_service(running)
 
 
 def test_tune_and_status_commands_talk_to_the_control_socket(served: Running) -> None:
     link = BridgeLink(served.endpoint, SPEC, "lockstep")
     link.connect(10.0)
-    _state(link, 0, np.zeros(4))
-    _reply(link)
+    send_state(link, 0, np.zeros(4))
+    reply_to(link)
     env = {**os.environ, "COLUMNS": "200"}
     tune = subprocess.run([*TICKMPC, "tune", "population=50", "--control", served.control],
                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
@@ -255,7 +186,7 @@ def test_two_bridges_are_served_independently(served: Running) -> None:
         robots = served.service.status()["robots"]
         return all(robots[b.spec.robot]["transitions"] == 200 for b in bridges)
 
-    _wait(recorded, 5)
+    wait_for(recorded, 5)
     robots = served.service.status()["robots"]
     for b in bridges:
         assert b.stats.actions == 200 and b.stats.late_actions == 0
@@ -298,7 +229,7 @@ def test_bad_messages_get_errors_while_another_robot_keeps_being_served(
 
 
 def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) -> None:
-    _publish_cartpole(tmp_path / "models")
+    publish_cartpole(tmp_path / "models")
     service = MPCService(
         CARTPOLE,
         ServiceSettings(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
@@ -311,10 +242,10 @@ def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) 
         link.say_hello()
         service.step(50)
         link.receive(0.05)
-    seqs = [_state(link, k, np.full(4, 0.1 * k), None if k == 0 else 0.5) for k in range(3)]
+    seqs = [send_state(link, k, np.full(4, 0.1 * k), None if k == 0 else 0.5) for k in range(3)]
     time.sleep(0.2)  # all three are queued before the service looks
     service.step(50)
-    reply = _reply(link)
+    reply = reply_to(link)
     assert reply["answers"] == seqs[-1]
     robot = service.status()["robots"]["probe"]
     assert robot["dropped_stale"] == 2 and robot["ticks"] == 1 and robot["transitions"] == 2
@@ -323,187 +254,64 @@ def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) 
 
 
 def test_a_new_model_version_is_swapped_in_between_ticks(tmp_path: Path) -> None:
-    running = _start(tmp_path)  # no model yet: random actions within the bounds
+    running = start_service(tmp_path)  # no model yet: random actions within the bounds
     link = BridgeLink(running.endpoint, SPEC, "lockstep")
     link.connect(10.0)
-    _state(link, 0, np.zeros(4))
-    first = _reply(link)
+    send_state(link, 0, np.zeros(4))
+    first = reply_to(link)
     assert (first["model_version"], first["planner"]) == (0, "explore")
     assert -1.0 <= first["action"][0] <= 1.0
-    _publish_cartpole(tmp_path / "models", 1)
+    publish_cartpole(tmp_path / "models", 1)
     (tmp_path / "models" / "v000002.onnx").write_bytes(b"corrupted model file")
     version, step = 0, 1
     end = time.monotonic() + 60
     while version != 1 and time.monotonic() < end:
-        _state(link, step, np.zeros(4), 0.0)
-        version, step = _reply(link)["model_version"], step + 1
+        send_state(link, step, np.zeros(4), 0.0)
+        version, step = reply_to(link)["model_version"], step + 1
         time.sleep(0.05)
     assert version == 1
     ModelDirectory(tmp_path / "models").mark_latest(2)
     time.sleep(0.5)
-    _state(link, step, np.zeros(4), 0.0)
-    kept = _reply(link)
+    send_state(link, step, np.zeros(4), 0.0)
+    kept = reply_to(link)
     assert (kept["model_version"], kept["planner"]) == (1, "cem")
     assert "2" in running.service.status()["rejected_models"]
     link.close()
-    _stop(running)
+    stop_service(running)
 
 
 def test_an_announced_version_is_loaded_without_waiting_for_the_poll(tmp_path: Path) -> None:
-    running = _start(tmp_path, model_poll_s=600.0)  # the poll alone would take ten minutes
+    running = start_service(tmp_path, model_poll_s=600.0)  # the poll alone would take ten minutes
     reply = request(running.control, "model")
     assert reply["ok"] and reply["model_version"] == 0
-    _publish_cartpole(tmp_path / "models", 1)
+    publish_cartpole(tmp_path / "models", 1)
     request(running.control, "model")  # what `tickmpc learn --announce` sends
     link = BridgeLink(running.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     version, step, end = 0, 0, time.monotonic() + 30
     while version != 1 and time.monotonic() < end:
-        _state(link, step, np.zeros(4), 0.0 if step else None)
-        version, step = _reply(link)["model_version"], step + 1
+        send_state(link, step, np.zeros(4), 0.0 if step else None)
+        version, step = reply_to(link)["model_version"], step + 1
     assert version == 1
     link.close()
-    _stop(running)
+    stop_service(running)
 
 
 def test_a_silent_robot_is_forgotten_and_must_say_hello_again(tmp_path: Path) -> None:
-    running = _start(tmp_path, stale_after_s=0.3)
+    running = start_service(tmp_path, stale_after_s=0.3)
     link = BridgeLink(running.endpoint, SPEC, "lockstep")
     link.connect(10.0)
     time.sleep(1.0)
     status = running.service.status()
     assert status["robots"] == {} and status["forgotten_robots"] == 1
-    _state(link, 0, np.zeros(4))
-    error = _reply(link)
+    send_state(link, 0, np.zeros(4))
+    error = reply_to(link)
     assert error.type == p.ERROR and error["code"] == "unknown_robot"
     link.close()
-    _stop(running)
+    stop_service(running)
 
 
 def test_binding_beyond_loopback_needs_an_explicit_option() -> None:
     with pytest.raises(ValueError, match="allow_remote"):
         ServiceSettings(endpoint="tcp://0.0.0.0:5555")
     ServiceSettings(endpoint="tcp://0.0.0.0:5555", allow_remote=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve_process(port: int, tmp: Path) -> subprocess.Popen[bytes]:
-    ports = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
-    return subprocess.Popen(
-        [*TICKMPC, "serve", "--endpoint", f"tcp://127.0.0.1:{port}", "--control", ports[0],
-         "--telemetry", ports[1], "--store", str(tmp / "store")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def _wait(condition: object, timeout_s: float) -> None:
-    end = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < end:  # type: ignore[operator]
-        time.sleep(0.02)
-
-
-def test_realtime_bridge_makes_the_robot_safe_when_the_controller_dies_and_reconnects(
-    tmp_path: Path,
-) -> None:
-    port = _free_port()
-    settings = BridgeSettings(watchdog_s=0.1, reconnect_s=0.4, connect_timeout_s=60.0)
-    bridge = MujocoBridge("cartpole-swingup", "rt", safe_action=[0.0], settings=settings)
-    controller = _serve_process(port, tmp_path)
-    thread = threading.Thread(target=bridge.run, args=(f"tcp://127.0.0.1:{port}",),
-                              kwargs={"mode": "realtime"})  # fmt: skip
-    thread.start()
-    try:
-        _wait(lambda: bridge.stats.actions >= 20, 60)
-        assert bridge.stats.actions >= 20 and bridge.stats.safe_actions == 0
-        controller.send_signal(signal.SIGKILL)
-        controller.wait()
-        _wait(lambda: bridge.stats.safe_actions >= 3, 5)
-        delay = bridge.stats.first_safe_after_s
-        assert delay is not None and delay <= settings.watchdog_s + SPEC.control_period + 0.02
-        before = bridge.stats.actions
-        controller = _serve_process(port, tmp_path)
-        _wait(lambda: bridge.stats.actions >= before + 10, 60)
-        assert bridge.stats.actions >= before + 10, "no actions after the controller came back"
-        assert bridge.stats.link.reconnects >= 1
-    finally:
-        bridge.stop_event.set()
-        thread.join(timeout=10)
-        controller.kill()
-        controller.wait()
-
-
-def test_a_killed_service_loses_no_transition_an_action_answered(tmp_path: Path) -> None:
-    """kill -9 of ``tickmpc serve`` mid-episode: every transition whose next STATE got an
-    ACTION is in the store afterwards."""
-    port = _free_port()
-    controller = _serve_process(port, tmp_path)
-    link = BridgeLink(f"tcp://127.0.0.1:{port}", SPEC, "lockstep")
-    answered: list[int] = []  # steps of the STATEs that an ACTION answered
-    done = threading.Event()
-
-    def robot() -> None:
-        rng = np.random.default_rng(0)
-        link.connect(60.0)
-        step, applied = 0, None
-        while not done.is_set():
-            seq = _state(link, step, rng.standard_normal(4), applied)
-            while (reply := link.receive(0.5)) is not None and reply.type != p.ACTION:
-                pass
-            if reply is None or reply["answers"] != seq:
-                return  # the service is gone
-            answered.append(step)
-            step, applied = step + 1, float(reply["action"][0])
-
-    thread = threading.Thread(target=robot)
-    thread.start()
-    try:
-        _wait(lambda: len(answered) >= 300, 60)
-        controller.send_signal(signal.SIGKILL)  # mid-episode, while the robot is stepping
-        controller.wait()
-    finally:
-        done.set()
-        thread.join(timeout=10)
-        link.close()
-    acknowledged = {k - 1 for k in answered if k >= 1}  # STATE k completes transition k - 1
-    assert len(acknowledged) >= 299
-    stored = TransitionReader(tmp_path / "store").read_all()
-    assert acknowledged <= set(stored.step.tolist()), sorted(acknowledged - set(stored.step))
-
-
-@pytest.mark.parametrize("task", ["cartpole-swingup", "pendulum", "inverted-pendulum",
-                                  "reacher", "half-cheetah", "pusher"])  # fmt: skip
-def test_every_simulated_robot_says_a_hello_its_controller_task_accepts(task: str) -> None:
-    from controller.tasks import get_task
-
-    bridge = MujocoBridge(task, "sim")
-    spec, expected = bridge.spec, get_task(task)
-    assert (spec.obs_dim, spec.act_dim) == (expected.obs_dim, expected.act_dim)
-    np.testing.assert_allclose(spec.action_low, expected.action_low)
-    np.testing.assert_allclose(spec.action_high, expected.action_high)
-    assert spec.control_period == pytest.approx(expected.control_period, rel=1e-3)
-    bridge.close()
-
-
-def test_emulated_noise_and_delay_change_what_the_robot_reports() -> None:
-    from sim_bridge.mujoco_bridge import Emulation
-
-    clean = MujocoBridge("cartpole-swingup", "clean", seed=5)
-    noisy = MujocoBridge("cartpole-swingup", "noisy", seed=5,
-                         emulation=Emulation(obs_noise_std=0.1, action_delay_ticks=2))  # fmt: skip
-    for bridge in (clean, noisy):
-        bridge.begin_episode()
-    first = [b.read_state().obs for b in (clean, noisy)]
-    assert 0 < np.abs(first[0] - first[1]).max() < 1.0  # same reset, noisy observation
-    applied = []
-    for k in range(4):
-        for b in (clean, noisy):
-            b.apply_action(np.array([0.1 * (k + 1)]))
-        applied.append([float(b.read_state().applied[0]) for b in (clean, noisy)])  # type: ignore[index]
-    # clean applies each action at the next step; the delayed one two ticks later
-    assert [a[0] for a in applied] == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    assert [a[1] for a in applied] == pytest.approx([0.0, 0.0, 0.1, 0.2])
