@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Timing helpers and the planner benchmarks' model, shared by the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from controller.tasks.base import Task
+from models.ensemble import EnsembleConfig, GaussianEnsemble
 
 
 def time_call(fn: Callable[[], object], *, min_seconds: float, min_calls: int = 3) -> np.ndarray:
@@ -31,3 +34,20 @@ def gemm_gflops(size: int = 1024, min_seconds: float = 0.5) -> dict[str, float]:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     torch_t = float(np.median(time_call(lambda: torch.mm(ta, tb), min_seconds=min_seconds)))
     return {"numpy": flops / np_t / 1e9, "torch": flops / torch_t / 1e9}
+
+
+def make_model(task: Task, layers: int) -> GaussianEnsemble:
+    """A fresh E=5 ensemble of ``layers`` x 200 for ``task``, seeded, predicting small steps."""
+    torch.manual_seed(0)
+    cfg = EnsembleConfig(
+        obs_dim=task.obs_dim,
+        act_dim=task.act_dim,
+        members=5,
+        hidden_layers=layers,
+        hidden_units=200,
+        preprocess=task.preprocess,
+    )
+    model = GaussianEnsemble(cfg).eval()
+    with torch.no_grad():  # small predicted steps keep rollouts in a realistic range
+        model.out_std.mul_(0.05)
+    return model

@@ -39,14 +39,14 @@ import numpy as np
 import onnx
 import torch
 
-from bench_common import gemm_gflops, time_call
+from bench_common import gemm_gflops, make_model, time_call
 from controller.planners import Planner, PlannerSettings
 from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
 from controller.rollout.graph import ModelGraph, build_rollout_graph
 from controller.rollout.reward_graph import reward_graph
 from controller.tasks import get_task
 from controller.tasks.base import Task
-from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.ensemble import GaussianEnsemble
 from models.registry import ModelDirectory
 from models.runtime import RuntimeOptions, create_session, read_model
 
@@ -114,22 +114,6 @@ CONFIGS = [
         "GPU figure of merit: p99 <= 10 ms on a GPU",
     ),
 ]
-
-
-def make_model(task: Task, layers: int) -> GaussianEnsemble:
-    torch.manual_seed(0)
-    cfg = EnsembleConfig(
-        obs_dim=task.obs_dim,
-        act_dim=task.act_dim,
-        members=5,
-        hidden_layers=layers,
-        hidden_units=200,
-        preprocess=task.preprocess,
-    )
-    model = GaussianEnsemble(cfg).eval()
-    with torch.no_grad():  # small predicted steps keep rollouts in a realistic range
-        model.out_std.mul_(0.05)
-    return model
 
 
 def flops_per_row(model: GaussianEnsemble) -> int:

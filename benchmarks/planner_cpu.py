@@ -45,20 +45,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 # Run as a script from the repo root without relying on the editable install.
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from bench_common import make_model  # noqa: E402
 from controller.planners import Planner, PlannerSettings, kernels, noise  # noqa: E402
 from controller.planners.base import shift  # noqa: E402
 from controller.planners.cem import refit  # noqa: E402
 from controller.rollout.evaluator import RolloutEvaluator  # noqa: E402
 from controller.tasks import get_task  # noqa: E402
-from controller.tasks.base import Task  # noqa: E402
-from models.ensemble import EnsembleConfig, GaussianEnsemble  # noqa: E402
 from models.registry import ModelDirectory  # noqa: E402
 from models.runtime import RuntimeOptions  # noqa: E402
 
@@ -290,22 +288,6 @@ def _timed_method(obj: Any, name: str, clock: list[float]) -> None:
             clock[0] += time.perf_counter() - t0
 
     setattr(obj, name, timed)
-
-
-def make_model(task: Task, layers: int) -> GaussianEnsemble:
-    torch.manual_seed(0)
-    cfg = EnsembleConfig(
-        obs_dim=task.obs_dim,
-        act_dim=task.act_dim,
-        members=5,
-        hidden_layers=layers,
-        hidden_units=200,
-        preprocess=task.preprocess,
-    )
-    model = GaussianEnsemble(cfg).eval()
-    with torch.no_grad():  # small predicted steps keep rollouts in a realistic range
-        model.out_std.mul_(0.05)
-    return model
 
 
 PARTS = ("plan", "cpu", "evaluator_host", "ask", "tell", "planner_rest")

@@ -55,6 +55,17 @@ def _clip(v: float, lo: float, hi: float) -> float:
     return v
 
 
+def _shift_scale_clip(
+    z: np.ndarray, mean: np.ndarray, std: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> None:
+    """z [N, H, A] <- clip(mean + std * z, low, high), in place."""
+    n, h, a = z.shape
+    for i in range(n):
+        for t in range(h):
+            for j in range(a):
+                z[i, t, j] = _clip(mean[t, j] + std[t, j] * z[i, t, j], low[j], high[j])
+
+
 def _gaussian(
     rng: np.random.Generator,
     mean: np.ndarray,
@@ -65,10 +76,7 @@ def _gaussian(
 ) -> np.ndarray:
     h, a = mean.shape
     out = rng.standard_normal((n, h, a))
-    for i in range(n):
-        for t in range(h):
-            for j in range(a):
-                out[i, t, j] = _clip(mean[t, j] + std[t, j] * out[i, t, j], low[j], high[j])
+    _shift_scale_clip(out, mean, std, low, high)
     return out
 
 
@@ -97,10 +105,7 @@ def _truncated(
         redraw = rng.standard_normal(k)
         for i in range(k):
             flat[bad[i]] = redraw[i]
-    for i in range(n):
-        for t in range(h):
-            for j in range(a):
-                out[i, t, j] = _clip(mean[t, j] + std[t, j] * out[i, t, j], low[j], high[j])
+    _shift_scale_clip(out, mean, std, low, high)
     return out
 
 
@@ -231,7 +236,8 @@ def _build() -> Kernels:
     from numba.extending import register_jitable
 
     jit = numba.njit(cache=True)
-    register_jitable(_clip)  # the kernels call it; compiled inline into each
+    register_jitable(_clip)  # the kernels call these; compiled inline into each
+    register_jitable(_shift_scale_clip)
     kernels = Kernels({name: jit(body) for name, body in _BODIES.items()})
     # Compile (or load from the cache) every kernel now, on tiny inputs of the signatures used:
     # a later first call, e.g. after a live switch to another optimizer, compiles nothing.
