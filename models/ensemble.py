@@ -47,6 +47,9 @@ class EnsembleConfig:
     """Units per hidden layer (1..MAX_UNITS)."""
     predict_reward: bool = False
     """Also predict the reward as one extra Gaussian output."""
+    predict_done: bool = False
+    """Also predict the probability that a transition ends the episode (``terminated``), as
+    one extra logit per member trained with binary cross-entropy."""
     preprocess: Mapping[str, Any] = field(default_factory=dict)
     """Observation preprocessing spec (see models.preprocess); empty means identity."""
     init_max_logvar: float = 0.5
@@ -87,6 +90,7 @@ class EnsembleConfig:
             "hidden_layers": self.hidden_layers,
             "hidden_units": self.hidden_units,
             "predict_reward": self.predict_reward,
+            "predict_done": self.predict_done,
             "preprocess": self.preprocess_spec(),
             "init_max_logvar": self.init_max_logvar,
             "init_min_logvar": self.init_min_logvar,

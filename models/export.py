@@ -70,9 +70,18 @@ class ModelMetadata:
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        return self.output_names_of(self.config)
+
+    @staticmethod
+    def output_names_of(config: EnsembleConfig) -> tuple[str, ...]:
+        """The graph's outputs, in order: the next-state Gaussian [E, B, S] twice, then the
+        reward Gaussian [E, B, 1] twice if predicted, then ``done_prob [E, B, 1]`` (the
+        probability the transition ends the episode) if predicted."""
         names: tuple[str, ...] = ("next_obs_mean", "next_obs_logvar")
-        if self.config.predict_reward:
+        if config.predict_reward:
             names += ("reward_mean", "reward_logvar")
+        if config.predict_done:
+            names += ("done_prob",)
         return names
 
     def to_props(self) -> dict[str, str]:
@@ -184,9 +193,7 @@ def to_onnx(model: nn.Module, *, member_batched: bool = False) -> onnx.ModelProt
     act = torch.zeros(*lead, cfg.act_dim)
     batch = torch.export.Dim("B", min=1, max=1 << 24)
     axis = 1 if member_batched else 0
-    names = ["next_obs_mean", "next_obs_logvar"]
-    if cfg.predict_reward:
-        names += ["reward_mean", "reward_logvar"]
+    names = list(ModelMetadata.output_names_of(cfg))
     was_training = model.training
     model.eval()
     try:
