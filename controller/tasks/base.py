@@ -16,7 +16,7 @@ T reward terms (in ``Task.weights`` order).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,12 +47,18 @@ class Task:
     """Seconds between actions."""
     episode_steps: int
     """Steps before an episode is truncated."""
-    terms: RewardTerms
-    """The named, unweighted reward terms."""
-    weights: Mapping[str, float]
-    """Default weight of each term; the reward is their weighted sum."""
+    terms: RewardTerms | None = None
+    """The named, unweighted reward terms (None: the reward is unknown and learned from the
+    rewards the robot reports, see ``reward_learned``)."""
+    weights: Mapping[str, float] = field(default_factory=dict)
+    """Default weight of each term; the reward is their weighted sum (empty when the reward is
+    learned)."""
     terminated: Termination | None = None
-    """Which next states end the episode (None: never)."""
+    """Which next states end the episode (None: never, unless ``learn_termination``)."""
+    learn_termination: bool = False
+    """Episodes do end but the task cannot say when: the model learns the probability that a
+    transition ends the episode from the robot's ``terminated`` flags (only without
+    ``terminated``)."""
     preprocess: Mapping[str, Any] = field(default_factory=dict)
     """Observation preprocessing spec for the model (see models.preprocess)."""
     env_id: str | None = None
@@ -69,6 +75,29 @@ class Task:
             raise ValueError(f"{self.name}: every action_low must be below action_high")
         if self.control_period <= 0 or self.episode_steps < 1:
             raise ValueError(f"{self.name}: control_period and episode_steps must be positive")
+        if self.terms is None and self.weights:
+            raise ValueError(f"{self.name}: a learned reward has no term weights")
+
+    @property
+    def reward_learned(self) -> bool:
+        """The reward is the model's prediction, not the task's terms."""
+        return self.terms is None
+
+    @property
+    def termination_learned(self) -> bool:
+        """Whether the episode ends is the model's prediction, not the task's function."""
+        return self.terminated is None and self.learn_termination
+
+    def learned(self, reward: bool = False, termination: bool = False) -> Task:
+        """This task with its reward (``reward``) and/or its termination (``termination``)
+        learned instead of computed: what ``--reward learned`` and ``--termination learned``
+        run."""
+        changes: dict[str, Any] = {}
+        if reward:
+            changes.update(terms=None, weights={})
+        if termination:
+            changes.update(terminated=None, learn_termination=True)
+        return replace(self, **changes) if changes else self
 
     def validated_weights(self, changes: Mapping[str, float] | None = None) -> dict[str, float]:
         """The default weights with ``changes`` applied; unknown terms are refused."""
@@ -114,6 +143,8 @@ class Task:
         weights: Mapping[str, float] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted sum of the terms: [...] (see :meth:`weighted_sum` for ``weights``)."""
+        if self.terms is None:
+            raise ValueError(f"{self.name}: the reward is learned; the task has no terms")
         return self.weighted_sum(self.terms(obs, act, next_obs), weights)
 
     def term_values(
@@ -124,6 +155,8 @@ class Task:
     ) -> dict[str, float]:
         """Each unweighted term of one transition (obs [S], act [A], next_obs [S]) as a float,
         in ``Task.weights`` order: what telemetry reports per tick. Computed in float64."""
+        if self.terms is None:
+            return {}
         with torch.inference_mode():
             # A copy: message arrays are read-only, which torch warns about when it shares them.
             x, a, x2 = (
