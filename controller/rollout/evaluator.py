@@ -4,7 +4,8 @@
 :mod:`controller.rollout.graph`) and the host side of trajectory sampling: how particles are laid
 out, which member each particle row uses at each step, the sampling noise, and how particle
 returns are aggregated per candidate. Everything random comes from the caller's generator, so a
-seeded planner is deterministic.
+seeded planner is deterministic. Which graph serves a call, routed or mixed, follows from the
+settings and the task (:meth:`RolloutEvaluator.mode`).
 
 Shapes: N candidates, H horizon, A action, S observation, E members, P particles per candidate,
 M particle rows.
@@ -25,8 +26,8 @@ from onnxruntime import InferenceSession
 
 from controller.checks import check_choice, check_int, check_number
 from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
-from controller.rollout.reward_graph import export_reward, reward_graph
-from controller.tasks import TASKS, Task
+from controller.rollout.reward_graph import task_reward_graph
+from controller.tasks import Task
 from models.export import ModelFileError, ModelMetadata
 from models.runtime import RuntimeOptions, create_session, read_model, select_providers
 
@@ -35,6 +36,7 @@ MIN_SLICE_ROWS = 16
 """A batch is cut into slices of at least this many particle rows (see RuntimeOptions)."""
 MAX_PARTICLES = 1000
 MAX_PENALTY = 1e6
+MAX_PESSIMISM = 100.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class RolloutSettings:
     risk: float = 0.0
     """Candidate score = mean - risk x std of its particles' returns (0: the mean; needs P > 1
     to matter)."""
+    reward_pessimism: float = 0.0
+    """k, used only with a learned reward: each step's reward is the members' mean reward less
+    k times their std (0..MAX_PESSIMISM); > 0 evaluates every member on every particle like the
+    disagreement penalty (E x cost), since the spread needs all members."""
 
     def __post_init__(self) -> None:
         check_int("particles", self.particles, 1, MAX_PARTICLES)
@@ -65,19 +71,7 @@ class RolloutSettings:
         check_number("discount", self.discount, 0.0, 1.0, low_open=True)
         check_number("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
         check_number("risk", self.risk, 0.0, 100.0)
-
-    @property
-    def mode(self) -> Mode:
-        """Which rollout graph serves these settings."""
-        mixed = self.propagation == "expectation" or self.disagreement_penalty > 0
-        return "mixed" if mixed else "routed"
-
-
-def task_reward_graph(task: Task) -> onnx.ModelProto:
-    """The task's reward graph; exported once per process for registered tasks."""
-    if TASKS.get(task.name) is task:
-        return reward_graph(task.name)
-    return export_reward(task)
+        check_number("reward_pessimism", self.reward_pessimism, 0.0, MAX_PESSIMISM)
 
 
 @dataclass
@@ -108,6 +102,10 @@ class RolloutEvaluator:
     the candidates go to the device and the returns come back. Those draws come from the
     graph's seeded generators, not from the caller's: plans stay reproducible for one
     evaluator from its creation, but not across evaluators or equal to the host draws.
+
+    A task whose reward is learned needs a model that predicts it, and a task whose
+    termination is learned a model that predicts ``done_prob``: another model file is refused
+    (ModelFileError), as planning on it would optimize something else than the task asks.
     """
 
     def __init__(
@@ -130,23 +128,39 @@ class RolloutEvaluator:
                 f"{self.path}: model dims (obs {cfg.obs_dim}, act {cfg.act_dim}) do not match "
                 f"task {task.name} (obs {task.obs_dim}, act {task.act_dim})"
             )
+        if task.reward_learned and not cfg.predict_reward:
+            raise ModelFileError(
+                f"{self.path}: task {task.name} has a learned reward, but this model does not "
+                "predict the reward (train it with predict_reward)"
+            )
+        # Refused rather than planned on without a termination: the plans would walk into
+        # the ends the task says exist; the model watcher keeps the previous model serving.
+        if task.termination_learned and not cfg.predict_done:
+            raise ModelFileError(
+                f"{self.path}: task {task.name} has a learned termination, but this model does "
+                "not predict done_prob (train it with predict_done)"
+            )
         model = ModelGraph(
             proto=onnx.load_from_string(data),
             members=cfg.members,
             obs_dim=cfg.obs_dim,
             act_dim=cfg.act_dim,
             member_batched=self.metadata.member_batched,
+            predicts_reward=cfg.predict_reward,
+            predicts_done=cfg.predict_done and task.termination_learned,
         )
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
         slices = 1 if self.device_random else _slice_count(self.options, self.device)
         options = self.options if slices == 1 else replace(self.options, intra_op_threads=1)
         self.sessions = {}
+        self._inputs: dict[Mode, frozenset[str]] = {}
         for mode in modes:
             proto = build_rollout_graph(model, reward, mode, device_random=self.device_random)
             graph = proto.SerializeToString()
             source = f"{self.path} ({mode} rollout)"
             self.sessions[mode] = [create_session(graph, options, source) for _ in range(slices)]
+            self._inputs[mode] = frozenset(i.name for i in proto.graph.input)
         self.inv_scale2 = _inverse_scale2(self.metadata)
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
         self._layout_key: tuple[object, ...] | None = None
@@ -156,12 +170,24 @@ class RolloutEvaluator:
     def members(self) -> int:
         return self.metadata.config.members
 
+    def mode(self, settings: RolloutSettings) -> Mode:
+        """Which rollout graph serves ``settings``: "mixed" where every member must see every
+        particle row (expectation, a disagreement penalty, or pessimism about a learned
+        reward, which needs the members' spread), else "routed"."""
+        mixed = (
+            settings.propagation == "expectation"
+            or settings.disagreement_penalty > 0
+            or (settings.reward_pessimism > 0 and self.task.reward_learned)
+        )
+        return "mixed" if mixed else "routed"
+
     def rows(self, candidates: int, horizon: int, settings: RolloutSettings) -> int:
         """Member-rows one evaluation computes (the unit of model cost)."""
+        mode = self.mode(settings)
         particle_rows = candidates * settings.particles
-        cuts = self._cuts(particle_rows, len(self.sessions[settings.mode]))
-        m = sum(self._particle_rows(hi - lo, settings.mode) for lo, hi in cuts)
-        per_row = self.members if settings.mode == "mixed" else 1
+        cuts = self._cuts(particle_rows, len(self.sessions[mode]))
+        m = sum(self._particle_rows(hi - lo, mode) for lo, hi in cuts)
+        per_row = self.members if mode == "mixed" else 1
         return m * horizon * per_row
 
     def evaluate(
@@ -173,6 +199,9 @@ class RolloutEvaluator:
         weights: np.ndarray | None = None,
     ) -> np.ndarray:
         """Score each candidate: ``obs [S]``, ``actions [N, H, A]`` -> ``returns [N]``.
+
+        ``weights [T]``: the task's term weights (None: its defaults); unused when the reward
+        is learned.
 
         A candidate whose rollout produced a non-finite return keeps it (NaN or inf): the
         planner decides what to do with it and counts it; nothing is replaced silently.
@@ -187,20 +216,22 @@ class RolloutEvaluator:
                              f"got {list(actions.shape)}")  # fmt: skip
         n, h, _ = actions.shape
         p = settings.particles
-        mode = settings.mode
+        mode = self.mode(settings)
         if mode not in self.sessions:
             raise ValueError(f"{self.path} is not member-batched: only mixed-mode rollouts "
-                             "(expectation or a disagreement penalty) can use it")  # fmt: skip
+                             "(expectation, a disagreement penalty, or pessimism about a "
+                             "learned reward) can use it")  # fmt: skip
         self._layout(n, h, p, mode)
         shared: dict[str, np.ndarray] = {
             "obs": obs,
             "actions": np.ascontiguousarray(actions, np.float32),
             "weights": self.default_weights if weights is None else weights,
             "discount": np.array(settings.discount, np.float32),
+            "penalty": np.array(settings.disagreement_penalty, np.float32),
+            "inv_scale2": self.inv_scale2,
+            "pessimism": np.array(settings.reward_pessimism, np.float32),
         }
-        if mode == "mixed":
-            shared["penalty"] = np.array(settings.disagreement_penalty, np.float32)
-            shared["inv_scale2"] = self.inv_scale2
+        shared = {name: value for name, value in shared.items() if name in self._inputs[mode]}
         if self.device_random:
             returns = self._run_bound(self.sessions[mode][0], shared, settings, rng)
         else:

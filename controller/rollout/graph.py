@@ -1,4 +1,4 @@
-"""Build the rollout graph: a whole horizon of ensemble propagation and task reward in one ONNX run.
+"""Build the rollout graph: a whole horizon of ensemble propagation and reward in one ONNX run.
 
 The graph is composed by graph surgery from two exported graphs: the dynamics model file (as the
 learner publishes it) and the task's reward graph (:mod:`controller.rollout.reward_graph`). The
@@ -18,7 +18,7 @@ Inputs (both modes): ``obs [S]`` the current state; ``actions [N, H, A]``; ``par
 [M]`` int64, which candidate each particle row follows; ``noise [H, M, S]`` standard normal
 draws for sampling the next state (zeros for mean propagation; the draws are i.i.d., so which
 row takes which draw does not matter and routed mode takes them in member order);
-``weights [T]``; ``discount []``.
+``weights [T]`` when the task has reward terms; ``discount []``.
 
 - ``routed`` mode (TS1 and TS-infinity): each particle row goes through exactly one member, so
   a step costs M member-rows. ``gather_idx [H, M]`` int64 orders the particle rows at each step
@@ -26,20 +26,31 @@ row takes which draw does not matter and routed mode takes them in member order)
   inverse permutation. TS1 draws a new permutation per step, TS-infinity repeats one. The loop
   keeps the state in member order: each step takes one Gather (step t-1's order to step t's,
   composed outside the loop), and the whole trajectory goes back to particle order once.
-- ``mixed`` mode (expectation, or any propagation with a disagreement penalty): every member
-  sees every particle row (E x M member-rows per step). ``member_weight [H, E, M]`` mixes the
-  members' Gaussians (1/E each for expectation, one-hot for TS1/TS-infinity). The ensemble
-  disagreement, the variance of the members' means divided by ``inv_scale2 [S]``-weighted
-  state scales and averaged over S, is subtracted from the reward times ``penalty []``.
+- ``mixed`` mode (expectation, any propagation with a disagreement penalty, or pessimism about
+  a learned reward): every member sees every particle row (E x M member-rows per step).
+  ``member_weight [H, E, M]`` mixes the members' Gaussians (1/E each for expectation, one-hot
+  for TS1/TS-infinity). The ensemble disagreement, the variance of the members' means divided
+  by ``inv_scale2 [S]``-weighted state scales and averaged over S, is subtracted from the
+  reward times ``penalty []``. With a learned reward, ``pessimism []`` (k) too.
+
+Reward and termination: what the task computes itself (its graph's ``reward`` and ``done``)
+comes first; the model stands in for the rest. A learned step reward is the model's
+``reward_mean`` of the particle row's own member (routed), or the ``member_weight`` mix of the
+members' reward means less k times their std over the members (mixed: the pessimistic mean).
+A learned termination is the model's ``done_prob`` mixed the same way, the probability that
+the step ends the episode. The reward of step t counts times the probability that the episode
+is still running, alive_t = prod_{tau<t} (1 - done_tau): the terminal step's own reward counts
+and later ones do not (exactly so for the task's 0/1 ``done``). Neither: no termination.
 
 The loop body holds only the model step and the sampling; it stacks the next states (and the
-disagreement) as scan outputs, and the reward of all H x M steps is computed after the loop in
-one batch. Measured on 2 cores (E=5, 4x200, 200 candidates, H=15): this halved the body's node
-count (88 to 52) without changing the run time, which the small batched MatMuls dominate; with
-7,000 particle rows per step the run went from 256 to 203 ms.
+disagreement, and the model's reward and done outputs where they are used) as scan outputs,
+and the reward of all H x M steps is computed after the loop in one batch. Measured on 2 cores
+(E=5, 4x200, 200 candidates, H=15): this halved the body's node count (88 to 52) without
+changing the run time, which the small batched MatMuls dominate; with 7,000 particle rows per
+step the run went from 256 to 203 ms.
 
-Output: ``returns [M]``, the discounted sum of rewards per particle row; rewards after a
-terminal state count zero.
+Output: ``returns [M]``, the discounted sum of rewards per particle row, each step's weighted
+by its alive_t.
 """
 
 from __future__ import annotations
@@ -71,6 +82,12 @@ class ModelGraph:
     act_dim: int
     member_batched: bool
     """Inputs are [E, B, ...] (each member its own rows) rather than [B, ...] shared."""
+    predicts_reward: bool = False
+    """The graph has ``reward_mean [E, B, 1]``: the step reward where the task has none."""
+    predicts_done: bool = False
+    """The graph has ``done_prob [E, B, 1]`` and the rollout takes it as the termination where
+    the task has no termination function (False: the model's is not used, e.g. for a task
+    whose episodes never end)."""
 
 
 class _Builder:
@@ -140,12 +157,15 @@ def _model_step(
     t: str,
     state: str,
     prefix: str,
-    seed: float | None = None,
-) -> tuple[str, str | None]:
-    """Nodes of one horizon step; returns the names of (next state, disagreement or None).
+    seed: float | None,
+    reads: Sequence[str],
+) -> dict[str, str]:
+    """Nodes of one horizon step; returns the names of its outputs: ``next_state [M, S]``,
+    in mixed mode ``disagreement [M]``, and each model output of ``reads`` (``reward_mean``,
+    ``done_prob``): ``[M]`` in routed mode, ``[E, M]`` in mixed mode.
 
-    Routed: ``state`` is in step t-1's member order and is reordered to step t's; the next
-    state comes out in step t's order. Mixed: particle order throughout. ``seed``: the graph
+    Routed: ``state`` is in step t-1's member order and is reordered to step t's; the step's
+    outputs come out in step t's order. Mixed: particle order throughout. ``seed``: the graph
     draws the noise itself (device-random), else it reads the ``noise`` input.
     """
     e, s, a = model.members, model.obs_dim, model.act_dim
@@ -154,6 +174,7 @@ def _model_step(
     else:
         draw = b.op("RandomNormalLike", [state], "draw", seed=seed + 1.0)
         noise_t = b.op("Mul", [draw, "noise_scale"], "noise_t")
+    extras: dict[str, str] = {}
     if mode == "routed":
         order = b.op("Gather", ["reorder", t], "order", axis=0)  # [M]
         x = b.op("Reshape", [b.op("Gather", [state, order], axis=0), b.ints(e, -1, s)])
@@ -163,7 +184,8 @@ def _model_step(
         mean = b.op("Reshape", [out["next_obs_mean"], flat])
         logvar = b.op("Reshape", [out["next_obs_logvar"], flat])
         std = b.op("Exp", [b.op("Mul", [logvar, b.const(np.float32(0.5))])], "std")
-        disagreement = None
+        for name in reads:  # [E, M / E, 1]: each particle row's own member
+            extras[name] = b.op("Reshape", [out[name], b.ints(-1)], name)
     else:
         act_t = b.op("Gather", ["act_steps", t], "act_t", axis=0)  # [M, A]
         if model.member_batched:
@@ -183,13 +205,19 @@ def _model_step(
         dev = b.op("Sub", [means, centre])
         spread = b.op("ReduceMean", [b.op("Mul", [dev, dev]), axis0], keepdims=0)  # [M, S]
         scaled = b.op("Mul", [spread, "inv_scale2"])
-        disagreement = b.op("ReduceMean", [scaled, b.ints(1)], "disagreement", keepdims=0)
+        extras["disagreement"] = b.op("ReduceMean", [scaled, b.ints(1)], "dis", keepdims=0)
+        for name in reads:  # every member's, mixed after the loop
+            extras[name] = b.op("Squeeze", [out[name], b.ints(2)], name)
     nxt = b.op("Add", [mean, b.op("Mul", [std, noise_t])], "next_state")
-    return nxt, disagreement
+    return {"next_state": nxt, **extras}
 
 
 def _inputs(
-    model: ModelGraph, mode: Mode, terms: int, device_random: bool
+    model: ModelGraph,
+    mode: Mode,
+    reward: onnx.ModelProto | None,
+    device_random: bool,
+    pessimism: bool,
 ) -> list[onnx.ValueInfoProto]:
     e, s, a = model.members, model.obs_dim, model.act_dim
     info = helper.make_tensor_value_info
@@ -197,9 +225,11 @@ def _inputs(
         info("obs", FLOAT, [s]),
         info("actions", FLOAT, ["N", "H", a]),
         info("particle_candidate", INT64, ["M"]),
-        info("weights", FLOAT, [terms]),
-        info("discount", FLOAT, []),
     ]
+    for given in reward.graph.input if reward is not None else ():
+        if given.name == "weights":
+            inputs.append(info("weights", FLOAT, [given.type.tensor_type.shape.dim[0].dim_value]))
+    inputs.append(info("discount", FLOAT, []))
     if device_random:
         inputs.append(info("noise_scale", FLOAT, []))
     else:
@@ -214,6 +244,8 @@ def _inputs(
             info("penalty", FLOAT, []),
             info("inv_scale2", FLOAT, [s]),
         ]
+        if pessimism:
+            inputs.append(info("pessimism", FLOAT, []))
     return inputs
 
 
@@ -252,28 +284,36 @@ def _routing(b: _Builder, a: int, h: str, m: str) -> str:
 
 
 def _loop(
-    b: _Builder, model: ModelGraph, mode: Mode, h: str, state0: str, seed: float | None
-) -> tuple[str, str | None]:
-    """The ``Loop`` over the horizon; returns ``next_states [H, M, S]`` and, in mixed mode,
-    ``disagreements [H, M]``, both stacked by the loop as scan outputs."""
+    b: _Builder,
+    model: ModelGraph,
+    mode: Mode,
+    h: str,
+    state0: str,
+    seed: float | None,
+    reads: Sequence[str],
+) -> dict[str, str]:
+    """The ``Loop`` over the horizon; returns the names of the step outputs of
+    :func:`_model_step` stacked by the loop as scan outputs, under the same keys, with a
+    leading H (``next_state [H, M, S]``, ``disagreement [H, M]``, ...)."""
     body = _Builder("step/")
-    nxt, disagreement = _model_step(body, model, mode, "iter", "state_in", "", seed)
-    outs = [nxt, body.op("Identity", [nxt], "next_out")]
-    if disagreement is not None:
-        outs.append(disagreement)
+    step = _model_step(body, model, mode, "iter", "state_in", "", seed, reads)
+    scans = dict(step, next_state=body.op("Identity", [step["next_state"]], "next_out"))
     info = helper.make_tensor_value_info
     body_graph = helper.make_graph(
         [*body.nodes, helper.make_node("Identity", ["cond_in"], ["cond_out"])],
         "rollout_step",
         [info("iter", INT64, []), info("cond_in", BOOL, []), info("state_in", FLOAT, None)],
-        [info("cond_out", BOOL, []), *(info(n, FLOAT, None) for n in outs)],
+        [
+            info("cond_out", BOOL, []),
+            info(step["next_state"], FLOAT, None),
+            *(info(n, FLOAT, None) for n in scans.values()),
+        ],
         initializer=body.initializers,
     )
-    next_states = b.name("next_states")
-    disagreements = b.name("disagreements") if disagreement is not None else None
-    loop_outs = [b.name("final_state"), next_states, *([disagreements] if disagreements else [])]
-    b.nodes.append(helper.make_node("Loop", [h, "", state0], loop_outs, body=body_graph))
-    return next_states, disagreements
+    stacked = {name: b.name(name) for name in scans}
+    outs = [b.name("final_state"), *stacked.values()]
+    b.nodes.append(helper.make_node("Loop", [h, "", state0], outs, body=body_graph))
+    return stacked
 
 
 def _unrolled(
@@ -283,57 +323,90 @@ def _unrolled(
     horizon: int,
     state0: str,
     seed: float | None,
-) -> tuple[str, str | None]:
+    reads: Sequence[str],
+) -> dict[str, str]:
     """The same steps as :func:`_loop`, written out for a fixed horizon."""
-    states, disagreements = [], []
+    steps: dict[str, list[str]] = {}
     state = state0
-    for step in range(horizon):
-        t = b.const(np.int64(step), "t")
-        state, disagreement = _model_step(b, model, mode, t, state, f"s{step}/", seed)
-        states.append(b.op("Unsqueeze", [state, b.ints(0)]))
-        if disagreement is not None:
-            disagreements.append(b.op("Unsqueeze", [disagreement, b.ints(0)]))
-    stacked = b.op("Concat", disagreements, axis=0) if disagreements else None
-    return b.op("Concat", states, axis=0), stacked
+    for i in range(horizon):
+        t = b.const(np.int64(i), "t")
+        step = _model_step(b, model, mode, t, state, f"s{i}/", seed, reads)
+        state = step["next_state"]
+        for name, value in step.items():
+            steps.setdefault(name, []).append(b.op("Unsqueeze", [value, b.ints(0)]))
+    return {name: b.op("Concat", values, axis=0) for name, values in steps.items()}
+
+
+def _over_members(b: _Builder, mode: Mode, values: str, pessimism: bool) -> str:
+    """A model output per step and particle row [H, M]: routed, ``values`` is that already
+    (each row's own member); mixed, ``values [H, E, M]`` are mixed by ``member_weight``, less
+    ``pessimism`` times their std over the members (population std) where asked."""
+    if mode == "routed":
+        return values
+    axis1 = b.ints(1)
+    mixed = b.op("ReduceSum", [b.op("Mul", ["member_weight", values]), axis1], keepdims=0)
+    if not pessimism:
+        return mixed
+    dev = b.op("Sub", [values, b.op("ReduceMean", [values, axis1], keepdims=1)])
+    spread = b.op("Sqrt", [b.op("ReduceMean", [b.op("Mul", [dev, dev]), axis1], keepdims=0)])
+    return b.op("Sub", [mixed, b.op("Mul", ["pessimism", spread])], "pessimistic")
 
 
 def _returns(
     b: _Builder,
-    reward: onnx.ModelProto,
+    reward: onnx.ModelProto | None,
+    mode: Mode,
     s: int,
     a: int,
     state0: str,
-    next_states: str,
-    disagreements: str | None,
+    stacked: Mapping[str, str],
     hm: str,
     h_float: str,
 ) -> None:
-    """Outer nodes from the particle-order trajectory to ``returns``: every step's reward in
-    one batch of H x M rows, the disagreement penalty, termination and discount."""
-    earlier = b.op("Slice", [next_states, b.ints(0), b.ints(-1)])
-    states = b.op("Concat", [b.op("Unsqueeze", [state0, b.ints(0)]), earlier], axis=0)
-    flat_states = b.op("Reshape", [states, b.ints(-1, s)])
-    flat_actions = b.op("Reshape", ["act_steps", b.ints(-1, a)])
-    flat_next = b.op("Reshape", [next_states, b.ints(-1, s)])
-    values = (flat_states, flat_actions, flat_next, "weights")
-    bind = dict(zip(REWARD_INPUTS, values, strict=True))
-    r = b.inline(reward.graph, "reward/", bind, "reward/")
-    step_reward = b.op("Reshape", [r["reward"], hm])  # [H, M]
-    if disagreements is not None:
-        step_reward = b.op("Sub", [step_reward, b.op("Mul", ["penalty", disagreements])])
-    # Rewards after a terminal state count zero: alive while no earlier step ended (done is 0/1).
-    done = b.op("Reshape", [r["done"], hm])
-    ended = b.op("CumSum", [done, b.const(np.int64(0))], exclusive=1)
-    alive = b.op("Relu", [b.op("Sub", [b.const(np.float32(1.0)), ended])])
+    """Outer nodes from the particle-order trajectory to ``returns``: the task's reward and
+    termination on all H x M steps in one batch (what the task computes itself), else the
+    model's; the disagreement penalty; survival and discount."""
+    task: dict[str, str] = {}
+    if reward is not None:
+        earlier = b.op("Slice", [stacked["next_state"], b.ints(0), b.ints(-1)])
+        states = b.op("Concat", [b.op("Unsqueeze", [state0, b.ints(0)]), earlier], axis=0)
+        values = (
+            b.op("Reshape", [states, b.ints(-1, s)]),
+            b.op("Reshape", ["act_steps", b.ints(-1, a)]),
+            b.op("Reshape", [stacked["next_state"], b.ints(-1, s)]),
+            "weights",
+        )
+        given = dict(zip(REWARD_INPUTS, values, strict=True))
+        bind = {i.name: given[i.name] for i in reward.graph.input}
+        outputs = b.inline(reward.graph, "reward/", bind, "reward/")
+        task = {name: b.op("Reshape", [value, hm], name) for name, value in outputs.items()}
+    if "reward" in task:
+        step_reward = task["reward"]  # [H, M]
+    else:
+        step_reward = _over_members(b, mode, stacked["reward_mean"], pessimism=True)
+    if "disagreement" in stacked:
+        step_reward = b.op("Sub", [step_reward, b.op("Mul", ["penalty", stacked["disagreement"]])])
     powers = b.op("Range", [b.const(np.float32(0.0)), h_float, b.const(np.float32(1.0))])
     disc = b.op("Unsqueeze", [b.op("Pow", ["discount", powers]), b.ints(1)])  # [H, 1]
-    gains = b.op("Mul", [b.op("Mul", [step_reward, alive]), disc])
+    gains = b.op("Mul", [step_reward, disc])
+    if "done" in task:
+        done = task["done"]
+    elif "done_prob" in stacked:
+        done = _over_members(b, mode, stacked["done_prob"], pessimism=False)
+    else:
+        done = None
+    if done is not None:
+        # A step's reward counts times the probability that no earlier step ended the episode:
+        # alive_t = prod_{tau<t} (1 - done_tau), as a sum of logs (exact for 0/1: log 0 = -inf).
+        survive = b.op("Log", [b.op("Sub", [b.const(np.float32(1.0)), done])], "log_survive")
+        alive = b.op("Exp", [b.op("CumSum", [survive, b.const(np.int64(0))], exclusive=1)])
+        gains = b.op("Mul", [gains, alive], "gains")
     b.nodes.append(helper.make_node("ReduceSum", [gains, b.ints(0)], ["returns"], keepdims=0))
 
 
 def build_rollout_graph(
     model: ModelGraph,
-    reward: onnx.ModelProto,
+    reward: onnx.ModelProto | None,
     mode: Mode,
     *,
     unroll: int | None = None,
@@ -341,6 +414,11 @@ def build_rollout_graph(
     seed: int = 0,
 ) -> onnx.ModelProto:
     """Compose the rollout graph for ``mode`` (see the module docstring).
+
+    ``reward`` is the task's graph (:func:`controller.rollout.reward_graph.export_reward`):
+    what it computes (``reward``, ``done``) is used, and the model's ``reward_mean`` and
+    ``done_prob`` stand in for what it does not (None: it computes neither). Raises ValueError
+    when neither gives a reward.
 
     ``device_random=True`` makes the graph draw its own sampling noise and (routed) member
     orders with ONNX random ops seeded from ``seed``, so that on a GPU they never cross the
@@ -355,8 +433,7 @@ def build_rollout_graph(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "routed" and not model.member_batched:
         raise ValueError("routed mode needs a member-batched model ([E, B, ...] inputs)")
-    terms = next(i for i in reward.graph.input if i.name == "weights")
-    n_terms = terms.type.tensor_type.shape.dim[0].dim_value
+    reads = _model_reads(model, reward)
     s, a = model.obs_dim, model.act_dim
     b = _Builder("outer/")
     act_particles = b.op("Gather", ["actions", "particle_candidate"], axis=0)  # [M, H, A]
@@ -372,25 +449,28 @@ def build_rollout_graph(
         _draw_orders(b, hm, m, graph_seed)
     offsets = _routing(b, a, h, m) if mode == "routed" else None
     if unroll is None:
-        next_states, disagreements = _loop(b, model, mode, h, state0, graph_seed)
+        stacked = _loop(b, model, mode, h, state0, graph_seed, reads)
     else:
-        next_states, disagreements = _unrolled(b, model, mode, unroll, state0, graph_seed)
+        stacked = _unrolled(b, model, mode, unroll, state0, graph_seed, reads)
     if offsets is not None:  # back to particle order: step t left particle p in scatter_idx[t][p]
         rows = b.op("Add", ["scatter_idx", offsets])
-        flat = b.op("Reshape", [next_states, b.ints(-1, s)])
-        next_states = b.op("Gather", [flat, rows], "next_states", axis=0)
+        for name, value in stacked.items():
+            flat = b.op("Reshape", [value, b.ints(-1, s) if name == "next_state" else b.ints(-1)])
+            stacked[name] = b.op("Gather", [flat, rows], name, axis=0)
     h_float = b.op("Cast", [h], to=FLOAT)
-    _returns(b, reward, s, a, state0, next_states, disagreements, hm, h_float)
+    _returns(b, reward, mode, s, a, state0, stacked, hm, h_float)
 
+    pessimism = mode == "mixed" and "reward_mean" in reads
     graph = helper.make_graph(
         b.nodes,
         f"tickmpc_rollout_{mode}",
-        _inputs(model, mode, n_terms, device_random),
+        _inputs(model, mode, reward, device_random, pessimism),
         [helper.make_tensor_value_info("returns", FLOAT, ["M"])],
         initializer=b.initializers,
     )
+    parts = (model.proto,) if reward is None else (model.proto, reward)
     opset = max(
-        (o.version for p in (model.proto, reward) for o in p.opset_import if o.domain == ""),
+        (o.version for p in parts for o in p.opset_import if o.domain == ""),
         default=20,
     )
     proto = helper.make_model(
@@ -398,3 +478,22 @@ def build_rollout_graph(
     )
     proto.ir_version = model.proto.ir_version
     return proto
+
+
+def _model_reads(model: ModelGraph, reward: onnx.ModelProto | None) -> tuple[str, ...]:
+    """The model outputs beyond the next state that the rollout uses with the task graph
+    ``reward``: ``reward_mean`` where the task computes no reward, ``done_prob`` where it
+    computes no termination and the model's is to be used (``model.predicts_done``)."""
+    task = set() if reward is None else {o.name for o in reward.graph.output}
+    reads: tuple[str, ...] = ()
+    if "reward" not in task:
+        if not model.predicts_reward:
+            raise ValueError("no reward to plan on: the task's graph has none (the reward is "
+                             "learned) and the model does not predict one")  # fmt: skip
+        reads += ("reward_mean",)
+    if "done" not in task and model.predicts_done:
+        reads += ("done_prob",)
+    missing = [n for n in reads if n not in {o.name for o in model.proto.graph.output}]
+    if missing:
+        raise ValueError(f"the model graph has no {' or '.join(missing)} output")
+    return reads
