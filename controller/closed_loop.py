@@ -9,14 +9,17 @@ the bounds (PETS-style random first episode). In lockstep mode (the default, rep
 episode waits for the retrain on everything stored so far and for the service to serve its
 result; with ``--realtime`` the robot runs on the wall clock and models swap in whenever ready.
 
-Run directory: ``config.toml``, ``store/`` (transitions), ``models/`` (every version, its
+Run directory: ``config.toml``, ``task/`` (a task file's copy, see :func:`keep_task_copy`),
+``store/`` (transitions), ``models/`` (every version, its
 weights, ``rejected/``), ``metrics/episodes.jsonl``, ``metrics/ticks.jsonl`` (telemetry),
 ``metrics/learner.jsonl``, ``logs/``, ``learning_curve.png``. ``--resume`` continues a run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +34,7 @@ import zmq
 
 from controller.config import Config
 from controller.service.control import request
+from controller.tasks import AUTO, task_source
 from models.registry import ModelDirectory
 from models.store import TransitionReader, follow
 from sim_bridge import protocol as p
@@ -38,8 +42,48 @@ from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
 
 ROBOT = "sim-0"
+TASK_DIR = "task"
+"""Where a run directory keeps the copy of its task file (and ``source.json``)."""
 PETS_REFERENCE = {"cartpole-swingup": 170.0}
 """Return lines drawn on the learning curve (PETS' cartpole swing-up result)."""
+
+
+def keep_task_copy(config: Config, run_dir: Path) -> Config:
+    """``config`` with its task read from a copy in ``run_dir/task/`` when the task comes from a
+    file or module: every process of the run loads that copy, and ``--resume`` loads it again
+    (:func:`resumed_task`), whatever happened to the original since. ``source.json`` beside it
+    records the original reference and the copy's sha256."""
+    source = task_source(config.task)
+    if source is None:
+        return config
+    where = (run_dir / TASK_DIR).resolve()
+    if source.path.parent == where:  # already the run's own copy
+        return config
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / source.path.name
+    shutil.copyfile(source.path, copy)
+    record = {"source": config.task, "file": copy.name, "name": source.name,
+              "sha256": source.sha256}  # fmt: skip
+    (where / "source.json").write_text(json.dumps(record, indent=2) + "\n")
+    return replace(config, task=f"{copy}:{source.name}")
+
+
+def resumed_task(run_dir: Path) -> str | None:
+    """The task reference of the copy a run directory keeps (None if it keeps none); ValueError
+    if the copy is missing or differs from the hash recorded when the run began."""
+    record_path = run_dir / TASK_DIR / "source.json"
+    if not record_path.exists():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        copy = run_dir / TASK_DIR / record["file"]
+        digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{record_path}: the run's task copy cannot be read: {exc}") from None
+    if digest != record["sha256"]:
+        raise ValueError(f"{copy} changed since the run began (sha256 {digest[:12]}..., "
+                         f"recorded {str(record['sha256'])[:12]}...)")  # fmt: skip
+    return f"{copy.resolve()}:{record['name']}"
 
 
 class ClosedLoop:
@@ -48,6 +92,10 @@ class ClosedLoop:
     def __init__(self, config: Config, run_dir: Path) -> None:
         for sub in ("metrics", "logs", "models"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if config.task == AUTO:
+            raise ValueError("tickmpc run simulates the robot, so it needs a task to simulate, "
+                             "not 'auto'")  # fmt: skip
+        config = keep_task_copy(config, run_dir)
         where = run_dir.resolve()
         # The run's own sockets and data, written into the config the children read, so the
         # file says everything about the run (rewritten whole on resume, wherever it moved).
@@ -106,7 +154,10 @@ class ClosedLoop:
         """Run episode ``index`` (0-based) and return its metrics line."""
         c = self.config
         settings = BridgeSettings(episode_steps=c.run.episode_steps or None, connect_timeout_s=60.0)
-        bridge = MujocoBridge(c.task, ROBOT, seed=c.run.seed + 1000 * index, settings=settings)
+        task = c.resolved_task()
+        assert task is not None
+        bridge = MujocoBridge.for_task(task, ROBOT, seed=c.run.seed + 1000 * index,
+                                       settings=settings)  # fmt: skip
         before = self._robot().get("episodes", 0)
         watch = threading.Thread(target=self._watch_children, args=(bridge.stop_event,),
                                  daemon=True)  # fmt: skip

@@ -25,14 +25,16 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from controller.checks import check_int, check_number, parse_value
+from controller.checks import check_choice, check_int, check_number, parse_value
 from controller.planners.registry import PLANNERS
 from controller.planners.settings import PlannerSettings
 from controller.service.settings import ServiceSettings
-from controller.tasks import get_task
+from controller.tasks import AUTO, Task, load_task
 from models.learner import LearnerConfig
 
 T = TypeVar("T")
+SOURCES = ("task", "learned")
+"""Where a run's reward and termination come from."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,15 @@ class Config:
     """A whole deployment: the task and every part's settings."""
 
     task: str = "cartpole-swingup"
-    """The task every process of a run serves, learns and simulates."""
+    """The task every process of a run serves, learns and simulates: a built-in name, a task
+    file ``path/to/file.py[:NAME]``, a module ``package.module:NAME``, a gymnasium id, or
+    ``auto`` (serve: from the first robot's HELLO). See :mod:`controller.tasks.loading`."""
+    reward: str = "task"
+    """"task": the task's reward terms (learned where the task has none); "learned": the model
+    predicts the reward from the rewards the robots report, whatever the task says."""
+    termination: str = "task"
+    """"task": the task's termination (learned where the task asks for it); "learned": the
+    model predicts whether a transition ends the episode from the robots' ``terminated``."""
     service: ServiceSettings = field(default_factory=ServiceSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -74,12 +84,25 @@ class Config:
     def __post_init__(self) -> None:
         if not isinstance(self.task, str):
             raise ValueError(f"task must be a string, got {self.task!r}")
-        get_task(self.task)
+        check_choice("reward", self.reward, SOURCES)
+        check_choice("termination", self.termination, SOURCES)
+        self.resolved_task()
+
+    def resolved_task(self) -> Task | None:
+        """The task as every process runs it: loaded and checked, with its reward and
+        termination learned where the config says so; None for ``auto`` (the first robot's
+        HELLO says)."""
+        if self.task == AUTO:
+            return None
+        task = load_task(self.task)
+        return task.learned(reward=self.reward == "learned",
+                            termination=self.termination == "learned")  # fmt: skip
 
     @property
     def steps(self) -> int:
-        """Steps per episode of a run."""
-        return self.run.episode_steps or get_task(self.task).episode_steps
+        """Steps per episode of a run (``auto`` has no length of its own: the robot decides)."""
+        task = self.resolved_task()
+        return self.run.episode_steps or (task.episode_steps if task is not None else 0)
 
     def save(self, path: Path) -> None:
         """Write the whole tree as TOML, atomically (a crash leaves the old file or the new)."""

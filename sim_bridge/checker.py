@@ -298,6 +298,7 @@ def _served(bridge: HardwareBridge, ticks: int) -> dict[str, Any]:
         "task": spec.task,
         "obs_dim": spec.obs_dim,
         "act_dim": spec.act_dim,
+        "learns_reward": False,
         "control_period": spec.control_period,
         "episode_steps": bridge.settings.episode_steps or ticks,
         "action_low": spec.action_low,

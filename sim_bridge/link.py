@@ -41,6 +41,9 @@ class RobotSpec:
     action_high: tuple[float, ...]
     control_period: float
     """Seconds per tick."""
+    reward: bool = False
+    """The robot reports each step's reward in its STATEs (required by a controller that
+    learns the reward)."""
 
     def __post_init__(self) -> None:
         if not p.robot_id_ok(self.robot):
@@ -73,6 +76,9 @@ class RobotSpec:
         if not math.isclose(served["control_period"], self.control_period, rel_tol=p.PERIOD_RTOL):
             found.append(f"control period {served['control_period']} s "
                          f"(this robot: {self.control_period} s)")  # fmt: skip
+        if served.get("learns_reward") and not self.reward:
+            found.append("the controller learns the reward from the robots' STATEs, and this "
+                         "robot reports none (RobotSpec.reward is false)")  # fmt: skip
         return found
 
     def hello(self, mode: str) -> p.Message:
@@ -85,6 +91,7 @@ class RobotSpec:
             act_dim=self.act_dim,
             control_period=self.control_period,
             mode=mode,
+            reward=self.reward,
             action_low=np.asarray(self.action_low, np.float64),
             action_high=np.asarray(self.action_high, np.float64),
         )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -47,11 +48,23 @@ class Emulation:
             raise ValueError("emulation settings must be >= 0")
 
 
-def make_env(task: str) -> gym.Env[Any, Any]:
-    """The simulation of ``task`` (a name of SIM_TASKS or any gymnasium id)."""
+class SimulatedTask(Protocol):
+    """What :meth:`MujocoBridge.for_task` reads of a task (a controller ``Task`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def env_id(self) -> str | None: ...
+    @property
+    def env_kwargs(self) -> Mapping[str, Any]: ...
+
+
+def make_env(task: str, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env[Any, Any]:
+    """The simulation of ``task`` (a name of SIM_TASKS or any gymnasium id), made with
+    ``env_kwargs`` over the task's own."""
     env_id, kwargs = SIM_TASKS.get(task, (task, {}))
     try:
-        return gym.make(env_id, **kwargs)
+        return gym.make(env_id, **{**kwargs, **(env_kwargs or {})})
     except gym.error.Error as exc:
         raise ValueError(f"unknown task {task!r}: {exc}; known: {sorted(SIM_TASKS)}") from None
 
@@ -68,20 +81,23 @@ class MujocoBridge(HardwareBridge):
         safe_action: npt.ArrayLike | None = None,
         emulation: Emulation | None = None,
         settings: BridgeSettings | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
-        self.env = make_env(task)
+        self.env = make_env(task, env_kwargs)
         space = self.env.action_space
         assert isinstance(space, gym.spaces.Box)
         obs_space = self.env.observation_space
         assert obs_space.shape is not None
         spec = RobotSpec(
             robot=robot,
-            task=task,
+            task=name or task,
             obs_dim=int(np.prod(obs_space.shape)),
             act_dim=int(np.prod(space.shape)),
             action_low=tuple(float(x) for x in space.low),
             action_high=tuple(float(x) for x in space.high),
             control_period=float(self.env.unwrapped.dt),  # type: ignore[attr-defined]
+            reward=True,
         )
         super().__init__(spec, settings)
         middle = (self.low + self.high) / 2.0
@@ -98,6 +114,15 @@ class MujocoBridge(HardwareBridge):
         self._queue: deque[npt.NDArray[np.float64]] = deque()
         self._held = self.safe_action.copy()
         self._obs: npt.NDArray[np.floating] | None = None
+
+    @classmethod
+    def for_task(cls, task: SimulatedTask, robot: str = "sim-0", **options: Any) -> MujocoBridge:
+        """The simulation of a controller's task: its gymnasium ``env_id`` made with its
+        ``env_kwargs``, saying HELLO with the task's name. ``options`` as for the constructor."""
+        if task.env_id is None:
+            raise ValueError(f"task {task.name} names no gymnasium environment (env_id) to "
+                             "simulate")  # fmt: skip
+        return cls(task.env_id, robot, env_kwargs=task.env_kwargs, name=task.name, **options)
 
     def begin_episode(self) -> None:
         seed = self.seed + self.stats.episodes

@@ -30,6 +30,10 @@ def default_of(path: str) -> Any:
     return node
 
 
+def help_text(text: str, path: str) -> str:
+    return f"{text} (default: {default_of(path)})"
+
+
 def compose(config_file: Path | None, sets: list[str] | None, named: dict[str, Any]) -> Config:
     """The config: dataclass defaults, then the file, then the named flags that were given,
     then ``--set``; anything refused ends the command with the reason."""
@@ -54,14 +58,25 @@ SetOption = Annotated[
 ]
 
 
+TASK_HELP = (
+    "The task: a built-in name, path/to/file.py[:NAME], package.module:NAME or a gymnasium id"
+)
+TaskOption = Annotated[str | None, typer.Option("--task", help=help_text(TASK_HELP + ".", "task"))]
+RewardOption = Annotated[
+    str | None,
+    typer.Option(help=help_text("task (the task's terms) or learned (from the robots' rewards).",
+                                "reward")),
+]  # fmt: skip
+TerminationOption = Annotated[
+    str | None,
+    typer.Option(help=help_text("task (the task's own) or learned (from the robots' flags).",
+                                "termination")),
+]  # fmt: skip
+
 DEFAULT_TASK = default_of("task")
 DEFAULT_ENDPOINT = default_of("service.endpoint")
 DEFAULT_CONTROL = default_of("service.control")
 DEFAULT_DEVICE = default_of("service.runtime.device")
-
-
-def help_text(text: str, path: str) -> str:
-    return f"{text} (default: {default_of(path)})"
 
 
 ControlOption = Annotated[str, typer.Option(help="The service's control socket.")]

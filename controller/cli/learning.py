@@ -12,7 +12,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from controller.cli.common import ConfigOption, SetOption, app, compose, console, help_text
+from controller.cli.common import (
+    TASK_HELP,
+    ConfigOption,
+    RewardOption,
+    SetOption,
+    TaskOption,
+    TerminationOption,
+    app,
+    compose,
+    console,
+    help_text,
+)
 
 
 @app.command("learn")
@@ -20,8 +31,16 @@ def learn(
     config_file: ConfigOption = None,
     task: Annotated[
         str | None,
-        typer.Option(help=help_text("Task (for its observation preprocessing).", "task")),
+        typer.Option(
+            help=help_text(
+                TASK_HELP + " or auto: what the model learns to predict "
+                "and the observation preprocessing.",
+                "task",
+            )
+        ),
     ] = None,
+    reward: RewardOption = None,
+    termination: TerminationOption = None,
     store: Annotated[
         Path | None, typer.Option(help="Transition store to learn from (config: service.store).")
     ] = None,
@@ -48,11 +67,11 @@ def learn(
     """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C.
     Model and training settings: ``--set learner.NAME=VALUE`` or the config file."""
     config = compose(config_file, sets, {
-        "task": task, "service.store": store, "service.models": models,
+        "task": task, "reward": reward, "termination": termination,
+        "service.store": store, "service.models": models,
         "learner.seed": seed, "learner.torch_threads": torch_threads,
     })  # fmt: skip
     from controller.service.control import request
-    from controller.tasks import get_task
     from models.learner import Learner, ModelVersion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -64,9 +83,12 @@ def learn(
     def tell_service(version: ModelVersion) -> None:
         request(config.service.control, "model", timeout_s=2.0)
 
+    served = config.resolved_task()  # None: auto, a task nobody wrote (all learned)
     learner = Learner(
         config.service.store, config.service.models, config.learner,
-        preprocess=get_task(config.task).preprocess, metrics=metrics,
+        preprocess=served.preprocess if served is not None else {}, metrics=metrics,
+        predict_reward=served is None or served.reward_learned,
+        predict_done=served is None or served.termination_learned,
         on_publish=tell_service if announce else None,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
@@ -79,7 +101,9 @@ def learn(
 @app.command("run")
 def run(
     config_file: ConfigOption = None,
-    task: Annotated[str | None, typer.Option(help=help_text("Task to learn.", "task"))] = None,
+    task: TaskOption = None,
+    reward: RewardOption = None,
+    termination: TerminationOption = None,
     episodes: Annotated[
         int | None,
         typer.Option(
@@ -129,10 +153,16 @@ def run(
     scratch. Prints a line per episode and a summary; writes everything to the run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from controller.closed_loop import ClosedLoop, plot_learning_curve, run_closed_loop
+    from controller.closed_loop import (
+        ClosedLoop,
+        plot_learning_curve,
+        resumed_task,
+        run_closed_loop,
+    )
 
     named = {
-        "task": task, "run.episodes": episodes, "planner.planner": planner,
+        "task": task, "reward": reward, "termination": termination,
+        "run.episodes": episodes, "planner.planner": planner,
         "planner.horizon": horizon, "planner.population": population,
         "planner.iterations": iterations, "run.realtime": realtime,
         "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
@@ -143,6 +173,17 @@ def run(
         if config_file is not None:
             typer.echo("error: --resume takes the run's own config.toml, not --config", err=True)
             raise typer.Exit(code=1)
+        try:
+            kept = resumed_task(resume)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        if kept is not None:
+            if task is not None:
+                typer.echo("error: a run's task cannot change on --resume (it keeps its own "
+                           f"copy: {kept})", err=True)  # fmt: skip
+                raise typer.Exit(code=1)
+            named["task"] = kept
         config = compose(resume / "config.toml", sets, named)
         first = ClosedLoop.completed(resume)
         run_dir = resume
@@ -173,7 +214,7 @@ def run(
         except KeyboardInterrupt:
             console.print("stopped; resume with --resume " + str(run_dir))
             raise typer.Exit(code=130) from None
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, TimeoutError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from exc
     table = Table(title=f"{config.task}: {len(lines)} episodes")

@@ -16,9 +16,12 @@ from controller.cli.common import (
     DEFAULT_CONTROL,
     DEFAULT_ENDPOINT,
     DEFAULT_TASK,
+    TASK_HELP,
     ConfigOption,
     ControlOption,
+    RewardOption,
     SetOption,
+    TerminationOption,
     app,
     assignments,
     compose,
@@ -33,8 +36,13 @@ from sim_bridge.hardware import BridgeSettings
 def serve(
     config_file: ConfigOption = None,
     task: Annotated[
-        str | None, typer.Option(help=help_text("The task the robots run.", "task"))
-    ] = (None),
+        str | None,
+        typer.Option(
+            help=help_text(TASK_HELP + ", or auto (from the first robot's HELLO).", "task")
+        ),
+    ] = None,
+    reward: RewardOption = None,
+    termination: TerminationOption = None,
     models: Annotated[
         Path | None, typer.Option(help="Model directory to follow (none: random actions).")
     ] = None,
@@ -63,17 +71,17 @@ def serve(
 ) -> None:
     """Run the MPC service alone: plan for every bridge that connects, until Ctrl-C."""
     config = compose(config_file, sets, {
-        "task": task, "service.models": models, "service.store": store,
+        "task": task, "reward": reward, "termination": termination,
+        "service.models": models, "service.store": store,
         "service.endpoint": endpoint, "service.control": control,
         "service.telemetry": telemetry, "service.allow_remote": allow_remote,
         "service.durable": durable, "service.runtime.device": device,
     })  # fmt: skip
     from controller.service import MPCService
-    from controller.tasks import get_task
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        service = MPCService(get_task(config.task), config.service, config.planner)
+        service = MPCService(config.resolved_task(), config.service, config.planner)
         service.start()
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -90,7 +98,9 @@ def serve(
 
 @app.command("bridge")
 def bridge(
-    task: Annotated[str, typer.Option(help="Task to simulate.")] = DEFAULT_TASK,
+    task: Annotated[
+        str, typer.Option(help=TASK_HELP + " (a task file's env_id is simulated).")
+    ] = DEFAULT_TASK,
     connect: Annotated[str, typer.Option(help="The service's robot endpoint.")] = (
         DEFAULT_ENDPOINT
     ),
@@ -109,13 +119,14 @@ def bridge(
     ] = BridgeSettings.reconnect_s,
 ) -> None:
     """Run one simulated robot (MuJoCo / gymnasium) against a service."""
+    from controller.tasks import load_task
     from sim_bridge.link import Refused
     from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        sim = MujocoBridge(
-            task, robot, seed=seed,
+        sim = MujocoBridge.for_task(
+            load_task(task), robot, seed=seed,
             emulation=Emulation(obs_noise, action_delay, jitter),
             settings=BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect),
         )  # fmt: skip

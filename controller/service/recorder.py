@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 class Recorder:
     """The service's store writer and telemetry publisher, one pass at a time."""
 
-    def __init__(self, task: Task, writer: TransitionWriter | None, durable: bool) -> None:
+    def __init__(self, task: Task | None, writer: TransitionWriter | None, durable: bool) -> None:
         self.task, self.writer, self.durable = task, writer, durable
+        """The served task (None until the service has one: nothing is recorded before)."""
         self.unrecorded: list[Transition] = []
         """Transitions completed by this pass's STATEs."""
         self.answered: list[tuple[RobotSession, dict[str, Any]]] = []
@@ -84,6 +85,7 @@ class Recorder:
 
     def _record(self, tr: Transition) -> None:
         reward = tr.msg["reward"]
+        assert self.task is not None  # a transition comes from a robot the task accepted
         if reward is None:  # the bridge does not know it: the task's definition does
             tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
             terms = {name: torch.tensor(v, dtype=torch.float64) for name, v in tr.terms.items()}
@@ -111,9 +113,10 @@ class Recorder:
                 record["reward"] = record["reward_terms"] = None
                 tr = session.last_transition
                 if tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None:
-                    if tr.terms is None:
+                    if tr.terms is None and self.task is not None:
                         tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
-                    finite = all(math.isfinite(v) for v in tr.terms.values())
+                    terms = tr.terms or {}  # empty: the reward is learned, it has no terms
+                    finite = bool(terms) and all(math.isfinite(v) for v in terms.values())
                     record["reward"] = tr.reward
                     record["reward_terms"] = tr.terms if finite else None
                 frames = p.telemetry_record(**record)

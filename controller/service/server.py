@@ -29,6 +29,7 @@ from controller.service.recorder import Recorder
 from controller.service.session import Pending, RobotSession, Transition
 from controller.service.settings import ServiceSettings
 from controller.tasks import Task
+from controller.tasks.generic import robot_task
 from models.store import TransitionReader, TransitionWriter
 from sim_bridge import protocol as p
 from sim_bridge.link import RobotSpec
@@ -43,15 +44,16 @@ class MPCService:
     """Serves robot bridges; ``start()`` binds, ``serve()`` loops until ``stop_event``."""
 
     def __init__(
-        self, task: Task, settings: ServiceSettings, planner: PlannerSettings | None = None
+        self,
+        task: Task | None,
+        settings: ServiceSettings,
+        planner: PlannerSettings | None = None,
     ) -> None:
-        self.task = task
+        self.task: Task | None = None
+        """The served task; None until the first HELLO when the task is ``auto``."""
         self.settings = settings
         self.planner_settings = planner or PlannerSettings()
         """What every robot's planner runs with; changed whole by ``apply``."""
-        self.task.validated_weights(self.planner_settings.weights)
-        self.low = np.asarray(self.task.action_low, np.float64)
-        self.high = np.asarray(self.task.action_high, np.float64)
         self.sessions: dict[bytes, RobotSession] = {}
         self.model_version = 0
         self.evaluator: Any = None
@@ -65,32 +67,43 @@ class MPCService:
         self._housekeeping = 0.0
         self._episodes = 0
         self.commands = ControlHandler(self)
-        self.watcher = (
-            ModelWatcher(settings.models, self.task, settings.runtime, settings.model_poll_s)
-            if settings.models is not None
-            else None
-        )
+        self.watcher: ModelWatcher | None = None
         self.writer: TransitionWriter | None = None
         self.recorder = Recorder(task, None, settings.durable)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.low = self.high = np.zeros(0)
+        if task is not None:
+            self._take_task(task)
+
+    @property
+    def served(self) -> Task:
+        """The served task (only read once a robot said HELLO, so it is known)."""
+        assert self.task is not None, "no task before the first HELLO"
+        return self.task
+
+    def _take_task(self, task: Task) -> None:
+        """Serve ``task``: its bounds, the weights checked, and a model watcher for it."""
+        task.validated_weights(self.planner_settings.weights)
+        self.task = task
+        self.low = np.asarray(task.action_low, np.float64)
+        self.high = np.asarray(task.action_high, np.float64)
+        self.recorder.task = task
+        s = self.settings
+        if s.models is not None:
+            self.watcher = ModelWatcher(s.models, task, s.runtime, s.model_poll_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Compile the planners' numba kernels, open the store, bind the sockets and load the
         newest model (if any)."""
-        s = self.settings
         # Here rather than at the first large batch: compiling holds the GIL for up to a few
         # hundred milliseconds, which no tick should wait for (0.3 s from numba's cache).
         try:
             kernels.compile_now()
         except Exception:  # a broken numba install: the planners sample with numpy, same bits
             log.exception("numba kernels failed to compile; the planners use numpy")
-        if s.store is not None:
-            self.writer = TransitionWriter(s.store, self.task.obs_dim, self.task.act_dim)
-            self.recorder.writer = self.writer
-            reader = TransitionReader(s.store)
-            if n := len(reader):
-                self._episodes = int(reader.read(n - 1, n).episode[0])
+        if self.task is not None:
+            self._open_store(self.task)
         self.router = self._bind(zmq.ROUTER, "endpoint")
         self.control = self._bind(zmq.ROUTER, "control")
         self.telemetry = self._bind(zmq.XPUB, "telemetry")  # XPUB: it hears who subscribes
@@ -98,6 +111,21 @@ class MPCService:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.telemetry, zmq.POLLIN)
+        self._watch_models()
+
+    def _open_store(self, task: Task) -> None:
+        """Open the store for ``task``'s dims (ValueError if it holds other dims)."""
+        s = self.settings
+        if s.store is None:
+            return
+        self.writer = TransitionWriter(s.store, task.obs_dim, task.act_dim)
+        self.recorder.writer = self.writer
+        reader = TransitionReader(s.store)
+        if n := len(reader):
+            self._episodes = int(reader.read(n - 1, n).episode[0])
+
+    def _watch_models(self) -> None:
+        """Load the newest model now (so the first tick has it), then follow the directory."""
         if self.watcher is not None:
             self.watcher.load_now()
             self._swap_model()
@@ -160,6 +188,10 @@ class MPCService:
             self._hello(identity, msg)
             return
         if msg.type == p.DESCRIBE:  # allowed before HELLO: it is how a bridge learns the spec
+            if self.task is None:
+                raise p.ProtocolError("unexpected", "this controller takes its task from the "
+                                      "first robot's HELLO (task auto) and has none yet",
+                                      seq=msg.seq, robot=msg.robot)  # fmt: skip
             self._send(identity, p.make(p.SPEC, msg.robot, seq=msg.seq, time=time.time(),
                                         **self._spec()))  # fmt: skip
             return
@@ -188,7 +220,9 @@ class MPCService:
                                   seq=msg.seq, robot=msg.robot)  # fmt: skip
 
     def _hello(self, identity: bytes, msg: p.Message) -> None:
-        t = self.task
+        if self.task is None:
+            self._task_from(msg)
+        t = self.served
         problems = []
         if msg["task"] not in (t.name, t.env_id):
             problems.append(f"task {msg['task']!r} (this controller serves {t.name!r})")
@@ -222,11 +256,37 @@ class MPCService:
             ),
         )
 
+    def _task_from(self, hello: p.Message) -> None:
+        """``task auto``: serve the task the first robot's HELLO describes (reward and
+        termination learned), with a store for its dims and a model watcher; a HELLO that
+        cannot be a task, or whose dims the store does not hold, is refused and changes
+        nothing."""
+        if not hello["reward"]:
+            raise p.ProtocolError("mismatch", "this controller learns the reward from the robots' "
+                                  "STATEs (task auto), and this robot reports none",
+                                  seq=hello.seq, robot=hello.robot)  # fmt: skip
+        try:
+            task = robot_task(hello["task"], hello["obs_dim"], hello["act_dim"],
+                              hello["action_low"], hello["action_high"],
+                              hello["control_period"])  # fmt: skip
+            self._take_task(task)
+            self._open_store(task)
+        except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError: a corrupt store
+            self.task, self.watcher, self.writer = None, None, None
+            self.recorder.task = self.recorder.writer = None
+            raise p.ProtocolError("mismatch", f"cannot serve this robot's HELLO as the task: "
+                                  f"{exc}", seq=hello.seq, robot=hello.robot) from None  # fmt: skip
+        log.info("serving the task of robot %s's HELLO: %s, obs %d, act %d, period %g s, "
+                 "reward and termination learned", hello.robot, task.name, task.obs_dim,
+                 task.act_dim, task.control_period)  # fmt: skip
+        self._watch_models()
+
     def _spec(self) -> dict[str, Any]:
         """The served task as WELCOME and SPEC carry it: what a bridge must match."""
-        t = self.task
+        t = self.served
         return {"task": t.name, "obs_dim": t.obs_dim, "act_dim": t.act_dim,
                 "control_period": t.control_period, "episode_steps": t.episode_steps,
+                "learns_reward": t.reward_learned,
                 "action_low": self.low, "action_high": self.high}  # fmt: skip
 
     def _session_for(self, identity: bytes, hello: p.Message) -> RobotSession:
@@ -265,11 +325,15 @@ class MPCService:
             session.planner.reset()
 
     def _state(self, session: RobotSession, msg: p.Message) -> None:
-        t = self.task
+        t = self.served
         obs, applied = msg["obs"], msg.arrays.get("applied")
         if len(obs) != t.obs_dim or (applied is not None and len(applied) != t.act_dim):
             raise p.ProtocolError("bad_array", f"STATE needs obs [{t.obs_dim}] and applied "
                                   f"[{t.act_dim}]", seq=msg.seq, robot=msg.robot)  # fmt: skip
+        if t.reward_learned and msg["step"] > 0 and msg["reward"] is None:
+            raise p.ProtocolError("bad_field", "this controller learns the reward: a STATE "
+                                  "after an episode's first needs its reward",
+                                  seq=msg.seq, robot=msg.robot)  # fmt: skip
         self._begin_episode(session, msg.episode)
         prev = session.last_state
         if prev is not None and applied is not None and prev["step"] == msg["step"] - 1:
@@ -370,7 +434,8 @@ class MPCService:
         robot's next tick; ValueError and nothing changes. A ``seed`` in the changes reseeds every
         robot's planner and exploration, even to the seed it had."""
         new = self.planner_settings.changed(changes)
-        self.task.validated_weights(new.weights)
+        if self.task is not None:
+            self.task.validated_weights(new.weights)
         reseed = "seed" in changes
         for session in self.sessions.values():
             if session.planner is not None:
@@ -391,7 +456,7 @@ class MPCService:
                 "model_version": self.model_version if s.planner is not None else 0,
             }
         return {
-            "task": self.task.name,
+            "task": self.task.name if self.task is not None else "auto (no robot yet)",
             "uptime_s": round(time.monotonic() - self._started, 1),
             "model_version": self.model_version,
             "rejected_models": {str(k): v for k, v in self.watcher.rejected.items()}

@@ -1,26 +1,15 @@
-"""Task registry: ``get_task(name)`` by task name or gymnasium id."""
+"""Tasks: built in (``TASKS``), from task files and modules, from gymnasium ids, or from the
+robot's HELLO. ``load_task(ref)`` resolves any reference a user can give (see
+:mod:`controller.tasks.loading`)."""
 
 from __future__ import annotations
 
-from controller.tasks.base import Task
-from controller.tasks.cartpole import CARTPOLE_SWINGUP
-from controller.tasks.gym_mujoco import HALF_CHEETAH, INVERTED_PENDULUM, PUSHER, REACHER
-from controller.tasks.pendulum import PENDULUM
+from controller.tasks.base import RewardTerms, Task, Termination
+from controller.tasks.loading import AUTO, TaskSource, check_task, load_task, task_source
+from controller.tasks.registry import TASKS
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (CARTPOLE_SWINGUP, PENDULUM, INVERTED_PENDULUM, REACHER, HALF_CHEETAH, PUSHER)
-}
+get_task = load_task
+"""The task a reference names (the name the CLI and config have always used)."""
 
-
-def get_task(name: str) -> Task:
-    """The task called ``name`` (or whose gymnasium id is ``name``)."""
-    if name in TASKS:
-        return TASKS[name]
-    for task in TASKS.values():
-        if task.env_id == name:
-            return task
-    raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-
-
-__all__ = ["TASKS", "Task", "get_task"]
+__all__ = ["AUTO", "TASKS", "RewardTerms", "Task", "TaskSource", "Termination", "check_task",
+           "get_task", "load_task", "task_source"]  # fmt: skip

@@ -4,7 +4,7 @@ version (they live here once), the size limits, the error codes and ProtocolErro
 from __future__ import annotations
 
 PROTOCOL = "tickmpc"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_HEADER_BYTES = 16 * 1024
 MAX_ARRAY_ELEMENTS = 4096
 MAX_ROBOT_ID_BYTES = 32

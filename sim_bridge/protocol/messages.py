@@ -37,6 +37,7 @@ SPEC_FIELDS: dict[str, Any] = {
     "act_dim": "uint>0",
     "control_period": "float>0",
     "episode_steps": "uint>0",
+    "learns_reward": "bool",
 }
 """The served task's spec, what a bridge must match: WELCOME carries it, SPEC is it."""
 SPEC_ARRAYS = {"action_low": True, "action_high": True}
@@ -47,6 +48,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "act_dim": "uint>0",
         "control_period": "float>0",
         "mode": ("lockstep", "realtime"),
+        "reward": "bool",
     },
     WELCOME: {
         "model_version": "uint",

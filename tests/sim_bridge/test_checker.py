@@ -90,6 +90,7 @@ def test_answers_describe_with_the_bridges_own_spec() -> None:
     assert report.ok, report.summary()
     assert bridge.served == {
         "task": "toy", "obs_dim": 2, "act_dim": 1, "control_period": 0.02, "episode_steps": 5,
+        "learns_reward": False,
         "action_low": (-1.0,), "action_high": (1.0,),
     }  # fmt: skip
 

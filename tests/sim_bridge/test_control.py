@@ -57,7 +57,7 @@ def test_a_client_cannot_send_what_the_service_refuses(
 
 CONTROL_RULES: dict[str, bytes] = {
     "request_size": body(cmd="set", changes={"note": "x" * p.MAX_HEADER_BYTES}),
-    "not_json": b'{"v": 2, "cmd": "get"',
+    "not_json": b'{"v": 3, "cmd": "get"',
     "repeated_key": f'{{"v": {V}, "cmd": "get", "cmd": "set"}}'.encode(),
     "nonfinite_literal": f'{{"v": {V}, "cmd": "set", "changes": {{"margin_ms": NaN}}}}'.encode(),
     "version": json.dumps({"cmd": "get"}).encode(),

@@ -33,7 +33,7 @@ def test_example_checks_itself_without_a_controller() -> None:
 def test_example_asks_the_controller_what_it_serves(period: float, returncode: int) -> None:
     served: dict[str, Any] = {
         "task": "pendulum", "obs_dim": 3, "act_dim": 1, "control_period": period,
-        "episode_steps": 200, "action_low": (-2.0,), "action_high": (2.0,),
+        "episode_steps": 200, "learns_reward": False, "action_low": (-2.0,), "action_high": (2.0,),
     }  # fmt: skip
     router: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)

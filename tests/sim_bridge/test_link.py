@@ -20,6 +20,7 @@ from sim_bridge.link import BridgeLink, Refused, RobotSpec, describe
 SPEC = RobotSpec("toy-1", "toy", 2, 1, (-1.0,), (1.0,), 0.02)
 SERVED: dict[str, Any] = {
     "task": "toy", "obs_dim": 2, "act_dim": 1, "control_period": 0.02, "episode_steps": 50,
+    "learns_reward": False,
     "action_low": (-1.0,), "action_high": (1.0,),
 }  # fmt: skip
 """What a controller serving SPEC's task says in SPEC and WELCOME."""

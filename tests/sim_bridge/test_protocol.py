@@ -102,12 +102,17 @@ def test_optional_array_may_be_absent_and_big_endian_input_goes_little_endian() 
 
 def test_header_names_the_protocol_and_version() -> None:
     header, _ = wire(sample(p.HEARTBEAT))
-    assert (header["proto"], header["version"], header["type"]) == ("tickmpc", 2, "HEARTBEAT")
+    assert (header["proto"], header["version"], header["type"]) == (
+        "tickmpc",
+        p.PROTOCOL_VERSION,
+        "HEARTBEAT",
+    )
 
 
 def test_welcome_and_spec_share_the_spec() -> None:
     spec: dict[str, Any] = {"task": "pendulum", "obs_dim": 3, "act_dim": 1, "control_period": 0.05,
-            "episode_steps": 200, "action_low": (-2.0,), "action_high": (2.0,)}  # fmt: skip
+            "episode_steps": 200, "learns_reward": False,
+            "action_low": (-2.0,), "action_high": (2.0,)}  # fmt: skip
     served = p.make(p.SPEC, ROBOT, **spec)
     welcome = p.make(p.WELCOME, ROBOT, model_version=0, planner="cem", horizon=20,
                      budget_ms=45.0, **spec)  # fmt: skip
@@ -294,7 +299,7 @@ def test_error_names_the_offending_message() -> None:
 
 
 def test_error_reply() -> None:
-    exc = refused(corrupt(p.STATE, seq=41, robot="arm-7", version=3))
+    exc = refused(corrupt(p.STATE, seq=41, robot="arm-7", version=p.PROTOCOL_VERSION + 1))
     before = time.time()
     reply = p.error_reply(exc, seq=4)
     assert before <= reply.time <= time.time()

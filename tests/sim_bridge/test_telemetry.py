@@ -93,7 +93,7 @@ def test_the_version_is_checked() -> None:
 @pytest.mark.parametrize(
     "frames",
     [[b"tick"], [b"ticks", b"{}"], [b"tick", b"{}", b""], [b"tick", b"[]"], [b"tick", b"\xff"],
-     [b"tick", b'{"v": 2, "v": 2}']],
+     [b"tick", b'{"v": 3, "v": 3}']],
 )  # fmt: skip
 def test_malformed_frames_are_refused(frames: list[bytes]) -> None:
     with pytest.raises(p.ProtocolError) as info:

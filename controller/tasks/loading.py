@@ -1,0 +1,330 @@
+"""Where a task comes from: a name, a task file, a module, a gymnasium id, or the robot.
+
+:func:`load_task` turns the string every entry point takes (``--task`` or ``task`` in the
+config) into a checked :class:`Task`:
+
+- a built-in task's name (``cartpole-swingup``) or its gymnasium id (``InvertedPendulum-v5``);
+- ``path/to/file.py`` or ``path/to/file.py:NAME``: a task file the user wrote; NAME defaults to
+  ``TASK``, or the file's only ``Task``. NAME may also be a function of no arguments that
+  returns the ``Task``;
+- ``package.module:NAME``: the same, from an importable module;
+- any other gymnasium id: a task with its dims, bounds, control period and episode length from
+  the environment, and its reward and termination learned (:mod:`controller.tasks.generic`);
+- ``auto`` is not loaded here: the service takes that task from its first robot's HELLO.
+
+A task from a file or module is checked before anything uses it (:func:`check_task`), and a bad
+one is refused with a ValueError that names the file and what is wrong. Loading is cached per
+process by the reference and the file's content, so the config's checks, the service and the
+learner in one process load a file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from controller.tasks.base import Task
+from controller.tasks.generic import gym_task
+from controller.tasks.registry import TASKS, builtin_task
+
+AUTO = "auto"
+"""The task reference that means: take the task from the first robot's HELLO."""
+DEFAULT_NAME = "TASK"
+"""The attribute a task file defines when its reference names none."""
+_MODULE_REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CHECK_BATCH = (4, 3)
+"""Leading batch shape a task's functions are called with when it is checked."""
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """The file a task was loaded from, for copying it into a run directory."""
+
+    path: Path
+    """The source file (a task file, or the module's file)."""
+    name: str
+    """The attribute that holds the task (or makes it)."""
+    sha256: str
+    """Hash of the file's bytes when it was loaded."""
+
+
+_cache: dict[tuple[str, str], Task] = {}
+
+
+def load_task(ref: str) -> Task:
+    """The checked task ``ref`` refers to (see the module docstring); ValueError naming the
+    problem if there is none or it is broken."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ValueError(f"task must be a non-empty string, got {ref!r}")
+    if ref == AUTO:
+        raise ValueError("task 'auto' is taken from the first robot's HELLO: only "
+                         "`tickmpc serve` (and `tickmpc learn`) take it")  # fmt: skip
+    if (task := builtin_task(ref)) is not None:
+        return task
+    source = task_source(ref)
+    if source is None:
+        return gym_task(ref)  # ValueError listing every way to name a task, if not an id
+    key = (f"{source.path}:{source.name}", source.sha256)
+    if key not in _cache:
+        task = _load_from(source, ref)
+        check_task(task, f"task {ref}")
+        _cache[key] = task
+    return _cache[key]
+
+
+def task_source(ref: str) -> TaskSource | None:
+    """The file behind a task-file or module reference; None for any other reference.
+    ValueError if the file or module cannot be found."""
+    path_part, _, name = ref.rpartition(":") if _has_name(ref) else (ref, "", "")
+    if path_part.endswith(".py"):
+        path = Path(path_part).expanduser()
+        if not path.is_file():
+            raise ValueError(f"task file {path} does not exist")
+        return TaskSource(path.resolve(), name or DEFAULT_NAME, _sha256(path))
+    if _MODULE_REF.match(ref):
+        module_name, _, name = ref.partition(":")
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"task module {module_name}: {exc}") from None
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            raise ValueError(f"task module {module_name} not found (or not a .py file)")
+        return TaskSource(Path(spec.origin).resolve(), name, _sha256(Path(spec.origin)))
+    return None
+
+
+def _has_name(ref: str) -> bool:
+    head, sep, tail = ref.rpartition(":")
+    return bool(sep) and head.endswith(".py") and tail.isidentifier()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_from(source: TaskSource, ref: str) -> Task:
+    """Run the source file as a module of its own and take its task."""
+    module_name = f"tickmpc_task_{source.sha256[:16]}"
+    spec = importlib.util.spec_from_file_location(module_name, source.path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"task {ref}: cannot load {source.path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ValueError(f"task {ref}: {source.path.name} raised {_describe(exc)}") from exc
+    explicit = ":" in ref
+    if explicit or hasattr(module, source.name):
+        if not hasattr(module, source.name):
+            raise ValueError(f"task {ref}: {source.path.name} defines no {source.name!r}")
+        value = getattr(module, source.name)
+    else:
+        found = [v for v in vars(module).values() if isinstance(v, Task)]
+        if len(found) != 1:
+            raise ValueError(f"task {ref}: {source.path.name} defines {len(found)} Task "
+                             f"objects and no {DEFAULT_NAME!r}; name one as "
+                             f"{source.path}:NAME")  # fmt: skip
+        value = found[0]
+    if callable(value) and not isinstance(value, Task):
+        try:
+            value = value()
+        except Exception as exc:
+            raise ValueError(f"task {ref}: {source.name}() raised {_describe(exc)}") from exc
+    if not isinstance(value, Task):
+        raise ValueError(f"task {ref}: {source.name} is a {type(value).__name__}, not a Task "
+                         "(from controller.tasks import Task)")  # fmt: skip
+    return value
+
+
+def check_task(task: Task, where: str) -> None:
+    """Refuse a task that cannot work, naming what is wrong (ValueError prefixed ``where``):
+    dims, bounds, timing, NaN weights, preprocessing, and its reward terms and termination
+    called on a batch (each must run and return the batch's shape) and exported to ONNX."""
+    try:
+        _check_fields(task)
+        _check_functions(task)
+        _check_export(task)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _check_fields(task: Task) -> None:
+    if not isinstance(task.name, str) or not task.name or task.name == AUTO:
+        raise ValueError(f"name must be a non-empty string other than {AUTO!r}, got "
+                         f"{task.name!r}")  # fmt: skip
+    for name in ("obs_dim", "act_dim", "episode_steps"):
+        value = getattr(task, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("action_low", "action_high"):
+        values = getattr(task, name)
+        if len(values) != task.act_dim:
+            raise ValueError(f"{name} has {len(values)} values, act_dim is {task.act_dim}")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ValueError(f"{name} must be finite numbers, got {list(values)}")
+    if not math.isfinite(task.control_period):
+        raise ValueError(f"control_period must be a finite number of seconds, "
+                         f"got {task.control_period!r}")  # fmt: skip
+    for name, weight in task.weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"weight {name!r} must be a number, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight {name!r} is {weight}: every weight must be finite")
+    if task.terms is not None and not task.weights:
+        raise ValueError("reward terms need weights (a weight per term name)")
+    if task.terminated is not None and task.learn_termination:
+        raise ValueError("learn_termination is for a task without a terminated function")
+    if task.preprocess:
+        from models.preprocess import make_preprocessor
+
+        try:
+            make_preprocessor({**task.preprocess, "obs_dim": task.obs_dim})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"preprocess {dict(task.preprocess)}: {exc}") from None
+
+
+def _check_functions(task: Task) -> None:
+    """Call the terms and the termination on a random batch of the task's shapes."""
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(*_CHECK_BATCH, task.obs_dim, generator=gen)
+    low, high = torch.tensor(task.action_low), torch.tensor(task.action_high)
+    act = low + (high - low) * torch.rand(*_CHECK_BATCH, task.act_dim, generator=gen)
+    next_obs = obs + 0.1 * torch.randn(*_CHECK_BATCH, task.obs_dim, generator=gen)
+    if task.terms is not None:
+        try:
+            with torch.no_grad():
+                terms = task.terms(obs, act, next_obs)
+        except Exception as exc:
+            raise ValueError(f"the reward terms raise on a batch obs {list(obs.shape)}, act "
+                             f"{list(act.shape)}: {_describe(exc)}") from None  # fmt: skip
+        if not isinstance(terms, dict):
+            raise ValueError(f"the reward terms must return a dict of term name -> tensor, "
+                             f"got {type(terms).__name__}")  # fmt: skip
+        if set(terms) != set(task.weights):
+            raise ValueError(f"the reward terms return {sorted(terms)} but the weights name "
+                             f"{sorted(task.weights)}")  # fmt: skip
+        for name, value in terms.items():
+            _check_batch_tensor(f"reward term {name!r}", value, floating=True)
+    if task.terminated is not None:
+        try:
+            with torch.no_grad():
+                done = task.terminated(next_obs)
+        except Exception as exc:
+            raise ValueError(f"terminated raises on a batch next_obs {list(next_obs.shape)}: "
+                             f"{_describe(exc)}") from None  # fmt: skip
+        _check_batch_tensor("terminated", done, floating=False)
+
+
+def _check_batch_tensor(what: str, value: object, *, floating: bool) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{what} returns a {type(value).__name__}, not a torch tensor")
+    if tuple(value.shape) != _CHECK_BATCH:
+        raise ValueError(f"{what} returns shape {list(value.shape)} for a batch of shape "
+                         f"{list(_CHECK_BATCH)}: it must return one value per batch element "
+                         "(reduce the last dimension)")  # fmt: skip
+    if floating and not value.dtype.is_floating_point:
+        raise ValueError(f"{what} returns {value.dtype}, not a floating-point tensor")
+
+
+def _check_export(task: Task) -> None:
+    """Export the reward and termination to ONNX as the planner will, and compare the graph
+    with torch on a batch; a failure is narrowed down to the term that causes it."""
+    from controller.rollout.reward_graph import export_reward
+
+    try:
+        graph = export_reward(task)
+    except Exception as exc:
+        raise ValueError(_export_culprit(task, exc)) from None
+    if graph is not None:
+        _compare_graph(task, graph)
+
+
+def _export_culprit(task: Task, exc: Exception) -> str:
+    """Which part of ``task`` fails to export on its own (the whole export raised ``exc``)."""
+    from controller.rollout.reward_graph import export_reward
+
+    terms = task.terms
+    for name in task.weights if terms is not None else ():
+
+        def one(
+            obs: torch.Tensor, act: torch.Tensor, nxt: torch.Tensor, n: str = name
+        ) -> dict[str, torch.Tensor]:
+            assert terms is not None
+            return {n: terms(obs, act, nxt)[n]}
+
+        alone = Task(**{**_fields(task), "terms": one, "weights": {name: 1.0},
+                        "terminated": None})  # fmt: skip
+        try:
+            export_reward(alone)
+        except Exception as inner:
+            return f"reward term {name!r} does not export to ONNX: {_describe(inner)}"
+    if task.terminated is not None:
+        return f"terminated does not export to ONNX: {_describe(exc)}"
+    return f"the reward does not export to ONNX: {_describe(exc)}"
+
+
+def _fields(task: Task) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(task, f.name) for f in fields(task)}
+
+
+def _compare_graph(task: Task, graph: Any) -> None:
+    """The exported graph must compute what the torch functions compute: a term whose value
+    depends on Python control flow over tensor values is traced for one branch only."""
+    from onnxruntime import InferenceSession
+
+    rng = np.random.default_rng(1)
+    batch = 64
+    obs = rng.standard_normal((batch, task.obs_dim)).astype(np.float32)
+    low, high = np.asarray(task.action_low), np.asarray(task.action_high)
+    act = (low + (high - low) * rng.random((batch, task.act_dim))).astype(np.float32)
+    nxt = (obs + 0.1 * rng.standard_normal(obs.shape)).astype(np.float32)
+    feeds = {"obs": obs, "act": act, "next_obs": nxt}
+    names = {i.name for i in graph.graph.input}
+    if "weights" in names:
+        feeds["weights"] = np.asarray(list(task.weights.values()), np.float32)
+    session = InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in graph.graph.output],
+                       session.run(None, {k: v for k, v in feeds.items() if k in names}),
+                       strict=True))  # fmt: skip
+    t_obs, t_act, t_nxt = (torch.from_numpy(x) for x in (obs, act, nxt))
+    with torch.no_grad():
+        if "reward" in outputs:
+            want = task.reward(t_obs, t_act, t_nxt).numpy()
+            if not np.allclose(outputs["reward"], want, rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise ValueError("the reward's ONNX export computes other values than the torch "
+                                 "terms (does a term branch in Python on tensor values? use "
+                                 "torch.where)")  # fmt: skip
+        if "done" in outputs and task.terminated is not None:
+            want_done = task.terminated(t_nxt).numpy().astype(np.float32)
+            if not np.array_equal(outputs["done"], want_done):
+                raise ValueError(
+                    "terminated's ONNX export computes other values than torch "
+                    "(does it branch in Python on tensor values? use torch.where)"
+                )
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` in one line: its innermost cause (the exporter wraps the error that matters),
+    without terminal colours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [x.strip() for x in _ANSI.sub("", str(exc)).splitlines() if x.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
+
+
+__all__ = ["AUTO", "TASKS", "TaskSource", "check_task", "load_task", "task_source"]
