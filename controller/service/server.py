@@ -229,7 +229,7 @@ class MPCService:
         try:  # the same comparison, with the same tolerances, as a bridge makes of a WELCOME
             robot = RobotSpec(msg.robot, msg["task"], msg["obs_dim"], msg["act_dim"],
                               tuple(msg["action_low"]), tuple(msg["action_high"]),
-                              msg["control_period"])  # fmt: skip
+                              msg["control_period"], msg["reward"])  # fmt: skip
             problems += robot.differences(self._spec())
         except ValueError as exc:
             problems.append(str(exc))
