@@ -1,13 +1,16 @@
 """The learned dynamics model: a probabilistic ensemble of Gaussian MLPs (PETS, Chua et al. 2018).
 
 Shapes: E ensemble members, B batch, S observation, A action, F preprocessed observation features,
-O outputs (S state-delta coordinates, plus 1 if the reward is predicted).
+O Gaussian outputs (S state-delta coordinates, plus 1 if the reward is predicted), D done logits
+(1 if the termination is predicted, else 0).
 
-Each member maps (obs, act) to a Gaussian over the state delta (and reward). All members run in
-one batched matmul per layer: weights are shaped [E, in, out]. Observation preprocessing, input
-normalization and output de-normalization are part of the module (buffers), so the exported
-graph takes raw observations and actions and returns the next-state mean and log-variance in raw
-units.
+Each member maps (obs, act) to a Gaussian over the state delta (and reward) and, when the
+termination is predicted, to the logit of the probability that the transition ends the episode.
+All members run in one batched matmul per layer: weights are shaped [E, in, out]; the done logit
+is one more column of the output layer, so it shares the members' hidden features. Observation
+preprocessing, input normalization and output de-normalization are part of the module
+(buffers), so the exported graph takes raw observations and actions and returns the next-state
+mean and log-variance in raw units (see :meth:`GaussianEnsemble.forward` for the outputs).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -76,8 +79,13 @@ class EnsembleConfig:
 
     @property
     def out_dim(self) -> int:
-        """O: outputs per member (state delta, plus reward if predicted)."""
+        """O: Gaussian outputs per member (state delta, plus reward if predicted)."""
         return self.obs_dim + int(self.predict_reward)
+
+    @property
+    def done_dim(self) -> int:
+        """D: done logits per member (1 if the termination is predicted, else 0)."""
+        return int(self.predict_done)
 
     def preprocess_spec(self) -> dict[str, Any]:
         return dict(self.preprocess)
@@ -116,8 +124,20 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class Prediction(NamedTuple):
+    """One pass of every member: the Gaussian over the targets and the done logit."""
+
+    mean: torch.Tensor
+    """[E, B, O] state delta, then reward if predicted."""
+    logvar: torch.Tensor
+    """[E, B, O]."""
+    done_logit: torch.Tensor
+    """[E, B, D]: logit of P(terminated); D = 0 (an empty tensor) when not predicted."""
+
+
 class GaussianEnsemble(nn.Module):
-    """Probabilistic ensemble predicting next-state (and reward) Gaussians from raw inputs."""
+    """Probabilistic ensemble predicting next-state (and reward) Gaussians, and the probability
+    that the transition terminates the episode, from raw inputs."""
 
     in_mean: torch.Tensor
     in_std: torch.Tensor
@@ -133,7 +153,8 @@ class GaussianEnsemble(nn.Module):
         e, h, o = config.members, config.hidden_units, config.out_dim
         sizes = [feat_dim] + [h] * config.hidden_layers
         self.hidden = nn.ModuleList(EnsembleLinear(e, i, j) for i, j in itertools.pairwise(sizes))
-        self.head = EnsembleLinear(e, h, 2 * o)
+        # Columns: O means, O log-variances, D done logits.
+        self.head = EnsembleLinear(e, h, 2 * o + config.done_dim)
         # Per member, so early stopping can restore each member's best bounds with its weights.
         self.max_logvar = nn.Parameter(torch.full((e, 1, o), config.init_max_logvar))
         self.min_logvar = nn.Parameter(torch.full((e, 1, o), config.init_min_logvar))
@@ -161,20 +182,22 @@ class GaussianEnsemble(nn.Module):
             self.out_mean.copy_(targets.mean(0, keepdim=True))
             self.out_std.copy_(targets.std(0, keepdim=True).clamp_min(STD_FLOOR))
 
-    def forward_normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized inputs [E, B, F + A] -> normalized (mean, log-variance), each [E, B, O]."""
+    def forward_normalized(self, x: torch.Tensor) -> Prediction:
+        """Normalized inputs [E, B, F + A] -> normalized mean and log-variance [E, B, O] and the
+        done logit [E, B, D]."""
         for layer in self.hidden:
             x = F.silu(layer(x))
-        mean, logvar = self.head(x).chunk(2, dim=-1)
+        out = self.head(x)
+        o = self.config.out_dim
+        mean, logvar, done_logit = out[..., :o], out[..., o : 2 * o], out[..., 2 * o :]
         # PETS soft bounds: smooth clamp into [min_logvar, max_logvar], both learned.
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar + self.logvar_shift
+        return Prediction(mean, logvar + self.logvar_shift, done_logit)
 
-    def predict_delta(
-        self, obs: torch.Tensor, act: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw-unit (mean, log-variance) of the target [E, B, O] (delta, then reward if any).
+    def predict_raw(self, obs: torch.Tensor, act: torch.Tensor) -> Prediction:
+        """Raw-unit mean and log-variance of the targets [E, B, O] (delta, then reward if any)
+        and the done logit [E, B, D].
 
         ``obs`` [B, S] and ``act`` [B, A] go to every member; [E, B, S] and [E, B, A] give each
         member its own batch.
@@ -182,21 +205,27 @@ class GaussianEnsemble(nn.Module):
         x = (self.features(obs, act) - self.in_mean) / self.in_std
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.config.members, -1, -1)
-        mean, logvar = self.forward_normalized(x)
-        return mean * self.out_std + self.out_mean, logvar + 2.0 * torch.log(self.out_std)
+        mean, logvar, done_logit = self.forward_normalized(x)
+        raw_mean = mean * self.out_std + self.out_mean
+        return Prediction(raw_mean, logvar + 2.0 * torch.log(self.out_std), done_logit)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Next-state Gaussian per member in raw units.
+        """Every member's prediction in raw units, in the order of the exported graph's outputs
+        (``models.export.ModelMetadata.output_names_of``):
 
-        Returns ``(next_obs_mean [E, B, S], next_obs_logvar [E, B, S])``, followed by
-        ``(reward_mean [E, B, 1], reward_logvar [E, B, 1])`` when the reward is predicted.
+        ``next_obs_mean [E, B, S]``, ``next_obs_logvar [E, B, S]``; then ``reward_mean
+        [E, B, 1]``, ``reward_logvar [E, B, 1]`` when the reward is predicted; then
+        ``done_prob [E, B, 1]``, the probability that the transition ends the episode, when the
+        termination is predicted.
         """
-        mean, logvar = self.predict_delta(obs, act)
+        mean, logvar, done_logit = self.predict_raw(obs, act)
         s = self.config.obs_dim
-        next_mean = obs + mean[..., :s]
-        if not self.config.predict_reward:
-            return next_mean, logvar[..., :s]
-        return next_mean, logvar[..., :s], mean[..., s:], logvar[..., s:]
+        outputs: tuple[torch.Tensor, ...] = (obs + mean[..., :s], logvar[..., :s])
+        if self.config.predict_reward:
+            outputs += (mean[..., s:], logvar[..., s:])
+        if self.config.predict_done:
+            outputs += (torch.sigmoid(done_logit),)
+        return outputs
 
     def logvar_bound_penalty(self) -> torch.Tensor:
         """The small loss term that keeps the learned log-variance bounds tight (PETS)."""
@@ -204,5 +233,12 @@ class GaussianEnsemble(nn.Module):
 
 
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-member Gaussian negative log-likelihood (constant dropped): [E, B, O] -> [E]."""
+    """Per-member Gaussian negative log-likelihood, doubled, constant dropped, mean over rows and
+    outputs: [E, B, O] -> [E]."""
     return (((mean - target) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
+
+
+def bernoulli_nll(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-member binary cross-entropy of done logits against 0/1 flags, mean over rows:
+    [E, B, 1] -> [E]."""
+    return F.binary_cross_entropy_with_logits(logit, target, reduction="none").mean(dim=(1, 2))

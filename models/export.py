@@ -2,8 +2,10 @@
 
 The graph takes raw ``obs [B, S]`` and ``act [B, A]`` (dynamic B), or with ``member_batched``
 ``obs [E, B, S]`` and ``act [E, B, A]``, and returns per-member ``next_obs_mean [E, B, S]`` and
-``next_obs_logvar [E, B, S]`` (then ``reward_mean``/``reward_logvar [E, B, 1]`` if the model
-predicts the reward). Preprocessing and normalization are inside the graph.
+``next_obs_logvar [E, B, S]``, then ``reward_mean``/``reward_logvar [E, B, 1]`` if the model
+predicts the reward, then ``done_prob [E, B, 1]`` (the probability that the transition ends the
+episode) if it predicts the termination (:meth:`ModelMetadata.output_names_of`). Preprocessing
+and normalization are inside the graph.
 
 Metadata (ONNX ``metadata_props``, all strings, keys prefixed ``tickmpc.``) records the dims, the
 member count, the training data size and holdout metrics, the creation time, a hash of the model
@@ -91,6 +93,7 @@ class ModelMetadata:
             PREFIX + "act_dim": str(self.config.act_dim),
             PREFIX + "members": str(self.config.members),
             PREFIX + "predict_reward": json.dumps(self.config.predict_reward),
+            PREFIX + "predict_done": json.dumps(self.config.predict_done),
             PREFIX + "config": json.dumps(self.config.to_dict(), sort_keys=True),
             PREFIX + "member_batched": json.dumps(self.member_batched),
             PREFIX + "train_rows": str(self.train_rows),

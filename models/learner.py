@@ -6,13 +6,28 @@ controller is writing; when ``retrain_every`` new transitions have arrived (``mi
 for the first model) it trains on all of them, warm-starting from its current weights with the
 normalization refit, exports the candidate to ONNX and checks it through ONNX Runtime:
 
-- finite outputs on a check batch (the newest transitions and 10x-scaled states);
+- finite outputs on a check batch (the newest transitions and 10x-scaled states): every output,
+  the learned reward and done probability included;
 - one-step error (worst-dim normalized MSE) on the newest ``gate_rows`` transitions not worse
   than the current model's on the same rows by more than ``gate_margin`` (relative).
 
 Those newest rows are new to the current model and mostly seen by the candidate, so the gate
 favours the candidate: it is there to catch a diverged or broken training, not to rank close
-models. A passing candidate becomes the next version in the model directory, and ``on_publish``
+models.
+
+What the model learns besides the state is decided by the entry point, from the task:
+``predict_reward`` (the task's reward is learned from the stored rewards) and ``predict_done``
+(its termination is learned from the stored ``terminated`` flags). When both the candidate and
+the current model predict the reward, the reward is one more "dimension" of the worst-dim gate:
+the planner ranks plans by the predicted reward, so a diverged reward head misleads it as much as
+a diverged state, and the state dims cannot show it. Its squared error is divided by the
+variance of the rewards over all stored rows, not over the gate rows as the state deltas are: a
+controller that has learned its task collects nearly constant rewards (InvertedPendulum: 1 at
+every step), and against a near-zero variance any error reads as huge and the comparison is
+noise. The done probability is not gated beyond being finite: the newest rows hold a handful of
+terminal rows at best (none once the controller stops failing), too few for a Brier score to
+rank two models; the training report's holdout Brier score, on rows of the whole store, is in
+the metrics. A passing candidate becomes the next version in the model directory, and ``on_publish``
 is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
 loads the version at once); a failing one is kept under ``rejected/`` and logged.
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
@@ -51,7 +66,7 @@ import numpy as np
 import torch
 
 from models.ensemble import EnsembleConfig, GaussianEnsemble
-from models.evaluate import one_step_metrics
+from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
@@ -113,8 +128,15 @@ class Retrain:
     seconds: float
     epochs: int
     holdout_mse: float
+    reward_nmse: float | None
+    """Training holdout: MSE of the members' mean reward / variance of the held-out rewards
+    (None when the reward is not predicted)."""
+    done_brier: float | None
+    """Training holdout: Brier score of the members' mean done probability (None when the
+    termination is not predicted)."""
     gate_nmse: float
-    """The candidate's worst-dim normalized one-step MSE on the newest rows."""
+    """The candidate's worst-dim normalized one-step MSE on the newest rows (the reward among
+    the dims when it is compared, see the module docstring)."""
     current_nmse: float | None
     """The current model's on the same rows (None for the first model)."""
     accepted: bool
@@ -134,6 +156,8 @@ class Learner:
         config: LearnerConfig,
         *,
         preprocess: Mapping[str, Any] | None = None,
+        predict_reward: bool = False,
+        predict_done: bool = False,
         metrics: Path | None = None,
         on_publish: Callable[[ModelVersion], None] | None = None,
     ) -> None:
@@ -141,6 +165,10 @@ class Learner:
         self.preprocess = dict(preprocess or {})
         """The task's observation preprocessing (see models.preprocess), baked into every
         exported version: it belongs to the task, not to the learner's settings."""
+        self.predict_reward = predict_reward
+        """Learn the reward (the task's reward is learned): models get reward outputs."""
+        self.predict_done = predict_done
+        """Learn the termination (the task's termination is learned): models get done_prob."""
         self.on_publish = on_publish
         self.directory = ModelDirectory(models)
         self.stop_event = threading.Event()
@@ -203,17 +231,16 @@ class Learner:
         """
         c = self.config
         started = time.perf_counter()
-        model_config = EnsembleConfig(
-            obs_dim=data.obs.shape[1], act_dim=data.act.shape[1], members=c.members,
-            hidden_layers=c.hidden_layers, hidden_units=c.hidden_units, preprocess=self.preprocess,
-        )  # fmt: skip
+        model_config = self.model_config(data.obs.shape[1], data.act.shape[1])
         init = self.model if self.model is not None and self.model.config == model_config else None
         train = TrainConfig(max_epochs=c.max_epochs, max_seconds=c.max_seconds,
                             seed=c.seed + len(self.history))  # fmt: skip
         log.info("retraining on %d rows", len(data))
         model, report = train_ensemble(
-            data.obs, data.act, data.next_obs, model_config=model_config, config=train,
-            init=init, stop=self.stop_event,
+            data.obs, data.act, data.next_obs,
+            data.reward if self.predict_reward else None,
+            data.terminated if self.predict_done else None,
+            model_config=model_config, config=train, init=init, stop=self.stop_event,
         )  # fmt: skip
         if report.stopped_by == "stop":
             log.info("retrain on %d rows stopped in training: nothing published", len(data))
@@ -222,10 +249,14 @@ class Learner:
         self.directory.root.mkdir(parents=True, exist_ok=True)
         candidate = self.directory.root / f".candidate-{os.getpid()}.onnx"
         holdout = {"holdout_nll": report.holdout_nll, "holdout_mse": report.holdout_mse}
+        for key in ("reward_nmse", "done_brier", "done_log_loss", "done_rate"):
+            if (value := getattr(report, key)) is not None:
+                holdout[key] = value
         try:
             export_ensemble(model, candidate, train_rows=report.train_rows, holdout=holdout,
                             member_batched=True, extra={"store_rows": len(data)})  # fmt: skip
-            accepted, reason, new_nmse, old_nmse = self._gate(candidate, gate)
+            reward_var = float(np.var(data.reward, dtype=np.float64))
+            accepted, reason, new_nmse, old_nmse = self._gate(candidate, gate, reward_var)
             if self.stop_event.is_set():  # export and gate take seconds
                 log.info("retrain on %d rows stopped before publishing: nothing published",
                          len(data))  # fmt: skip
@@ -243,7 +274,8 @@ class Learner:
         self.trained_rows = len(data)
         result = Retrain(
             rows=len(data), seconds=time.perf_counter() - started, epochs=report.epochs,
-            holdout_mse=report.holdout_mse, gate_nmse=new_nmse, current_nmse=old_nmse,
+            holdout_mse=report.holdout_mse, reward_nmse=report.reward_nmse,
+            done_brier=report.done_brier, gate_nmse=new_nmse, current_nmse=old_nmse,
             accepted=accepted, reason=reason, version=version, wall_time=time.time(),
         )  # fmt: skip
         self.history.append(result)
@@ -267,29 +299,50 @@ class Learner:
                             self.directory.root)  # fmt: skip
         return published.version
 
-    def _gate(self, candidate: Path, gate: Transitions) -> tuple[bool, str, float, float | None]:
+    def model_config(self, obs_dim: int, act_dim: int) -> EnsembleConfig:
+        """The architecture this learner trains for S = ``obs_dim``, A = ``act_dim``."""
+        c = self.config
+        return EnsembleConfig(
+            obs_dim=obs_dim, act_dim=act_dim, members=c.members, hidden_layers=c.hidden_layers,
+            hidden_units=c.hidden_units, predict_reward=self.predict_reward,
+            predict_done=self.predict_done, preprocess=self.preprocess,
+        )  # fmt: skip
+
+    def _gate(
+        self, candidate: Path, gate: Transitions, reward_var: float
+    ) -> tuple[bool, str, float, float | None]:
+        """(accepted, reason, candidate's error, current model's error) on the ``gate`` rows;
+        ``reward_var``: the variance of all stored rewards (see the module docstring)."""
         options = RuntimeOptions(intra_op_threads=self.config.torch_threads, spin=False)
         runtime = OnnxEnsemble(candidate, options=options)
         far = np.concatenate([gate.obs, gate.obs * 10.0])
-        outputs = runtime.predict(far, np.concatenate([gate.act, gate.act]))
-        if not all(np.isfinite(o).all() for o in outputs):
-            return False, "non-finite outputs on the check batch", math.nan, None
-        new = one_step_metrics(runtime, gate.obs, gate.act, gate.next_obs).nmse
+        outputs = runtime.predict_named(far, np.concatenate([gate.act, gate.act]))
+        if bad := [name for name, o in outputs.items() if not np.isfinite(o).all()]:
+            return False, f"non-finite {', '.join(bad)} on the check batch", math.nan, None
+        rows = (gate.obs, gate.act, gate.next_obs, gate.reward, gate.terminated)
+        metrics = one_step_metrics(runtime, *rows, reward_var=reward_var)
+        alone = _gate_error(metrics, metrics.reward_nmse is not None)
         latest = self.directory.latest()
         if latest is None:
-            return True, "first model", new, None
+            return True, "first model", alone, None
         try:
             old_runtime = OnnxEnsemble(latest.path, options=options)
-            old = one_step_metrics(old_runtime, gate.obs, gate.act, gate.next_obs).nmse
+            current = one_step_metrics(old_runtime, *rows, reward_var=reward_var)
         except Exception as exc:  # an unreadable current model must not block a good new one
-            return True, f"current model unreadable ({exc})", new, None
+            return True, f"current model unreadable ({exc})", alone, None
+        # The reward is compared only when both predict it (the flags may have changed).
+        reward = metrics.reward_nmse is not None and current.reward_nmse is not None
+        new, old = _gate_error(metrics, reward), _gate_error(current, reward)
+        what = "one-step nmse (reward included)" if reward else "one-step nmse"
         if not new <= old * (1.0 + self.config.gate_margin):
             limit = f"{old:.3g} x {1 + self.config.gate_margin}"
-            return False, f"one-step nmse {new:.3g} > {limit}", new, old
-        return True, f"one-step nmse {new:.3g} vs current {old:.3g}", new, old
+            return False, f"{what} {new:.3g} > {limit}", new, old
+        return True, f"{what} {new:.3g} vs current {old:.3g}", new, old
 
     def _resume(self) -> None:
-        """Warm-start from the newest published version's weights, if there are any."""
+        """Warm-start from the newest published version's weights, if there are any and they
+        are of the architecture this learner trains (the same outputs included): otherwise the
+        learner trains from scratch, on the whole store, as soon as it holds min_transitions."""
         latest = self.directory.latest()
         if latest is None or not latest.path.with_suffix(".pt").exists():
             return
@@ -301,9 +354,23 @@ class Learner:
         except Exception as exc:  # corrupt weights: train from scratch instead
             log.warning("cannot resume from %s: %s", latest.path, exc)
             return
+        wanted = self.model_config(cfg.config.obs_dim, cfg.config.act_dim)
+        if cfg.config != wanted:
+            changed = sorted(k for k, v in wanted.to_dict().items() if cfg.config.to_dict()[k] != v)
+            log.info("model v%d has other settings (%s) than this learner's: training from "
+                     "scratch", latest.version, ", ".join(changed))  # fmt: skip
+            return
         self.model = model
         self.trained_rows = int(cfg.extra.get("store_rows", 0))
         log.info("resuming from model v%d", latest.version)
+
+
+def _gate_error(metrics: OneStepMetrics, with_reward: bool) -> float:
+    """The gate's error: the worst state dim's normalized MSE, or ``with_reward`` the reward's
+    if that is worse."""
+    if with_reward and metrics.reward_nmse is not None:
+        return max(metrics.nmse, metrics.reward_nmse)
+    return metrics.nmse
 
 
 __all__ = ["Learner", "LearnerConfig", "ModelVersion", "Retrain"]

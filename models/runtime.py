@@ -130,8 +130,11 @@ def read_model(path: str | os.PathLike[str]) -> tuple[bytes, ModelMetadata]:
 class OnnxEnsemble:
     """An exported ensemble ready to predict.
 
-    ``predict(obs [B, S], act [B, A])`` returns the graph's outputs as float32 arrays
-    (``next_obs_mean [E, B, S]``, ``next_obs_logvar [E, B, S]``, then reward outputs if any).
+    ``predict(obs [B, S], act [B, A])`` returns the graph's outputs as float32 arrays, in the
+    order of ``metadata.output_names``: ``next_obs_mean [E, B, S]``, ``next_obs_logvar
+    [E, B, S]``, then ``reward_mean``, ``reward_logvar [E, B, 1]`` if the model predicts the
+    reward, then ``done_prob [E, B, 1]`` if it predicts the termination: 2, 3, 4 or 5 arrays.
+    ``predict_named`` returns the same arrays by name.
     """
 
     def __init__(
@@ -195,6 +198,10 @@ class OnnxEnsemble:
         parts = [self._run(obs[..., i : i + chunk, :], act[..., i : i + chunk, :])
                  for i in range(0, batch, chunk)]  # fmt: skip
         return [np.concatenate(group, axis=1) for group in zip(*parts, strict=True)]
+
+    def predict_named(self, obs: np.ndarray, act: np.ndarray) -> dict[str, np.ndarray]:
+        """``predict``'s outputs by their names (``metadata.output_names``)."""
+        return dict(zip(self._output_names, self.predict(obs, act), strict=True))
 
     def _run(self, obs: np.ndarray, act: np.ndarray) -> list[np.ndarray]:
         # A chunk of a member-batched input is a strided view; the session wants dense buffers.

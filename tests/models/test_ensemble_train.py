@@ -58,10 +58,10 @@ def test_members_are_independent() -> None:
     torch.manual_seed(0)
     model = GaussianEnsemble(CFG).eval()
     x = torch.randn(3, 5, model.feature_dim)
-    mean, _ = model.forward_normalized(x)
+    mean = model.forward_normalized(x).mean
     x2 = x.clone()
     x2[1] += 10.0
-    mean2, _ = model.forward_normalized(x2)
+    mean2 = model.forward_normalized(x2).mean
     torch.testing.assert_close(mean[[0, 2]], mean2[[0, 2]])
     assert not torch.allclose(mean[1], mean2[1])
 
@@ -70,9 +70,9 @@ def test_logvar_is_soft_bounded() -> None:
     model = GaussianEnsemble(CFG).eval()
     with torch.no_grad():
         model.head.bias[..., 2:] = 1e4
-        _, high = model.forward_normalized(torch.zeros(3, 4, model.feature_dim))
+        high = model.forward_normalized(torch.zeros(3, 4, model.feature_dim)).logvar
         model.head.bias[..., 2:] = -1e4
-        _, low = model.forward_normalized(torch.zeros(3, 4, model.feature_dim))
+        low = model.forward_normalized(torch.zeros(3, 4, model.feature_dim)).logvar
     assert torch.all(high <= CFG.init_max_logvar + 1e-5)
     assert torch.all(low >= CFG.init_min_logvar - 1e-5)
 
