@@ -163,6 +163,41 @@ def test_time_cap_and_reward_target() -> None:
         train_ensemble(obs, act, nxt, model_config=cfg)
 
 
+def test_done_target_outputs_and_report() -> None:
+    """The termination as a probability after the reward, trained on bool flags; the report
+    scores the reward and the done probability on the holdout."""
+    obs, act, nxt = _system(400)
+    reward = -(obs**2).sum(1)
+    done = np.abs(nxt[:, 0]) > 1.5
+    cfg = EnsembleConfig(obs_dim=2, act_dim=1, members=2, hidden_units=16, predict_reward=True,
+                         predict_done=True)  # fmt: skip
+    model, report = train_ensemble(
+        obs, act, nxt, reward, done, model_config=cfg, config=TrainConfig(max_epochs=3)
+    )
+    outputs = model(torch.from_numpy(obs[:3]), torch.from_numpy(act[:3]))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 2), (2, 3, 2)] + [(2, 3, 1)] * 3
+    assert ((outputs[-1] > 0) & (outputs[-1] < 1)).all()
+    assert tuple(model.head.weight.shape) == (2, 16, 2 * 3 + 1)
+    assert tuple(model.logvar_shift.shape) == (2, 1, 3)  # calibration: Gaussian outputs only
+    assert report.reward_nmse is not None and report.done_brier is not None
+    assert report.done_rate is not None and 0.0 < report.done_rate < 0.5
+    assert all(m.holdout_done_nll is not None for m in report.members)
+    assert "brier" in report.summary() and "reward nmse" in report.summary()
+    only_done = EnsembleConfig(obs_dim=2, act_dim=1, members=2, hidden_units=16,
+                               predict_done=True)  # fmt: skip
+    model, report = train_ensemble(
+        obs, act, nxt, done=done, model_config=only_done, config=TrainConfig(max_epochs=1)
+    )
+    assert len(model(torch.from_numpy(obs[:3]), torch.from_numpy(act[:3]))) == 3
+    assert report.reward_nmse is None and report.done_brier is not None
+    with pytest.raises(ValueError, match="no done flags were given"):
+        train_ensemble(obs, act, nxt, reward, model_config=cfg)
+    with pytest.raises(ValueError, match="done must be 400 bools"):
+        train_ensemble(obs, act, nxt, reward, done.astype(np.int8), model_config=cfg)
+    with pytest.raises(ValueError, match="done_weight"):
+        TrainConfig(done_weight=-1.0)
+
+
 def test_a_stop_request_ends_training_within_a_step() -> None:
     obs, act, nxt = _system(2000)
     endless = TrainConfig(max_epochs=100_000, patience=100_000, max_seconds=60.0, seed=3)

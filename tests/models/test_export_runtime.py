@@ -273,3 +273,96 @@ def test_chunked_prediction_matches_one_call(exported: tuple[GaussianEnsemble, P
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="chunk_rows"):
         RuntimeOptions(chunk_rows=-1)
+
+
+FULL = EnsembleConfig(
+    obs_dim=4,
+    act_dim=2,
+    members=3,
+    hidden_layers=2,
+    hidden_units=32,
+    predict_reward=True,
+    predict_done=True,
+    preprocess={"kind": "sincos", "angle_indices": [1]},
+)
+"""A model with every output: state, reward and done."""
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["shared", "member_batched"])
+def exported_full(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[GaussianEnsemble, Path]:
+    model = _model(FULL)
+    with torch.no_grad():  # spread the done logits, so probabilities near 0 and 1 are compared
+        model.head.bias[..., -1] = torch.tensor([-6.0, 0.0, 6.0]).view(3, 1)
+    path = tmp_path_factory.mktemp("export_full") / "model.onnx"
+    export_ensemble(model, path, member_batched=request.param, holdout={"done_brier": 0.01})
+    return model, path
+
+
+@pytest.mark.parametrize("batch", [1, 3000])
+def test_reward_and_done_outputs_match_torch(
+    exported_full: tuple[GaussianEnsemble, Path], batch: int
+) -> None:
+    """All five outputs, in the fixed order, equal torch's at batch 1 and at a batch split into
+    chunks (the default chunk_rows is 1024)."""
+    model, path = exported_full
+    runtime = OnnxEnsemble(path, obs_dim=4, act_dim=2)
+    rng = np.random.default_rng(batch)
+    obs = rng.normal(size=(batch, 4)).astype(np.float32) * 2
+    act = rng.uniform(-1, 1, size=(batch, 2)).astype(np.float32)
+    got = runtime.predict(obs, act)
+    with torch.no_grad():
+        want = [t.numpy() for t in model(torch.from_numpy(obs), torch.from_numpy(act))]
+    names = ("next_obs_mean", "next_obs_logvar", "reward_mean", "reward_logvar", "done_prob")
+    assert runtime.metadata.output_names == names
+    assert [g.shape for g in got] == [(3, batch, 4)] * 2 + [(3, batch, 1)] * 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    done = runtime.predict_named(obs, act)["done_prob"]
+    assert ((done >= 0) & (done <= 1)).all()
+    if batch > 1:
+        assert done[0].max() < 0.1 and done[2].min() > 0.9  # the spread logits, both ends
+
+
+def test_reward_and_done_metadata_round_trip(exported_full: tuple[GaussianEnsemble, Path]) -> None:
+    _, path = exported_full
+    meta = OnnxEnsemble(path).metadata
+    assert meta.config == FULL and meta.config.predict_reward and meta.config.predict_done
+    assert meta.holdout == {"done_brier": 0.01}
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["tickmpc.predict_reward"] == props["tickmpc.predict_done"] == "true"
+    assert [o.name for o in onnx.load(str(path)).graph.output] == list(meta.output_names)
+
+
+def test_done_without_reward_has_three_outputs(tmp_path: Path) -> None:
+    cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=2, hidden_units=16, predict_done=True)
+    model = _model(cfg)
+    export_ensemble(model, tmp_path / "m.onnx", member_batched=True)
+    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeOptions(chunk_rows=4))
+    obs = np.random.default_rng(1).normal(size=(2, 9, 3)).astype(np.float32)
+    act = np.zeros((2, 9, 1), np.float32)
+    got = runtime.predict_named(obs, act)
+    assert list(got) == ["next_obs_mean", "next_obs_logvar", "done_prob"]
+    with torch.no_grad():
+        want = model(torch.from_numpy(obs), torch.from_numpy(act))
+    for g, w in zip(got.values(), want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_written_before_predict_done_existed_loads(
+    exported: tuple[GaussianEnsemble, Path], tmp_path: Path
+) -> None:
+    """Metadata of a model exported before the termination could be learned: no predict_done
+    anywhere. It loads as a model without it."""
+    proto = onnx.load(str(exported[1]))
+    props = {p.key: p for p in proto.metadata_props}
+    config = json.loads(props["tickmpc.config"].value)
+    del config["predict_done"]
+    props["tickmpc.config"].value = json.dumps(config)  # outside the graph hash
+    proto.metadata_props.remove(props["tickmpc.predict_done"])
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    meta = OnnxEnsemble(old).metadata
+    assert meta.config == CFG and not meta.config.predict_done
+    assert meta.output_names == ("next_obs_mean", "next_obs_logvar")
