@@ -10,6 +10,15 @@ variant it prints a row per seed and a summary:
   return. Target: within 10 episodes in at least 4 of 5 seeds, and in realtime with at most 1%
   deadline misses.
 - inverted-pendulum and reacher: the best return within 10 and within 30 episodes.
+- ``*-learned``: the same runs with ``reward=learned`` (the ensemble predicts the reward from
+  the rewards the robot reports; the task's own termination stays). Target: the mean of the
+  last 3 episodes' returns within 10% of the known-reward run's, on the same seeds.
+- Gymnasium environments no built-in task defines, run by id alone (reward and termination
+  learned): InvertedDoublePendulum-v5 (``idp-id``; ``idp-file`` is the same run with the
+  example task file that states the environment's reward and termination) and Swimmer-v5
+  (``swimmer-id``; its reward needs the x position, which its observation leaves out, so no
+  task file can state it). Their summaries add the return of uniform random actions from the
+  same resets.
 
 Plan times come from the service's telemetry (``metrics/ticks.jsonl``): p99 over planned ticks,
 the miss fraction, and the plan time of the first tick on each new model version (a swap costs
@@ -33,6 +42,7 @@ from controller.closed_loop import run_closed_loop
 from controller.config import Config, parse_overrides, updated
 
 THRESHOLD = 170.0
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def variant(*sets: str) -> Config:
@@ -61,7 +71,36 @@ VARIANTS: dict[str, Config] = {
         "learner.min_transitions=50",
     ),
     "reacher": variant("task=reacher", "run.episodes=30"),
+    "cartpole-learned": variant("task=cartpole-swingup", "run.episodes=10", "reward=learned"),
+    "inverted-pendulum-learned": variant(
+        "task=inverted-pendulum",
+        "run.episodes=30",
+        "planner.horizon=15",
+        "planner.population=100",
+        "learner.min_transitions=50",
+        "reward=learned",
+    ),
+    "reacher-learned": variant("task=reacher", "run.episodes=30", "reward=learned"),
+    # Random episodes of the double pendulum last about 10 steps, like the single one's.
+    "idp-id": variant(
+        "task=InvertedDoublePendulum-v5",
+        "run.episodes=30",
+        "planner.horizon=15",
+        "planner.population=100",
+        "learner.min_transitions=50",
+    ),
+    "idp-file": variant(
+        f"task={EXAMPLES / 'tasks' / 'inverted_double_pendulum.py'}",
+        "run.episodes=30",
+        "planner.horizon=15",
+        "planner.population=100",
+        "learner.min_transitions=50",
+    ),
+    # 1000-step episodes truncated at 200 to keep 30 episodes within minutes on 2 cores.
+    "swimmer-id": variant("task=Swimmer-v5", "run.episodes=30", "run.episode_steps=200"),
 }
+RANDOM_BASELINE = ("idp-id", "idp-file", "swimmer-id")
+"""Variants whose summary adds the return of random actions from the same resets."""
 CHECKPOINTS = (10, 30)
 
 
@@ -90,6 +129,8 @@ def main() -> None:
                 sets.append(f"run.episodes={episodes}")
             config = updated(VARIANTS[name], parse_overrides(sets))
             run = measure(config, out / f"{name}-seed{seed}")
+            if name in RANDOM_BASELINE:
+                run["random_returns"] = random_returns(config)
             runs.append(run)
             print(f"{name} seed {seed}: " + "  ".join(f"{k} {v}" for k, v in row(run).items()),
                   flush=True)  # fmt: skip
@@ -115,6 +156,7 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
         "returns": [round(r, 1) for r in returns],
         "episodes_to_170": reached,
         "final_return": round(returns[-1], 1),
+        "last3_mean": round(float(np.mean(returns[-3:])), 1),
         "best_at": {str(k): round(max(returns[:k]), 1) for k in CHECKPOINTS if len(returns) >= k},
         "plan_ms_p50": round(float(np.percentile(plan_ms, 50)), 1),
         "plan_ms_p99": round(float(np.percentile(plan_ms, 99)), 1),
@@ -140,6 +182,7 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "seeds": len(runs),
         "final_return_mean": round(float(np.mean([r["final_return"] for r in runs])), 1),
+        "last3_mean": round(float(np.mean([r["last3_mean"] for r in runs])), 1),
         "plan_ms_p99_max": max(r["plan_ms_p99"] for r in runs),
         "miss_fraction": round(misses / ticks, 4) if ticks else None,
         "swap_plan_ms_max": max((r["swap_plan_ms_max"] or 0.0) for r in runs),
@@ -155,7 +198,36 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             best = [r["best_at"][str(k)] for r in runs if str(k) in r["best_at"]]
             if best:
                 summary[f"best_in_{k}_mean"] = round(float(np.mean(best)), 1)
+        for k in CHECKPOINTS:  # the return at episode k (mean of episodes k-2..k)
+            at = [np.mean(r["returns"][k - 3 : k]) for r in runs if len(r["returns"]) >= k]
+            if at:
+                summary[f"return_at_{k}_mean"] = round(float(np.mean(at)), 1)
+    if name in RANDOM_BASELINE:
+        randoms = [x for r in runs for x in r["random_returns"]]
+        summary["random_return_mean"] = round(float(np.mean(randoms)), 1)
     return summary
+
+
+def random_returns(config: Config, episodes: int = 10) -> list[float]:
+    """Returns of uniform random actions from the resets of the run's first ``episodes``
+    episodes (episode i resets with seed run.seed + 1000 i, as the run's bridge does)."""
+    from sim_bridge.mujoco_bridge import make_env
+
+    task = config.resolved_task()
+    assert task is not None and task.env_id is not None
+    env = make_env(task.env_id, task.env_kwargs)
+    rng = np.random.default_rng(config.run.seed)
+    out = []
+    for i in range(episodes):
+        env.reset(seed=config.run.seed + 1000 * i)
+        total, steps, done = 0.0, 0, False
+        while not done and steps < config.steps:
+            action = rng.uniform(task.action_low, task.action_high).astype(np.float32)
+            _, reward, terminated, truncated, _ = env.step(action)
+            total, steps, done = total + float(reward), steps + 1, terminated or truncated
+        out.append(round(total, 1))
+    env.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -190,6 +190,10 @@ def run(
     else:
         config = compose(config_file, sets, named)
         run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if config.task == "auto":
+        typer.echo("error: tickmpc run simulates the robot, so it needs a task to simulate, "
+                   "not auto (serve and learn take auto)", err=True)  # fmt: skip
+        raise typer.Exit(code=1)
     console.print(f"run directory: {run_dir}")
     if config.steps < config.learner.min_transitions:
         console.print(

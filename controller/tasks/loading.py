@@ -237,6 +237,9 @@ def _check_batch_tensor(what: str, value: object, *, floating: bool) -> None:
                          "(reduce the last dimension)")  # fmt: skip
     if floating and not value.dtype.is_floating_point:
         raise ValueError(f"{what} returns {value.dtype}, not a floating-point tensor")
+    if not floating and value.dtype != torch.bool:
+        raise ValueError(f"{what} returns {value.dtype}, not a bool tensor (compare, e.g. "
+                         "x.abs() > 0.2)")  # fmt: skip
 
 
 def _check_export(task: Task) -> None:

@@ -123,6 +123,12 @@ BAD = {
         ),
         "",  # either refused at export (data-dependent branch) or by the comparison
     ),
+    "a termination that is not a flag": (
+        GOOD.replace(
+            "weights={WEIGHTS})", "weights={WEIGHTS}, terminated=lambda x: x[..., 0].abs())"
+        ),
+        "terminated returns torch.float32, not a bool tensor",
+    ),
     "no task in the file": ("x = 1\n", "defines 0 Task objects and no 'TASK'"),
     "not Python": ("def (:\n", "raised SyntaxError"),
     "not a Task": ("TASK = 42\n", "TASK is a int, not a Task"),
