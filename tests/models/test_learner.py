@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from models.learner import Learner, LearnerConfig, ModelVersion
 from models.registry import ModelDirectory
@@ -176,3 +177,88 @@ def test_a_stop_request_interrupts_a_running_retrain_and_publishes_nothing(
 def test_learner_config_refuses_a_non_boolean_episode_end_switch() -> None:
     with pytest.raises(ValueError, match="retrain_at_episode_end"):
         LearnerConfig(retrain_at_episode_end="yes")  # type: ignore[arg-type]
+
+
+PENDULUM = LearnerConfig(
+    members=3, hidden_layers=2, hidden_units=64, min_transitions=200, retrain_every=200,
+    max_epochs=40,
+)  # fmt: skip
+"""For InvertedPendulum-v5 rows: random actions end an episode every ~6 steps, so a few hundred
+rows hold dozens of terminal ones."""
+
+
+def _append_pendulum(store: Path, steps: int, seed: int) -> None:
+    data = collect_random("InvertedPendulum-v5", steps, seed=seed)
+    rows = Transitions(
+        obs=data.obs, act=data.act, next_obs=data.next_obs, reward=data.reward,
+        terminated=data.terminated, truncated=data.truncated, episode=data.episode + seed * 1000,
+        step=data.step, wall_time=np.full(len(data), time.time()), robot=np.full(len(data), "r"),
+    )  # fmt: skip
+    with TransitionWriter(store, 4, 1) as writer:
+        writer.append_batch(rows)
+
+
+def test_learned_reward_and_termination_are_published_and_new_flags_train_from_scratch(
+    tmp_path: Path,
+) -> None:
+    store, models, metrics = tmp_path / "store", tmp_path / "models", tmp_path / "learner.jsonl"
+    _append_pendulum(store, 400, seed=1)
+    learner = Learner(store, models, PENDULUM, predict_reward=True, predict_done=True,
+                      metrics=metrics)  # fmt: skip
+    assert learner.step() and learner.history[-1].accepted
+    directory = ModelDirectory(models)
+    meta = OnnxEnsemble(directory.path_of(1)).metadata
+    assert meta.config.predict_reward and meta.config.predict_done
+    assert meta.output_names[-3:] == ("reward_mean", "reward_logvar", "done_prob")
+    assert {"reward_nmse", "done_brier", "done_log_loss", "done_rate"} <= set(meta.holdout)
+    line = json.loads(metrics.read_text().splitlines()[-1])
+    assert 0.0 <= line["reward_nmse"] < 1.0 and 0.0 <= line["done_brier"] < 0.25, line
+
+    # The task no longer learns them: the saved model is of another architecture, so the
+    # learner trains anew on the whole store at once, not after retrain_every more rows.
+    state_only = Learner(store, models, PENDULUM, metrics=metrics)
+    assert state_only.model is None and state_only.trained_rows == 0
+    assert state_only.step()
+    second = state_only.history[-1]
+    assert second.rows == 400 and second.accepted and second.version == 2
+    assert "reward" not in second.reason  # compared with v1 on the state alone
+    line = json.loads(metrics.read_text().splitlines()[-1])
+    assert line["reward_nmse"] is None and line["done_brier"] is None
+    assert OnnxEnsemble(directory.path_of(2)).metadata.output_names == (
+        "next_obs_mean",
+        "next_obs_logvar",
+    )
+    resumed = Learner(store, models, PENDULUM)  # the same settings as v2: a warm start
+    assert resumed.model is not None and resumed.trained_rows == 400
+
+
+def test_the_gate_refuses_a_non_finite_or_diverged_reward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reward is part of the worst-dim gate, and every output must be finite."""
+    from models import learner as learner_module
+
+    store, models = tmp_path / "store", tmp_path / "models"
+    _append_pendulum(store, 400, seed=2)
+    learner = Learner(store, models, PENDULUM, predict_reward=True, predict_done=True)
+    assert learner.step() and learner.history[-1].version == 1
+    train = learner_module.train_ensemble
+
+    def broken_reward(value: float) -> Any:
+        def train_ensemble(*args: Any, **kwargs: Any) -> Any:
+            model, report = train(*args, **kwargs)
+            with torch.no_grad():  # the reward mean's column of the output layer
+                model.head.bias[..., model.config.obs_dim] = value
+            return model, report
+
+        return train_ensemble
+
+    monkeypatch.setattr(learner_module, "train_ensemble", broken_reward(float("nan")))
+    result = learner.retrain_now()
+    assert result is not None and not result.accepted
+    assert result.reason == "non-finite reward_mean on the check batch"
+    monkeypatch.setattr(learner_module, "train_ensemble", broken_reward(50.0))
+    result = learner.retrain_now()
+    assert result is not None and not result.accepted, result
+    assert "one-step nmse (reward included)" in result.reason
+    assert ModelDirectory(models).versions() == [1]
