@@ -208,3 +208,49 @@ def _child_pid(pgid: int, command: str) -> int:
         except (OSError, ProcessLookupError):
             continue
     raise AssertionError(f"no {command} process in group {pgid}")
+
+
+EXAMPLE_TASK = (
+    Path(__file__).resolve().parents[2] / "examples" / "tasks" / "inverted_double_pendulum.py"
+)
+TINY_IDP = ["--hidden-units", "32", "--population", "50", "--iterations", "1", "--horizon", "10",
+            "--episode-steps", "60", "--set", "learner.min_transitions=15"]  # fmt: skip
+
+
+def test_a_task_file_runs_in_every_process_and_resume_loads_the_runs_own_copy(
+    tmp_path: Path,
+) -> None:
+    """The service, the learner and the bridge of ``tickmpc run`` all load the task file (the
+    example, InvertedDoublePendulum-v5, whose random episodes end within tens of steps); the
+    run directory keeps a copy and its hash; ``--resume`` loads that copy even after the
+    original changed, and refuses a copy that changed."""
+    task_file = tmp_path / "idp.py"
+    task_file.write_bytes(EXAMPLE_TASK.read_bytes())
+    run_dir = tmp_path / "run"
+    first = _start_run(run_dir, "--task", str(task_file), "--episodes", "4",
+                       "--run-dir", str(run_dir), *TINY_IDP)  # fmt: skip
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    copy = run_dir / "task" / "idp.py"
+    record = json.loads((run_dir / "task" / "source.json").read_text())
+    assert copy.read_bytes() == EXAMPLE_TASK.read_bytes()
+    assert record["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert record["source"] == str(task_file) and record["name"] == "TASK"
+    assert f'task = "{copy.resolve()}:TASK"' in (run_dir / "config.toml").read_text()
+    data = TransitionReader(run_dir / "store").read_all()
+    assert data.obs.shape[1] == 9 and data.terminated.any()  # the robot of the task file
+    served = (run_dir / "logs" / "serve.log").read_text().replace("\n", "")
+    assert f"serving {copy.resolve()}:TASK" in served  # the service loaded the run's copy
+    assert "serving model v" in served  # and planned with the learner's models
+    assert max(ModelDirectory(run_dir / "models").versions()) >= 1
+
+    task_file.write_text("raise RuntimeError('the original was edited')\n")
+    resumed = _start_run(run_dir, "--resume", str(run_dir), "--episodes", "5")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert _episodes_done(run_dir) == 5
+
+    copy.write_text(copy.read_text() + "\n# edited\n")
+    refused = _start_run(run_dir, "--resume", str(run_dir), "--episodes", "6")
+    out, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 1 and "changed since the run began" in out, out
