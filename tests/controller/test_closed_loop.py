@@ -254,3 +254,30 @@ def test_a_task_file_runs_in_every_process_and_resume_loads_the_runs_own_copy(
     refused = _start_run(run_dir, "--resume", str(run_dir), "--episodes", "6")
     out, _ = refused.communicate(timeout=120)
     assert refused.returncode == 1 and "changed since the run began" in out, out
+
+
+def test_a_gymnasium_id_alone_runs_the_whole_loop_with_learned_reward_and_termination(
+    tmp_path: Path,
+) -> None:
+    """``tickmpc run --task InvertedDoublePendulum-v5``: no task in the package defines it; the
+    dims, bounds, period and episode length come from the environment, and the models the
+    service plans with predict the reward and the termination from what the bridge reported."""
+    run_dir = tmp_path / "run"
+    proc = _start_run(run_dir, "--task", "InvertedDoublePendulum-v5", "--episodes", "5",
+                      "--run-dir", str(run_dir), *TINY_IDP)  # fmt: skip
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+    directory = ModelDirectory(run_dir / "models")
+    latest = directory.latest()
+    assert latest is not None
+    config = OnnxEnsemble(latest.path).metadata.config
+    assert config.predict_reward and config.predict_done and config.obs_dim == 9
+    retrains = [json.loads(x) for x in (run_dir / "metrics" / "learner.jsonl").read_text()
+                .splitlines()]  # fmt: skip
+    assert all(r["reward_nmse"] is not None and r["done_brier"] is not None for r in retrains)
+    episodes = [json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text()
+                .splitlines()]  # fmt: skip
+    assert episodes[-1]["model_version"] >= 1  # the last episode was planned, not random
+    data = TransitionReader(run_dir / "store").read_all()
+    assert data.terminated.sum() >= 4  # the robot's own flags, which the model learned from
