@@ -65,7 +65,7 @@ def keep_task_copy(config: Config, run_dir: Path) -> Config:
     record = {"source": config.task, "file": copy.name, "name": source.name,
               "sha256": source.sha256}  # fmt: skip
     (where / "source.json").write_text(json.dumps(record, indent=2) + "\n")
-    return replace(config, task=f"{copy}:{source.name}")
+    return replace(config, task=_ref(copy, source.name))
 
 
 def resumed_task(run_dir: Path) -> str | None:
@@ -83,7 +83,12 @@ def resumed_task(run_dir: Path) -> str | None:
     if digest != record["sha256"]:
         raise ValueError(f"{copy} changed since the run began (sha256 {digest[:12]}..., "
                          f"recorded {str(record['sha256'])[:12]}...)")  # fmt: skip
-    return f"{copy.resolve()}:{record['name']}"
+    return _ref(copy.resolve(), record["name"])
+
+
+def _ref(path: Path, name: str | None) -> str:
+    """The task reference of ``path`` and, where one was named, the attribute ``name``."""
+    return f"{path}:{name}" if name else str(path)
 
 
 class ClosedLoop:

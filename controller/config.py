@@ -86,7 +86,11 @@ class Config:
             raise ValueError(f"task must be a string, got {self.task!r}")
         check_choice("reward", self.reward, SOURCES)
         check_choice("termination", self.termination, SOURCES)
-        self.resolved_task()
+        task = self.resolved_task()
+        if task is None and self.planner.weights:
+            raise ValueError("task auto learns its reward: planner.weights must be empty")
+        if task is not None:
+            task.validated_weights(self.planner.weights)
 
     def resolved_task(self) -> Task | None:
         """The task as every process runs it: loaded and checked, with its reward and

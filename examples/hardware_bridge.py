@@ -122,6 +122,7 @@ class PendulumBridge(HardwareBridge):
             action_low=(-MAX_TORQUE,),
             action_high=(MAX_TORQUE,),
             control_period=CONTROL_PERIOD,
+            reward=True,  # read_state reports the reward: a controller may learn it
         )
         super().__init__(spec, settings or BridgeSettings(episode_steps=EPISODE_STEPS))
         self.device = device

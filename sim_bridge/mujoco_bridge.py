@@ -65,7 +65,7 @@ def make_env(task: str, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env[
     env_id, kwargs = SIM_TASKS.get(task, (task, {}))
     try:
         return gym.make(env_id, **{**kwargs, **(env_kwargs or {})})
-    except gym.error.Error as exc:
+    except (gym.error.Error, TypeError) as exc:  # TypeError: a keyword the env does not take
         raise ValueError(f"unknown task {task!r}: {exc}; known: {sorted(SIM_TASKS)}") from None
 
 
@@ -160,7 +160,8 @@ class MujocoBridge(HardwareBridge):
         self.env.close()
 
     def _noisy(self, obs: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        obs = np.asarray(obs).reshape(-1)  # a Box observation of any shape, sent flat
         std = self.emulation.obs_noise_std
         if not std:
-            return np.asarray(obs)
+            return obs
         return np.asarray(obs + self.rng.normal(0.0, std, np.shape(obs)), np.asarray(obs).dtype)

@@ -159,6 +159,7 @@ def run(
         resumed_task,
         run_closed_loop,
     )
+    from controller.tasks import AUTO
 
     named = {
         "task": task, "reward": reward, "termination": termination,
@@ -184,13 +185,20 @@ def run(
                            f"copy: {kept})", err=True)  # fmt: skip
                 raise typer.Exit(code=1)
             named["task"] = kept
+        saved = compose(resume / "config.toml", None, {"task": kept})
         config = compose(resume / "config.toml", sets, named)
+        changed = [k for k in ("reward", "termination")
+                   if getattr(config, k) != getattr(saved, k)]  # fmt: skip
+        if changed:
+            typer.echo(f"error: a run's {' and '.join(changed)} cannot change on --resume (the "
+                       "models learned what it started with)", err=True)  # fmt: skip
+            raise typer.Exit(code=1)
         first = ClosedLoop.completed(resume)
         run_dir = resume
     else:
         config = compose(config_file, sets, named)
         run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if config.task == "auto":
+    if config.task == AUTO:
         typer.echo("error: tickmpc run simulates the robot, so it needs a task to simulate, "
                    "not auto (serve and learn take auto)", err=True)  # fmt: skip
         raise typer.Exit(code=1)

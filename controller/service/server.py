@@ -272,6 +272,8 @@ class MPCService:
             self._take_task(task)
             self._open_store(task)
         except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError: a corrupt store
+            if self.writer is not None:
+                self.writer.close()  # its lock would refuse every later HELLO
             self.task, self.watcher, self.writer = None, None, None
             self.recorder.task = self.recorder.writer = None
             raise p.ProtocolError("mismatch", f"cannot serve this robot's HELLO as the task: "
@@ -436,6 +438,11 @@ class MPCService:
         new = self.planner_settings.changed(changes)
         if self.task is not None:
             self.task.validated_weights(new.weights)
+        elif new.weights:  # task auto learns its reward: there will be no terms to weigh
+            raise ValueError(
+                "this controller takes its task from the first robot's HELLO and "
+                "learns its reward: there are no reward terms to weigh"
+            )
         reseed = "seed" in changes
         for session in self.sessions.values():
             if session.planner is not None:

@@ -22,9 +22,10 @@ ROBOT_EPISODE_STEPS = 1_000_000
 
 @cache
 def gym_task(env_id: str) -> Task:
-    """The task of gymnasium environment ``env_id``: Box observation (flattened) and Box action
-    spaces with finite bounds, the env's ``dt`` as the control period, its time limit as the
-    episode length, reward and termination learned. ValueError saying what does not fit."""
+    """The task of gymnasium environment ``env_id``: a Box observation (its values flattened)
+    and a Box action space with finite bounds, the env's ``dt`` as the control period, its time
+    limit as the episode length, reward and termination learned. ValueError saying what does
+    not fit (no dt, no time limit, other spaces)."""
     import gymnasium as gym
 
     import sim_bridge.cartpole  # noqa: F401  (registers tickmpc/CartpoleSwingup-v0)
@@ -52,13 +53,15 @@ def gym_task(env_id: str) -> Task:
             raise ValueError(f"gymnasium id {env_id}: action bounds must be finite, got "
                              f"{low.tolist()} .. {high.tolist()}")  # fmt: skip
         dt = getattr(env.unwrapped, "dt", None)
-        if dt is None:
-            fps = env.metadata.get("render_fps")
-            dt = 1.0 / fps if fps else None
-        if dt is None or not math.isfinite(dt) or dt <= 0:
-            raise ValueError(f"gymnasium id {env_id}: the environment has no dt (control "
-                             "period); write a task file for it")  # fmt: skip
+        if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+            raise ValueError(f"gymnasium id {env_id}: the environment has no dt (its control "
+                             "period), which tickmpc needs; write a task file for it")  # fmt: skip
         steps = env.spec.max_episode_steps if env.spec is not None else None
+        if not steps:
+            raise ValueError(
+                f"gymnasium id {env_id}: the environment has no time limit "
+                "(max_episode_steps); write a task file with its episode length"
+            )
         return Task(
             name=env_id,
             env_id=env_id,
@@ -67,7 +70,7 @@ def gym_task(env_id: str) -> Task:
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             control_period=float(dt),
-            episode_steps=int(steps or 1000),
+            episode_steps=int(steps),
             learn_termination=True,
             notes="from the gymnasium id alone: reward and termination learned",
         )

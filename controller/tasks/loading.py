@@ -26,6 +26,7 @@ import importlib.util
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,13 @@ class TaskSource:
 
     path: Path
     """The source file (a task file, or the module's file)."""
-    name: str
-    """The attribute that holds the task (or makes it)."""
+    name: str | None
+    """The attribute that holds the task (or makes it); None: ``TASK``, or the file's only
+    Task."""
     sha256: str
     """Hash of the file's bytes when it was loaded."""
+    module: str | None = None
+    """The module's import name, for a ``package.module:NAME`` reference."""
 
 
 _cache: dict[tuple[str, str], Task] = {}
@@ -75,9 +79,9 @@ def load_task(ref: str) -> Task:
     source = task_source(ref)
     if source is None:
         return gym_task(ref)  # ValueError listing every way to name a task, if not an id
-    key = (f"{source.path}:{source.name}", source.sha256)
+    key = (f"{source.path}:{source.name or ''}", source.sha256)
     if key not in _cache:
-        task = _load_from(source, ref)
+        task = _take(_module_of(source, ref), source, ref)
         check_task(task, f"task {ref}")
         _cache[key] = task
     return _cache[key]
@@ -91,16 +95,17 @@ def task_source(ref: str) -> TaskSource | None:
         path = Path(path_part).expanduser()
         if not path.is_file():
             raise ValueError(f"task file {path} does not exist")
-        return TaskSource(path.resolve(), name or DEFAULT_NAME, _sha256(path))
+        return TaskSource(path.resolve(), name or None, _sha256(path))
     if _MODULE_REF.match(ref):
         module_name, _, name = ref.partition(":")
         try:
             spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError) as exc:
-            raise ValueError(f"task module {module_name}: {exc}") from None
+        except Exception as exc:  # finding it runs the parent packages' __init__
+            raise ValueError(f"task module {module_name}: {_describe(exc)}") from None
         if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
             raise ValueError(f"task module {module_name} not found (or not a .py file)")
-        return TaskSource(Path(spec.origin).resolve(), name, _sha256(Path(spec.origin)))
+        origin = Path(spec.origin)
+        return TaskSource(origin.resolve(), name, _sha256(origin), module_name)
     return None
 
 
@@ -113,8 +118,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_from(source: TaskSource, ref: str) -> Task:
-    """Run the source file as a module of its own and take its task."""
+def _module_of(source: TaskSource, ref: str) -> Any:
+    """Import a module reference in its package; run a task file as a module of its own."""
+    if source.module is not None:
+        try:
+            return importlib.import_module(source.module)
+        except Exception as exc:
+            raise ValueError(f"task {ref}: importing {source.module} raised "
+                             f"{_describe(exc)}") from exc  # fmt: skip
     module_name = f"tickmpc_task_{source.sha256[:16]}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     if spec is None or spec.loader is None:
@@ -126,11 +137,16 @@ def _load_from(source: TaskSource, ref: str) -> Task:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ValueError(f"task {ref}: {source.path.name} raised {_describe(exc)}") from exc
-    explicit = ":" in ref
-    if explicit or hasattr(module, source.name):
-        if not hasattr(module, source.name):
-            raise ValueError(f"task {ref}: {source.path.name} defines no {source.name!r}")
-        value = getattr(module, source.name)
+    return module
+
+
+def _take(module: Any, source: TaskSource, ref: str) -> Task:
+    """The module's task: the named attribute, else ``TASK``, else its only Task."""
+    name = source.name or DEFAULT_NAME
+    if source.name is not None or hasattr(module, name):
+        if not hasattr(module, name):
+            raise ValueError(f"task {ref}: {source.path.name} defines no {name!r}")
+        value = getattr(module, name)
     else:
         found = [v for v in vars(module).values() if isinstance(v, Task)]
         if len(found) != 1:
@@ -142,9 +158,9 @@ def _load_from(source: TaskSource, ref: str) -> Task:
         try:
             value = value()
         except Exception as exc:
-            raise ValueError(f"task {ref}: {source.name}() raised {_describe(exc)}") from exc
+            raise ValueError(f"task {ref}: {name}() raised {_describe(exc)}") from exc
     if not isinstance(value, Task):
-        raise ValueError(f"task {ref}: {source.name} is a {type(value).__name__}, not a Task "
+        raise ValueError(f"task {ref}: {name} is a {type(value).__name__}, not a Task "
                          "(from controller.tasks import Task)")  # fmt: skip
     return value
 
@@ -170,14 +186,23 @@ def _check_fields(task: Task) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     for name in ("action_low", "action_high"):
-        values = getattr(task, name)
+        try:
+            values = np.asarray(getattr(task, name), np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {task.act_dim} numbers, got "
+                             f"{getattr(task, name)!r}") from None  # fmt: skip
         if len(values) != task.act_dim:
             raise ValueError(f"{name} has {len(values)} values, act_dim is {task.act_dim}")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise ValueError(f"{name} must be finite numbers, got {list(values)}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} must be finite numbers, got {values.tolist()}")
     if not math.isfinite(task.control_period):
         raise ValueError(f"control_period must be a finite number of seconds, "
                          f"got {task.control_period!r}")  # fmt: skip
+    if not isinstance(task.weights, Mapping):
+        raise ValueError(f"weights must be a dict of term name -> weight, got "
+                         f"{type(task.weights).__name__}")  # fmt: skip
+    if not isinstance(task.env_kwargs, Mapping):
+        raise ValueError(f"env_kwargs must be a dict, got {type(task.env_kwargs).__name__}")
     for name, weight in task.weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ValueError(f"weight {name!r} must be a number, got {weight!r}")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from controller.closed_loop import keep_task_copy, resumed_task
 from controller.config import Config, updated
 from controller.tasks import load_task, task_source
 
@@ -67,7 +68,8 @@ def test_a_task_file_by_path_by_name_and_as_a_factory(tmp_path: Path) -> None:
         2,
         {"upright": 1.0, "ctrl": 0.1},
     )
-    assert load_task(f"{path}:TASK") is task  # loaded once per content
+    assert load_task(str(path)) is task  # loaded once per reference and content
+    assert load_task(f"{path}:TASK").weights == task.weights  # the attribute by name
     factory = _file(tmp_path, GOOD.replace("{WEIGHTS}", '{"upright": 1.0, "ctrl": 0.1}')
                     .replace("TASK = Task(", "def make():\n    return Task(")
                     .replace("weights={", "        weights={"), "factory.py")  # fmt: skip
@@ -82,7 +84,9 @@ def test_a_task_from_a_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     package = tmp_path / "mylab"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    _file(package, GOOD.replace("{WEIGHTS}", '{"upright": 2.0, "ctrl": 0.1}'), "arm.py")
+    (package / "limits.py").write_text("CTRL = 0.1\n")
+    body = GOOD.replace("{WEIGHTS}", '{"upright": 2.0, "ctrl": CTRL}')
+    _file(package, "from .limits import CTRL\n" + body, "arm.py")  # imported in its package
     monkeypatch.syspath_prepend(str(tmp_path))
     task = load_task("mylab.arm:TASK")
     assert task.name == "toy-arm" and task.weights["upright"] == 2.0
@@ -146,6 +150,23 @@ def test_a_bad_task_file_is_refused_with_what_is_wrong(tmp_path: Path, case: str
         updated(Config(), {"task": str(path)})
 
 
+def test_a_run_keeps_a_copy_that_loads_as_the_original_did(tmp_path: Path) -> None:
+    """The copy's reference names the attribute only where the original did: a file whose
+    only Task is not called TASK loads from the copy too."""
+    path = _file(tmp_path, GOOD.replace("{WEIGHTS}", '{"upright": 1.0, "ctrl": 0.1}')
+                 .replace("TASK = Task(", "ARM = Task("))  # fmt: skip
+    config = keep_task_copy(updated(Config(), {"task": str(path)}), tmp_path / "run")
+    assert config.task == str((tmp_path / "run" / "task" / "task.py").resolve())
+    assert resumed_task(tmp_path / "run") == config.task
+    task = config.resolved_task()
+    assert task is not None and task.name == "toy-arm"
+
+
+def test_auto_takes_no_weights() -> None:
+    with pytest.raises(ValueError, match="task auto learns its reward"):
+        updated(Config(), {"task": "auto", "planner": {"weights": {"tip": 2.0}}})
+
+
 def test_unknown_references_are_refused_with_every_way_to_name_a_task(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"path/to/file.py\[:NAME\]"):
         load_task("no-such-task")
@@ -163,6 +184,8 @@ def test_a_gymnasium_id_nobody_wrote_a_task_for() -> None:
     assert task.reward_learned and task.termination_learned
     with pytest.raises(ValueError, match="its action space is Discrete, tickmpc needs a Box"):
         load_task("CartPole-v1")
+    with pytest.raises(ValueError, match="has no dt"):  # classic control: no control period
+        load_task("MountainCarContinuous-v0")
 
 
 def test_reward_and_termination_learned_on_request() -> None:
