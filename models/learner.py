@@ -305,6 +305,7 @@ class Learner:
         return EnsembleConfig(
             obs_dim=obs_dim, act_dim=act_dim, members=c.members, hidden_layers=c.hidden_layers,
             hidden_units=c.hidden_units, predict_reward=self.predict_reward,
+            reward_layers=c.hidden_layers, reward_units=c.hidden_units,
             predict_done=self.predict_done, preprocess=self.preprocess,
         )  # fmt: skip
 

@@ -281,7 +281,8 @@ def train_ensemble(
                 break
             gather_batch(x_train, y_train, order[:, start : start + bs], buf_x, buf_y)
             pred = model.forward_normalized(torch.from_numpy(buf_x))
-            loss = _member_loss(pred, torch.from_numpy(buf_y), config.done_weight).sum()
+            loss = _member_loss(pred, torch.from_numpy(buf_y), config.done_weight,
+                                model.config.predict_reward).sum()  # fmt: skip
             loss = loss + config.logvar_penalty * model.logvar_bound_penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -380,11 +381,24 @@ def _validated_arrays(
     return (obs, act), targets, flags
 
 
-def _member_loss(pred: Prediction, y: torch.Tensor, done_weight: float) -> torch.Tensor:
+def _member_loss(
+    pred: Prediction, y: torch.Tensor, done_weight: float, reward: bool = False
+) -> torch.Tensor:
     """Each member's training loss [E]: twice its score (see ``_Scores.score``), the done flags
-    being y's last D columns. Without them this is ``gaussian_nll`` as PETS trains it."""
+    being y's last D columns. Without them this is ``gaussian_nll`` as PETS trains it.
+
+    With the reward (the last Gaussian column), its term is weighted by its own detached
+    variance: beta-NLL with beta = 1 (Seitzer et al. 2022), whose gradient on the mean is the
+    squared error's. Under plain NLL the model explained the rows where the reward varies as
+    noise and fit the rest: on cartpole, where most rows are far from any reward, the holdout
+    reward nmse was 0.74, against 0.02 for a plain squared-error MLP on the same rows."""
     o, d = pred.mean.shape[-1], pred.done_logit.shape[-1]
-    gauss = gaussian_nll(pred.mean, pred.logvar, y[..., :o])
+    if reward:
+        per = ((pred.mean - y[..., :o]) ** 2) * torch.exp(-pred.logvar) + pred.logvar
+        weight = torch.exp(pred.logvar[..., -1:]).detach()
+        gauss = torch.cat([per[..., :-1], per[..., -1:] * weight], dim=-1).mean(dim=(1, 2))
+    else:
+        gauss = gaussian_nll(pred.mean, pred.logvar, y[..., :o])
     if d == 0:
         return gauss
     return gauss + 2.0 * done_weight * bernoulli_nll(pred.done_logit, y[..., o:])

@@ -177,7 +177,9 @@ def test_done_target_outputs_and_report() -> None:
     outputs = model(torch.from_numpy(obs[:3]), torch.from_numpy(act[:3]))
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 2), (2, 3, 2)] + [(2, 3, 1)] * 3
     assert ((outputs[-1] > 0) & (outputs[-1] < 1)).all()
-    assert tuple(model.head.weight.shape) == (2, 16, 2 * 3 + 1)
+    assert tuple(model.head.weight.shape) == (2, 16, 2 * 2 + 1)  # state mean, logvar, done
+    assert model.reward_head is not None  # the reward has layers of its own
+    assert tuple(model.reward_head.weight.shape) == (2, model.config.reward_units, 2)
     assert tuple(model.logvar_shift.shape) == (2, 1, 3)  # calibration: Gaussian outputs only
     assert report.reward_nmse is not None and report.done_brier is not None
     assert report.done_rate is not None and 0.0 < report.done_rate < 0.5

@@ -247,8 +247,8 @@ def test_the_gate_refuses_a_non_finite_or_diverged_reward(
     def broken_reward(value: float) -> Any:
         def train_ensemble(*args: Any, **kwargs: Any) -> Any:
             model, report = train(*args, **kwargs)
-            with torch.no_grad():  # the reward mean's column of the output layer
-                model.head.bias[..., model.config.obs_dim] = value
+            with torch.no_grad():  # the reward mean's column of the reward's output layer
+                model.reward_head.bias[..., 0] = value
             return model, report
 
         return train_ensemble
