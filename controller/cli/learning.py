@@ -75,6 +75,8 @@ def learn(
     from models.learner import Learner, ModelVersion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # The ONNX exporter's graph passes log every initializer they merge (~30 lines a version).
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     if config.service.store is None or config.service.models is None:
         typer.echo("error: learn needs a store and a model directory (--store, --models, or "
                    "service.store and service.models in --config)", err=True)  # fmt: skip
