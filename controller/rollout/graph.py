@@ -57,12 +57,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from controller.rollout.builder import Builder
 from controller.rollout.reward_graph import INPUTS as REWARD_INPUTS
 
 Mode = Literal["routed", "mixed"]
@@ -90,68 +91,8 @@ class ModelGraph:
     whose episodes never end)."""
 
 
-class _Builder:
-    """Collects nodes and constants under unique names."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-        self._shared: set[str] = set()
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{self.scope}{hint}_{self._count}"
-
-    def op(self, op_type: str, inputs: Sequence[str], hint: str = "", **attrs: Any) -> str:
-        out = self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
-
-    def const(self, value: np.ndarray | np.generic, hint: str = "c") -> str:
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def ints(self, *values: int) -> str:
-        return self.const(np.asarray(values, dtype=np.int64), "ints")
-
-    def inline(
-        self, graph: onnx.GraphProto, prefix: str, inputs: Mapping[str, str], weights: str
-    ) -> dict[str, str]:
-        """Copy ``graph``'s nodes in under ``prefix``, its inputs bound to ``inputs``.
-
-        Its initializers are named ``weights`` + their name, so inlining one graph several times
-        (the unrolled graph) shares one copy. Returns the new names of the graph's outputs.
-        """
-        rename = dict(inputs)
-        for init in graph.initializer:
-            shared = weights + init.name
-            rename[init.name] = shared
-            if shared not in self._shared:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(init)
-                copy.name = shared
-                self.initializers.append(copy)
-                self._shared.add(shared)
-        for node in graph.node:
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for a in node.attribute):  # fmt: skip
-                raise ValueError(f"cannot inline {node.op_type}: nested graphs are not supported")
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            del copy.input[:]
-            del copy.output[:]
-            copy.input.extend(rename.get(x, prefix + x) if x else "" for x in node.input)
-            copy.output.extend(prefix + x if x else "" for x in node.output)
-            copy.name = prefix + node.name
-            self.nodes.append(copy)
-        return {o.name: rename.get(o.name, prefix + o.name) for o in graph.output}
-
-
 def _model_step(
-    b: _Builder,
+    b: Builder,
     model: ModelGraph,
     mode: Mode,
     t: str,
@@ -249,7 +190,7 @@ def _inputs(
     return inputs
 
 
-def _draw_orders(b: _Builder, hm: str, m: str, seed: float) -> None:
+def _draw_orders(b: Builder, hm: str, m: str, seed: float) -> None:
     """Outer nodes that draw ``gather_idx`` and ``scatter_idx`` [H, M] in the graph: a random
     permutation per step (``redraw`` 1, TS1) or one for every step (``redraw`` 0, TS-inf),
     as the indices of sorted uniform draws; the inverse sorts those indices back."""
@@ -265,7 +206,7 @@ def _draw_orders(b: _Builder, hm: str, m: str, seed: float) -> None:
     )
 
 
-def _routing(b: _Builder, a: int, h: str, m: str) -> str:
+def _routing(b: Builder, a: int, h: str, m: str) -> str:
     """Outer nodes that turn the per-step member orders into what the loop body reads:
     ``act_routed [H, M, A]`` (each step's actions in its member order) and ``reorder [H, M]``
     (which row of the previous step's output each row of this step takes). Returns the name
@@ -284,7 +225,7 @@ def _routing(b: _Builder, a: int, h: str, m: str) -> str:
 
 
 def _loop(
-    b: _Builder,
+    b: Builder,
     model: ModelGraph,
     mode: Mode,
     h: str,
@@ -295,7 +236,7 @@ def _loop(
     """The ``Loop`` over the horizon; returns the names of the step outputs of
     :func:`_model_step` stacked by the loop as scan outputs, under the same keys, with a
     leading H (``next_state [H, M, S]``, ``disagreement [H, M]``, ...)."""
-    body = _Builder("step/")
+    body = Builder("step/")
     step = _model_step(body, model, mode, "iter", "state_in", "", seed, reads)
     scans = dict(step, next_state=body.op("Identity", [step["next_state"]], "next_out"))
     info = helper.make_tensor_value_info
@@ -317,7 +258,7 @@ def _loop(
 
 
 def _unrolled(
-    b: _Builder,
+    b: Builder,
     model: ModelGraph,
     mode: Mode,
     horizon: int,
@@ -337,7 +278,7 @@ def _unrolled(
     return {name: b.op("Concat", values, axis=0) for name, values in steps.items()}
 
 
-def _over_members(b: _Builder, mode: Mode, values: str, pessimism: bool) -> str:
+def _over_members(b: Builder, mode: Mode, values: str, pessimism: bool) -> str:
     """A model output per step and particle row [H, M]: routed, ``values`` is that already
     (each row's own member); mixed, ``values [H, E, M]`` are mixed by ``member_weight``, less
     ``pessimism`` times their std over the members (population std) where asked."""
@@ -353,7 +294,7 @@ def _over_members(b: _Builder, mode: Mode, values: str, pessimism: bool) -> str:
 
 
 def _returns(
-    b: _Builder,
+    b: Builder,
     reward: onnx.ModelProto | None,
     mode: Mode,
     s: int,
@@ -435,7 +376,7 @@ def build_rollout_graph(
         raise ValueError("routed mode needs a member-batched model ([E, B, ...] inputs)")
     reads = _model_reads(model, reward)
     s, a = model.obs_dim, model.act_dim
-    b = _Builder("outer/")
+    b = Builder("outer/")
     act_particles = b.op("Gather", ["actions", "particle_candidate"], axis=0)  # [M, H, A]
     b.nodes.append(helper.make_node("Transpose", [act_particles], ["act_steps"], perm=[1, 0, 2]))
     m_1d = b.op("Shape", ["particle_candidate"], "m")  # [1]
