@@ -1,0 +1,267 @@
+"""The policy learner's core loop: MBPO (Janner et al. 2019, "When to Trust Your Model").
+
+Shapes: N start states, B batch, S observation, A action.
+
+One :meth:`PolicyLearner.step` is one MBPO round: ``rollout_batch`` start states drawn from the
+real rows, k-step branched rollouts of the current policy through the current dynamics
+ensemble (k from the rollout-length schedule), kept in the model buffer under the model's
+version; then G gradient steps of SAC per new real row, each on a batch of which a fixed share
+``real_ratio`` is real rows and the rest model rows. Everything random comes from the
+learner's own generator seeded by ``PolicyLearnerConfig.seed`` (and the agent's from
+``SACConfig.seed``), so a run is reproducible.
+
+Loading the ensemble (from the store's files) and deciding when to publish belong to the
+caller; this module only needs a torch module with the ensemble's ``config`` and outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.policy.export import PolicyDirectory, PolicyMetadata
+from models.policy.rollouts import (
+    MAX_EPOCH,
+    MAX_VERSIONS,
+    DoneFn,
+    EnsembleDynamics,
+    ModelBuffer,
+    RewardFn,
+    Rollouts,
+    RolloutSchedule,
+    branched_rollouts,
+)
+from models.policy.sac import SAC, SACConfig
+from models.registry import ModelVersion
+from models.transitions import Transitions
+
+MAX_UPDATES_PER_STEP = 10_000
+MAX_ROLLOUT_BATCH = 1_000_000
+MAX_UPDATES = 10**9
+
+
+@dataclass(frozen=True)
+class PolicyLearnerConfig:
+    """Hyperparameters of :class:`PolicyLearner`. Validated at construction.
+
+    Defaults follow MBPO's MuJoCo settings where they carry over: 20 policy updates per real
+    step, 5% real rows in each batch, k = 1 throughout, and the rollouts of the last few model
+    versions kept.
+    """
+
+    updates_per_step: int = 20
+    """G: SAC gradient steps per new real row (1..MAX_UPDATES_PER_STEP)."""
+    real_ratio: float = 0.05
+    """Share of real rows in each SAC batch [0, 1]; round(real_ratio * batch_size) rows."""
+    rollout_batch: int = 400
+    """Start states per rollout round, drawn with replacement from the real rows
+    (1..MAX_ROLLOUT_BATCH)."""
+    k_min: int = 1
+    """Rollout length up to epoch_start (see :class:`RolloutSchedule`)."""
+    k_max: int = 1
+    """Rollout length from epoch_end on."""
+    epoch_start: int = 0
+    """Epoch where the rollout length starts rising."""
+    epoch_end: int = 0
+    """Epoch where it reaches k_max."""
+    buffer_versions: int = 3
+    """Model versions whose rollouts the model buffer keeps (1..MAX_VERSIONS)."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """The agent's hyperparameters; its ``batch_size`` is the size of the mixed batch."""
+    seed: int = 0
+    """Seeds the start-state draws, the rollouts and the batch draws."""
+
+    def __post_init__(self) -> None:
+        _check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
+        if isinstance(self.real_ratio, bool) or not (
+            isinstance(self.real_ratio, int | float) and 0.0 <= self.real_ratio <= 1.0
+        ):
+            raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio!r}")
+        _check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
+        _check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.sac, SACConfig):
+            raise ValueError(f"sac must be a SACConfig, got {type(self.sac).__name__}")
+        RolloutSchedule(self.k_min, self.k_max, self.epoch_start, self.epoch_end)  # validates
+
+    @property
+    def schedule(self) -> RolloutSchedule:
+        """The rollout-length schedule of the k_* and epoch_* fields."""
+        return RolloutSchedule(self.k_min, self.k_max, self.epoch_start, self.epoch_end)
+
+    @property
+    def real_batch(self) -> int:
+        """Real rows in each SAC batch."""
+        return round(self.real_ratio * self.sac.batch_size)
+
+
+class PolicyLearner:
+    """SAC trained on a mix of real rows and branched model rollouts (MBPO).
+
+    ``reward_fn`` and ``done_fn`` are the task's reward and termination for the imagined steps
+    (see :func:`branched_rollouts`); without them the ensemble's learned heads are used.
+    """
+
+    def __init__(
+        self,
+        config: PolicyLearnerConfig,
+        obs_dim: int,
+        act_dim: int,
+        low: np.ndarray | Tensor,
+        high: np.ndarray | Tensor,
+        *,
+        reward_fn: RewardFn | None = None,
+        done_fn: DoneFn | None = None,
+    ) -> None:
+        self.config = config
+        self.schedule = config.schedule
+        self.agent = SAC(obs_dim, act_dim, low, high, config.sac)
+        self.buffer = ModelBuffer(config.buffer_versions)
+        self.reward_fn = reward_fn
+        self.done_fn = done_fn
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.model: EnsembleDynamics | None = None
+        self.model_version = 0
+        self.updates = 0
+        """SAC gradient steps taken so far."""
+        self.rollout_length = 0
+        """k of the latest rollout round (0 before the first)."""
+        self.real_rows_seen = 0
+        """Real rows in the latest ``step``'s ``real``: the next step's new rows are past it."""
+
+    def load_model(self, model: EnsembleDynamics, version: int) -> None:
+        """Branch from ``model`` (version ``version``, not older than the current one) on."""
+        _check_int("version", version, 0, 2**63 - 1)
+        if version < self.model_version:
+            raise ValueError(f"model version {version} is older than {self.model_version}")
+        cfg = model.config
+        if (cfg.obs_dim, cfg.act_dim) != (self.agent.obs_dim, self.agent.act_dim):
+            raise ValueError(
+                f"model is S={cfg.obs_dim}, A={cfg.act_dim}; the agent "
+                f"S={self.agent.obs_dim}, A={self.agent.act_dim}"
+            )
+        self.model, self.model_version = model, version
+
+    def step(self, real: Transitions, epoch: int, updates: int | None = None) -> dict[str, float]:
+        """One MBPO round on ``real``, all real rows so far (earlier rows first).
+
+        ``updates``: gradient steps to take; None means G x the rows new since the previous
+        step. Returns updates (this step's), k, rollout_rows, model_reward_mean, the mean SAC
+        losses over the updates (critic_loss, actor_loss, alpha_loss; NaN with no update),
+        alpha, and the totals updates_total and buffer_rows.
+        """
+        if self.model is None:
+            raise RuntimeError("no dynamics model loaded: call load_model first")
+        if len(real) == 0:
+            raise ValueError("step needs at least one real row")
+        if len(real) < self.real_rows_seen:
+            raise ValueError(
+                f"real has {len(real)} rows, fewer than the {self.real_rows_seen} seen"
+            )
+        if updates is None:
+            updates = self.config.updates_per_step * (len(real) - self.real_rows_seen)
+        _check_int("updates", updates, 0, MAX_UPDATES)
+        _check_int("epoch", epoch, 0, MAX_EPOCH)
+        k = self.schedule.length(epoch)
+
+        rollouts = self._rollout(real, k)
+        self.buffer.add(self.model_version, rollouts)
+        self.rollout_length = k
+        self.real_rows_seen = len(real)
+
+        losses: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "alpha_loss": []}
+        real_cols = _real_columns(real)
+        for _ in range(updates):
+            stats = self.agent.update(self._batch(real_cols))
+            for name, values in losses.items():
+                values.append(stats[name])
+        self.updates += updates
+        metrics: dict[str, float] = {
+            "updates": float(updates),
+            "k": float(k),
+            "rollout_rows": float(len(rollouts)),
+            "model_reward_mean": float(rollouts.reward.mean()) if len(rollouts) else math.nan,
+            "alpha": self.agent.alpha,
+            "updates_total": float(self.updates),
+            "buffer_rows": float(len(self.buffer)),
+        }
+        for name, values in losses.items():
+            metrics[name] = float(np.mean(values)) if values else math.nan
+        return metrics
+
+    def publish(
+        self,
+        directory: PolicyDirectory,
+        real_rows: int,
+        evaluation: dict[str, Any] | None = None,
+    ) -> tuple[ModelVersion, PolicyMetadata]:
+        """Export the agent to ``directory`` as its next policy version, recording the model
+        version branched from, the updates taken, ``real_rows`` and the latest rollout length."""
+        return directory.publish(
+            self.agent,
+            model_version=self.model_version,
+            updates=self.updates,
+            real_rows=real_rows,
+            rollout_length=self.rollout_length,
+            evaluation=evaluation,
+        )
+
+    def _rollout(self, real: Transitions, k: int) -> Rollouts:
+        assert self.model is not None
+        idx = torch.randint(len(real), (self.config.rollout_batch,), generator=self.generator)
+        start = torch.as_tensor(real.obs[idx.numpy()], dtype=torch.float32)
+        actor, gen = self.agent.actor, self.generator
+        return branched_rollouts(
+            self.model,
+            start.to(self.agent.log_alpha.device),
+            lambda obs: actor.sample(obs, gen)[0],
+            k,
+            self.generator,
+            reward_fn=self.reward_fn,
+            done_fn=self.done_fn,
+        )
+
+    def _batch(self, real: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A batch of round(real_ratio B) real rows then the rest model rows (all real rows
+        when the model buffer is empty)."""
+        size = self.config.sac.batch_size
+        n_real = self.config.real_batch if len(self.buffer) else size
+        parts: list[dict[str, Tensor]] = []
+        if n_real:
+            idx = torch.randint(len(real["obs"]), (n_real,), generator=self.generator)
+            parts.append({key: col[idx] for key, col in real.items()})
+        if size - n_real:
+            r = self.buffer.sample(size - n_real, self.generator)
+            parts.append(
+                {
+                    "obs": torch.from_numpy(r.obs),
+                    "act": torch.from_numpy(r.act),
+                    "reward": torch.from_numpy(r.reward),
+                    "next_obs": torch.from_numpy(r.next_obs),
+                    "done": torch.from_numpy(r.done.astype(np.float32)),
+                }
+            )
+        device = self.agent.log_alpha.device
+        return {key: torch.cat([p[key] for p in parts]).to(device) for key in parts[0]}
+
+
+def _real_columns(real: Transitions) -> dict[str, Tensor]:
+    """The SAC batch columns of the real rows; done is ``terminated`` (a time-limit truncation
+    still bootstraps)."""
+    return {
+        "obs": torch.as_tensor(real.obs, dtype=torch.float32),
+        "act": torch.as_tensor(real.act, dtype=torch.float32),
+        "reward": torch.as_tensor(real.reward, dtype=torch.float32),
+        "next_obs": torch.as_tensor(real.next_obs, dtype=torch.float32),
+        "done": torch.as_tensor(real.terminated, dtype=torch.float32),
+    }
+
+
+def _check_int(name: str, value: int, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
