@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,9 +35,9 @@ import torch
 from torch import nn
 
 from models.export import PREFIX, ModelFileError, graph_sha256, trace_to_onnx
-from models.fileio import fsync_dir, write_atomic
+from models.fileio import write_atomic
 from models.policy.sac import SAC
-from models.registry import ModelVersion
+from models.registry import ModelVersion, VersionedDirectory
 from models.runtime import RuntimeOptions, create_session
 
 FORMAT_VERSION = 1
@@ -311,42 +310,20 @@ class PolicyRuntime:
         return [o[0] for o in out] if single else out
 
 
-_POLICY_RE = re.compile(r"^p(\d{6,})\.onnx$")
 LATEST_POLICY = "LATEST_POLICY"
 
 
-class PolicyDirectory:
+class PolicyDirectory(VersionedDirectory):
     """Versioned policy files ``p000001.onnx``, ... in one directory, and ``LATEST_POLICY``,
-    safe for one writer and many readers (the pattern of ``models.registry.ModelDirectory``).
+    safe for one writer and many readers (the mechanism of ``models.registry``).
 
     The marker is not named ``LATEST``: with their own file prefix, policies can live beside
     the dynamics models' ``v*.onnx`` files, whose marker that is.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def path_of(self, version: int) -> Path:
-        return self.root / f"p{version:06d}.onnx"
-
-    def versions(self) -> list[int]:
-        """All published version numbers, ascending."""
-        if not self.root.is_dir():
-            return []
-        found = (_POLICY_RE.match(p.name) for p in self.root.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
-
-    def latest(self) -> ModelVersion | None:
-        """The version the marker names (or the highest on disk if the marker is missing)."""
-        try:
-            version = int((self.root / LATEST_POLICY).read_text().strip())
-        except (FileNotFoundError, ValueError):
-            versions = self.versions()
-            if not versions:
-                return None
-            version = versions[-1]
-        path = self.path_of(version)
-        return ModelVersion(version, path) if path.exists() else None
+    prefix = "p"
+    marker = LATEST_POLICY
+    kind = "policy"
 
     def publish(
         self,
@@ -359,12 +336,8 @@ class PolicyDirectory:
         evaluation: Mapping[str, Any] | None = None,
     ) -> tuple[ModelVersion, PolicyMetadata]:
         """Export ``agent`` as the next version and point the marker at it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=self.root)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            meta = export_policy(
+        return self._publish(
+            lambda tmp: export_policy(
                 agent,
                 tmp,
                 model_version=model_version,
@@ -373,26 +346,4 @@ class PolicyDirectory:
                 rollout_length=rollout_length,
                 evaluation=evaluation,
             )
-            version = self._link_next(tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self.mark_latest(version)
-        return ModelVersion(version, self.path_of(version)), meta
-
-    def mark_latest(self, version: int) -> None:
-        """Atomically point the marker at an existing version."""
-        if not self.path_of(version).exists():
-            raise FileNotFoundError(f"no policy version {version} in {self.root}")
-        write_atomic(self.root / LATEST_POLICY, f"{version}\n".encode())
-
-    def _link_next(self, tmp: Path) -> int:
-        version = (self.versions() or [0])[-1] + 1
-        while True:
-            try:
-                # link() fails if the name exists: no publisher can overwrite another's version.
-                os.link(tmp, self.path_of(version))
-            except FileExistsError:
-                version += 1
-                continue
-            fsync_dir(self.root)
-            return version
+        )
