@@ -24,10 +24,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import onnx
 import torch
@@ -282,9 +282,49 @@ def export_ensemble(
         graph_sha256=graph_sha256(proto),
         extra=extra,
     )
+    write_with_metadata(proto, meta.to_props(), path)
+    return meta
+
+
+def write_with_metadata(
+    proto: onnx.ModelProto, props: Mapping[str, str], path: str | os.PathLike[str]
+) -> None:
+    """Replace ``proto``'s metadata with ``props`` and write it atomically (temporary file,
+    then rename): how every tickmpc ONNX file (a model, a policy) is written."""
     del proto.metadata_props[:]
-    for key, value in meta.to_props().items():
+    for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "tickmpc"
     write_atomic(Path(path), proto.SerializeToString())
-    return meta
+
+
+class _Hashed(Protocol):
+    @property
+    def graph_sha256(self) -> str: ...
+
+
+M = TypeVar("M", bound=_Hashed)
+
+
+def read_verified(
+    path: str | os.PathLike[str], kind: str, parse: Callable[[dict[str, str], str], M]
+) -> tuple[bytes, M]:
+    """Read a tickmpc ONNX file holding a ``kind`` ("model", "policy"): its bytes and its
+    metadata as ``parse(props, source)`` reads it, after checking the graph against the hash
+    the metadata records; ModelFileError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read {kind} file: {exc.strerror}") from exc
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises its own DecodeError types
+        raise ModelFileError(f"{path}: not a valid ONNX file ({exc})") from exc
+    meta = parse({p.key: p.value for p in proto.metadata_props}, str(path))
+    actual = graph_sha256(proto)
+    if actual != meta.graph_sha256:
+        raise ModelFileError(
+            f"{path}: corrupt {kind}: graph hash {actual[:12]} != recorded {meta.graph_sha256[:12]}"
+        )
+    return data, meta

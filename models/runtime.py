@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from models.export import ModelFileError, ModelMetadata, graph_sha256
+from models.export import ModelFileError, ModelMetadata, read_verified
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +107,7 @@ def create_session(data: bytes, options: RuntimeOptions, source: str) -> ort.Inf
 
 def read_model(path: str | os.PathLike[str]) -> tuple[bytes, ModelMetadata]:
     """Read and verify a model file: returns its bytes and metadata or raises ModelFileError."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read model file: {exc.strerror}") from exc
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises its own DecodeError types
-        raise ModelFileError(f"{path}: not a valid ONNX file ({exc})") from exc
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = ModelMetadata.from_props(props, str(path))
-    actual = graph_sha256(proto)
-    if actual != meta.graph_sha256:
-        raise ModelFileError(
-            f"{path}: corrupt model: graph hash {actual[:12]} != recorded {meta.graph_sha256[:12]}"
-        )
-    return data, meta
+    return read_verified(path, "model", ModelMetadata.from_props)
 
 
 class OnnxEnsemble:

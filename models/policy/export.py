@@ -34,8 +34,14 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.export import PREFIX, ModelFileError, graph_sha256, trace_to_onnx
-from models.fileio import write_atomic
+from models.export import (
+    PREFIX,
+    ModelFileError,
+    graph_sha256,
+    read_verified,
+    trace_to_onnx,
+    write_with_metadata,
+)
 from models.policy.sac import SAC
 from models.registry import ModelVersion, VersionedDirectory
 from models.runtime import RuntimeOptions, create_session
@@ -228,32 +234,13 @@ def export_policy(
     )
     proto = to_onnx(agent)
     meta = replace(meta, created_unix=time.time(), graph_sha256=graph_sha256(proto))
-    del proto.metadata_props[:]
-    for key, value in meta.to_props().items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "tickmpc"
-    write_atomic(Path(path), proto.SerializeToString())
+    write_with_metadata(proto, meta.to_props(), path)
     return meta
 
 
 def read_policy(path: str | os.PathLike[str]) -> tuple[bytes, PolicyMetadata]:
     """Read and verify a policy file: its bytes and metadata, or ModelFileError naming it."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read policy file: {exc.strerror}") from exc
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises its own DecodeError types
-        raise ModelFileError(f"{path}: not a valid ONNX file ({exc})") from exc
-    meta = PolicyMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
-    actual = graph_sha256(proto)
-    if actual != meta.graph_sha256:
-        raise ModelFileError(
-            f"{path}: corrupt policy: graph hash {actual[:12]} != recorded {meta.graph_sha256[:12]}"
-        )
-    return data, meta
+    return read_verified(path, "policy", PolicyMetadata.from_props)
 
 
 class PolicyRuntime:
