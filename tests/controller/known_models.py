@@ -3,8 +3,10 @@ path as learned ensembles, so planner tests do not depend on learning."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -99,3 +101,20 @@ def export_cartpole(path: Path, members: int = 5) -> Path:
         AnalyticCartpole(members), path, member_batched=True, extra={"kind": "analytic"}
     )
     return path
+
+
+def rotating_routing(
+    n: int, h: int, members: int
+) -> tuple[Callable[[int, int], int], np.ndarray, np.ndarray]:
+    """A known member routing for routed-mode rollouts of ``n`` particle rows over ``h``
+    steps: row i takes member (i + t) % members at step t. Returns that function and the
+    graph's ``gather_idx`` and ``scatter_idx`` [h, n] for it."""
+
+    def member(i: int, t: int) -> int:
+        return (i + t) % members
+
+    gather = np.stack(
+        [np.concatenate([[i for i in range(n) if member(i, t) == k] for k in range(members)])
+         for t in range(h)]
+    ).astype(np.int64)  # fmt: skip
+    return member, gather, np.argsort(gather, axis=1)

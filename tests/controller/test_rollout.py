@@ -13,7 +13,7 @@ from controller.tasks import get_task
 from controller.tasks.base import Task
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble
-from tests.controller.known_models import export_pendulum
+from tests.controller.known_models import export_pendulum, rotating_routing
 
 
 def _random_ensemble(task: Task, members: int = 5, seed: int = 0) -> GaussianEnsemble:
@@ -93,13 +93,7 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
     obs = np.array([0.0, 3.0, 0.1, 0.0], np.float32)
     actions = rng.uniform(-1, 1, (n, h, 1)).astype(np.float32)
 
-    def member(i: int, t: int) -> int:
-        return (i + t) % e
-
-    gather = np.stack(
-        [np.concatenate([[i for i in range(n) if member(i, t) == k] for k in range(e)])
-         for t in range(h)]
-    ).astype(np.int64)  # fmt: skip
+    member, gather, scatter = rotating_routing(n, h, e)
     feeds = {
         "obs": obs,
         "actions": actions,
@@ -108,7 +102,7 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
         "weights": np.array([1.0, 0.01], np.float32),
         "discount": np.array(1.0, np.float32),
         "gather_idx": gather,
-        "scatter_idx": np.argsort(gather, axis=1),
+        "scatter_idx": scatter,
     }
     (got,) = evaluator.sessions["routed"][0].run(["returns"], feeds)
     want = np.zeros(n)

@@ -20,7 +20,7 @@ from controller.tasks import TASKS, get_task
 from controller.tasks.base import Task
 from models.ensemble import EnsembleConfig
 from models.export import ModelFileError, export_ensemble
-from tests.controller.known_models import EXACT_LOGVAR, export_pendulum
+from tests.controller.known_models import EXACT_LOGVAR, export_pendulum, rotating_routing
 
 E, S = 5, 4
 MemberOf = Callable[[int, int], int | None]
@@ -136,13 +136,7 @@ def test_routed_learned_reward_is_the_rows_own_members(
     obs = np.array([0.3, -0.2, 0.1, 0.0], np.float32)
     actions = _candidates(n, h, seed=1)
 
-    def member(i: int, t: int) -> int:
-        return (i + t) % E
-
-    gather = np.stack(
-        [np.concatenate([[i for i in range(n) if member(i, t) == k] for k in range(E)])
-         for t in range(h)]
-    ).astype(np.int64)  # fmt: skip
+    member, gather, scatter = rotating_routing(n, h, E)
     feeds = {
         "obs": obs,
         "actions": actions,
@@ -150,7 +144,7 @@ def test_routed_learned_reward_is_the_rows_own_members(
         "noise": np.zeros((h, n, S), np.float32),
         "discount": np.array(0.9, np.float32),
         "gather_idx": gather,
-        "scatter_idx": np.argsort(gather, axis=1),
+        "scatter_idx": scatter,
     }
     session = evaluator.sessions["routed"][0]
     assert "weights" not in {i.name for i in session.get_inputs()}
