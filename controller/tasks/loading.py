@@ -27,7 +27,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,10 +270,10 @@ def _check_batch_tensor(what: str, value: object, *, floating: bool) -> None:
 def _check_export(task: Task) -> None:
     """Export the reward and termination to ONNX as the planner will, and compare the graph
     with torch on a batch; a failure is narrowed down to the term that causes it."""
-    from controller.rollout.reward_graph import export_reward
+    from controller.rollout.reward_graph import task_reward_graph
 
     try:
-        graph = export_reward(task)
+        graph = task_reward_graph(task)  # kept: the planner's evaluators take this one
     except Exception as exc:
         raise ValueError(_export_culprit(task, exc)) from None
     if graph is not None:
@@ -293,8 +293,7 @@ def _export_culprit(task: Task, exc: Exception) -> str:
             assert terms is not None
             return {n: terms(obs, act, nxt)[n]}
 
-        alone = Task(**{**_fields(task), "terms": one, "weights": {name: 1.0},
-                        "terminated": None})  # fmt: skip
+        alone = replace(task, terms=one, weights={name: 1.0}, terminated=None)
         try:
             export_reward(alone)
         except Exception as inner:
@@ -302,12 +301,6 @@ def _export_culprit(task: Task, exc: Exception) -> str:
     if task.terminated is not None:
         return f"terminated does not export to ONNX: {_describe(exc)}"
     return f"the reward does not export to ONNX: {_describe(exc)}"
-
-
-def _fields(task: Task) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(task, f.name) for f in fields(task)}
 
 
 def _compare_graph(task: Task, graph: Any) -> None:
