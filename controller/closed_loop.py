@@ -35,6 +35,7 @@ import zmq
 from controller.config import Config
 from controller.service.control import request
 from controller.tasks import AUTO, task_source
+from models.policy.export import PolicyDirectory
 from models.registry import ModelDirectory
 from models.store import TransitionReader, follow
 from sim_bridge import protocol as p
@@ -120,6 +121,7 @@ class ClosedLoop:
         """The robot's deadline misses so far (the service counts them cumulatively)."""
         self._telemetry: threading.Thread | None = None
         self.models = ModelDirectory(run_dir / "models")
+        self.policies = PolicyDirectory(run_dir / "models")
         self._store: TransitionReader | None = None
         """The run's store, followed by one reader (see models.store.follow)."""
 
@@ -138,7 +140,8 @@ class ClosedLoop:
         commands = {
             "serve": [*py, "serve", "--config", str(config)],
             "learn": [*py, "learn", "--config", str(config), "--announce",
-                      "--metrics", str(self.dir / "metrics" / "learner.jsonl")],
+                      "--metrics", str(self.dir / "metrics" / "learner.jsonl"),
+                      "--policy-metrics", str(self.dir / "metrics" / "policy.jsonl")],
         }  # fmt: skip
         for name, cmd in commands.items():
             log = open(self.dir / "logs" / f"{name}.log", "ab")  # the child writes it
@@ -213,8 +216,9 @@ class ClosedLoop:
                 stop.set()
 
     def wait_for_model(self) -> int:
-        """Lockstep: wait until the learner has trained on everything stored and the service
-        serves the result; returns the served version."""
+        """Lockstep: wait until the learner has trained on everything stored, the policy (when
+        one is trained) has taken every update it owes for it, and the service serves both;
+        returns the served model version."""
         deadline = time.monotonic() + self.config.run.model_timeout_s
         metrics = self.dir / "metrics" / "learner.jsonl"
         while time.monotonic() < deadline:
@@ -228,14 +232,29 @@ class ClosedLoop:
                 if metrics.exists()
                 else []
             )
-            if trained and trained[-1]["rows"] >= rows:
+            if trained and trained[-1]["rows"] >= rows and self._policy_caught_up(rows):
                 latest = self.models.latest()
                 want = latest.version if latest else 0
-                served = self._status()["model_version"]
-                if served >= want:
+                status = self._status()
+                served = status["model_version"]
+                policy = self.policies.latest()
+                if served >= want and status["policy_version"] >= (policy.version if policy
+                                                                   else 0):  # fmt: skip
                     return int(served)
             time.sleep(0.2)
         raise TimeoutError(f"no retrain within {self.config.run.model_timeout_s} s")
+
+    def _policy_caught_up(self, rows: int) -> bool:
+        """No policy is trained, no model exists for it yet, or the newest published policy
+        has every update owed for ``rows`` real rows."""
+        if self.config.policy.optimizer == "none" or self.models.latest() is None:
+            return True
+        path = self.dir / "metrics" / "policy.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        if not lines:
+            return False
+        last = json.loads(lines[-1])
+        return bool(last["real_rows"] >= rows and last["owed"] == 0)
 
     def stop(self) -> dict[str, int | None]:
         """Stop the processes (SIGTERM, then SIGKILL after 20 s); returns their exit codes."""

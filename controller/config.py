@@ -3,9 +3,10 @@
 ``Config`` is composed of the parts' own frozen dataclasses, so no field is declared twice:
 ``[service]`` (:class:`~controller.service.settings.ServiceSettings`, with its ONNX Runtime
 options under ``[service.runtime]``), ``[planner]`` (the live settings, one flat table, see
-:mod:`controller.planners.settings`), ``[learner]`` (:class:`~models.learner.LearnerConfig`)
-and ``[run]`` (what only ``tickmpc run`` uses). A config file is TOML holding any subset of the
-tree; what it leaves out keeps the dataclasses' defaults.
+:mod:`controller.planners.settings`), ``[learner]`` (:class:`~models.learner.LearnerConfig`),
+``[policy]`` (:class:`~models.policy.trainer.PolicyTrainerConfig`) and ``[run]`` (what only
+``tickmpc run`` uses). A config file is TOML holding any subset of the tree; what it leaves out
+keeps the dataclasses' defaults.
 
 Every way in goes through :func:`updated`: the file, ``--set section.name=value`` flags, the
 named CLI flags and ``--resume``. An unknown key is refused with the keys allowed there, a
@@ -31,6 +32,7 @@ from controller.planners.settings import PlannerSettings
 from controller.service.settings import ServiceSettings
 from controller.tasks import AUTO, Task, load_task
 from models.learner import LearnerConfig
+from models.policy.trainer import PolicyTrainerConfig
 
 T = TypeVar("T")
 SOURCES = ("task", "learned")
@@ -79,6 +81,8 @@ class Config:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    policy: PolicyTrainerConfig = field(default_factory=PolicyTrainerConfig)
+    """The policy trained beside the model (``optimizer = "none"``: none)."""
     run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:

@@ -173,19 +173,30 @@ class Learner:
         self.directory = ModelDirectory(models)
         self.stop_event = threading.Event()
         self.model: GaussianEnsemble | None = None
+        self.version = 0
+        """The current model's version (0: none yet)."""
         self.trained_rows = 0
+        self.trained: Transitions | None = None
+        """The rows of the latest retrain (None before one in this process): what a policy
+        trained beside the model learns from, so it follows the model's data step for step."""
         self.history: list[Retrain] = []
         self._store_reader: TransitionReader | None = None
         self._resume()
 
-    def run(self, max_retrains: int | None = None) -> list[Retrain]:
-        """Retrain whenever enough new data arrived, until ``stop_event`` (or ``max_retrains``)."""
+    def run(
+        self, max_retrains: int | None = None, idle: Callable[[], bool] | None = None
+    ) -> list[Retrain]:
+        """Retrain whenever enough new data arrived, until ``stop_event`` (or ``max_retrains``).
+
+        ``idle`` is called whenever no retrain is due (a policy trainer's chunk of work); it
+        returns whether it did something, and the learner waits ``poll_s`` only when neither
+        had anything to do."""
         torch.set_num_threads(self.config.torch_threads)
         done = 0
         while not self.stop_event.is_set() and (max_retrains is None or done < max_retrains):
             if self.step():
                 done += 1
-            else:
+            elif idle is None or not idle():
                 self.stop_event.wait(self.config.poll_s)
         return self.history
 
@@ -271,7 +282,7 @@ class Learner:
                 log.warning("candidate on %d rows rejected: %s", len(data), reason)
         finally:
             candidate.unlink(missing_ok=True)
-        self.trained_rows = len(data)
+        self.trained_rows, self.trained = len(data), data
         result = Retrain(
             rows=len(data), seconds=time.perf_counter() - started, epochs=report.epochs,
             holdout_mse=report.holdout_mse, reward_nmse=report.reward_nmse,
@@ -289,7 +300,7 @@ class Learner:
         """Adopt the checked candidate as the next version, then announce it quietly."""
         published = self.directory.adopt(candidate)
         torch.save(model.state_dict(), published.path.with_suffix(".pt"))
-        self.model = model
+        self.model, self.version = model, published.version
         if self.on_publish is not None:
             try:
                 self.on_publish(published)
@@ -361,7 +372,7 @@ class Learner:
             log.info("model v%d has other settings (%s) than this learner's: training from "
                      "scratch", latest.version, ", ".join(changed))  # fmt: skip
             return
-        self.model = model
+        self.model, self.version = model, latest.version
         self.trained_rows = int(cfg.extra.get("store_rows", 0))
         log.info("resuming from model v%d", latest.version)
 

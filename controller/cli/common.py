@@ -73,6 +73,14 @@ TerminationOption = Annotated[
                                 "termination")),
 ]  # fmt: skip
 
+PolicyOption = Annotated[
+    str | None,
+    typer.Option("--policy", help=help_text(
+        "Train a policy beside the model: sac (MBPO: SAC on short model rollouts), bptt "
+        "(backprop through the model) or none. Act with it: --planner policy.",
+        "policy.optimizer")),
+]  # fmt: skip
+
 DEFAULT_TASK = default_of("task")
 DEFAULT_ENDPOINT = default_of("service.endpoint")
 DEFAULT_CONTROL = default_of("service.control")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +16,7 @@ from rich.table import Table
 from controller.cli.common import (
     TASK_HELP,
     ConfigOption,
+    PolicyOption,
     RewardOption,
     SetOption,
     TaskOption,
@@ -24,6 +26,11 @@ from controller.cli.common import (
     console,
     help_text,
 )
+
+if TYPE_CHECKING:
+    from controller.config import Config
+    from controller.tasks import Task
+    from models.learner import Learner, ModelVersion
 
 
 @app.command("learn")
@@ -41,6 +48,7 @@ def learn(
     ] = None,
     reward: RewardOption = None,
     termination: TerminationOption = None,
+    policy: PolicyOption = None,
     store: Annotated[
         Path | None, typer.Option(help="Transition store to learn from (config: service.store).")
     ] = None,
@@ -49,6 +57,9 @@ def learn(
         typer.Option(help="Model directory to publish into (config: service.models)."),
     ] = None,
     metrics: Annotated[Path | None, typer.Option(help="JSON lines, one per retrain.")] = None,
+    policy_metrics: Annotated[
+        Path | None, typer.Option(help="JSON lines, one per published policy.")
+    ] = None,
     announce: Annotated[
         bool,
         typer.Option("--announce", help="Tell the service (service.control) of each version."),
@@ -64,15 +75,16 @@ def learn(
     ] = None,
     sets: SetOption = None,
 ) -> None:
-    """Run the learner alone: retrain from the store and publish checked models, until Ctrl-C.
-    Model and training settings: ``--set learner.NAME=VALUE`` or the config file."""
+    """Run the learner alone: retrain from the store and publish checked models (and, with
+    --policy, a policy trained on them), until Ctrl-C. Model and training settings: ``--set
+    learner.NAME=VALUE`` / ``--set policy.NAME=VALUE`` or the config file."""
     config = compose(config_file, sets, {
-        "task": task, "reward": reward, "termination": termination,
+        "task": task, "reward": reward, "termination": termination, "policy.optimizer": policy,
         "service.store": store, "service.models": models,
         "learner.seed": seed, "learner.torch_threads": torch_threads,
     })  # fmt: skip
     from controller.service.control import request
-    from models.learner import Learner, ModelVersion
+    from models.learner import Learner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The ONNX exporter's graph passes log every initializer they merge (~30 lines a version).
@@ -93,11 +105,51 @@ def learn(
         predict_done=served is None or served.termination_learned,
         on_publish=tell_service if announce else None,
     )  # fmt: skip
+    idle = None
+    if config.policy.optimizer != "none":
+        if served is None:
+            typer.echo("error: a policy needs a task's dims and bounds: give --task (auto "
+                       "learns no policy yet)", err=True)  # fmt: skip
+            raise typer.Exit(code=1)
+        idle = policy_work(learner, config, served, tell_service if announce else None,
+                           policy_metrics)  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: learner.stop_event.set())
     try:
-        learner.run()
+        learner.run(idle=idle)
     except KeyboardInterrupt:
         pass
+
+
+def policy_work(
+    learner: Learner,
+    config: Config,
+    task: Task,
+    announce: Callable[[ModelVersion], None] | None,
+    metrics: Path | None,
+) -> Callable[[], bool]:
+    """The policy trainer composed with the task (its reward terms and termination for the
+    imagined steps, unless the model learns them) and driven by ``learner``: the learner's
+    idle callback, one chunk of policy work per call (see models.policy.trainer)."""
+    import numpy as np
+
+    from models.policy.trainer import PolicyTrainer
+
+    reward_fn = None if task.reward_learned else task.reward
+    done_fn = task.terminated  # None where the termination is learned or never happens
+    assert config.service.models is not None  # learn checked it
+    trainer = PolicyTrainer(
+        config.service.models, config.policy, task.obs_dim, task.act_dim,
+        np.asarray(task.action_low), np.asarray(task.action_high), reward_fn=reward_fn,
+        done_fn=done_fn, metrics=metrics, on_publish=announce,
+    )  # fmt: skip
+
+    def work() -> bool:
+        if learner.model is None or learner.trained is None:
+            return False
+        trainer.set_model(learner.model, learner.version)
+        return trainer.work(learner.trained)
+
+    return work
 
 
 @app.command("run")
@@ -119,8 +171,12 @@ def run(
         ),
     ] = None,
     planner: Annotated[
-        str | None, typer.Option(help=help_text("random, cem, icem or mppi.", "planner.planner"))
+        str | None,
+        typer.Option(
+            help=help_text("random, cem, icem, mppi or policy (needs --policy).", "planner.planner")
+        ),
     ] = None,
+    policy: PolicyOption = None,
     horizon: Annotated[
         int | None, typer.Option(help=help_text("Planning horizon.", "planner.horizon"))
     ] = None,
@@ -169,7 +225,8 @@ def run(
         "planner.horizon": horizon, "planner.population": population,
         "planner.iterations": iterations, "run.realtime": realtime,
         "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
-        "run.seed": seed, "planner.seed": seed, "learner.seed": seed,
+        "run.seed": seed, "planner.seed": seed, "learner.seed": seed, "policy.seed": seed,
+        "policy.optimizer": policy,
     }  # fmt: skip
     first = 0
     if resume is not None:
@@ -203,6 +260,10 @@ def run(
     if config.task == AUTO:
         typer.echo("error: tickmpc run simulates the robot, so it needs a task to simulate, "
                    "not auto (serve and learn take auto)", err=True)  # fmt: skip
+        raise typer.Exit(code=1)
+    if config.planner.planner == "policy" and config.policy.optimizer == "none":
+        typer.echo("error: --planner policy acts with a trained policy: give --policy sac or "
+                   "--policy bptt to train one", err=True)  # fmt: skip
         raise typer.Exit(code=1)
     console.print(f"run directory: {run_dir}")
     if config.steps < config.learner.min_transitions:

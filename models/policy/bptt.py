@@ -104,6 +104,7 @@ class BPTTOptimizer:
     ) -> None:
         self.config = config
         self.reward_fn = reward_fn
+        self.obs_dim, self.act_dim = obs_dim, act_dim
         actor_cfg = SACConfig(
             hidden_layers=config.hidden_layers, hidden_units=config.hidden_units, seed=config.seed
         )

@@ -1,4 +1,5 @@
-"""Export a trained :class:`SAC` policy to ONNX with its metadata; read it back verified.
+"""Export a trained policy (SAC, or the BPTT optimizer's actor) to ONNX with its metadata;
+read it back verified.
 
 Shapes: B batch, S observation, A action.
 
@@ -26,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -42,7 +43,7 @@ from models.export import (
     trace_to_onnx,
     write_with_metadata,
 )
-from models.policy.sac import SAC
+from models.policy.sac import Actor
 from models.registry import ModelVersion, VersionedDirectory
 from models.runtime import RuntimeOptions, create_session
 
@@ -51,18 +52,35 @@ KIND = "policy"
 INPUT_NAMES = ("obs",)
 OUTPUT_NAMES = ("action", "action_std", "value")
 MAX_DIM = 4096
+OPTIMIZERS = ("sac", "bptt")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Agent(Protocol):
+    """What is exported: an actor, and the twin critics where the optimizer has them (SAC; the
+    backprop-through-model optimizer has none)."""
+
+    obs_dim: int
+    act_dim: int
+    actor: Actor
+
+
+def optimizer_of(agent: Agent) -> str:
+    """ "sac" for an agent with critics, "bptt" for an actor alone."""
+    return "sac" if isinstance(getattr(agent, "critic", None), nn.Module) else "bptt"
 
 
 class PolicyGraph(nn.Module):
     """What the exported graph computes: obs [B, S] -> action [B, A], action_std [B, A],
     value [B]. Holds CPU copies of the agent's actor and critics: a snapshot, so the agent can
-    keep training (on any device) while, or after, this is exported."""
+    keep training (on any device) while, or after, this is exported. An agent without critics
+    (BPTT) exports a value of 0, and its metadata says ``optimizer = "bptt"``."""
 
-    def __init__(self, agent: SAC) -> None:
+    def __init__(self, agent: Agent) -> None:
         super().__init__()
         self.actor = copy.deepcopy(agent.actor).cpu().eval()
-        self.critic = copy.deepcopy(agent.critic).cpu().eval()
+        critic = getattr(agent, "critic", None)
+        self.critic = copy.deepcopy(critic).cpu().eval() if isinstance(critic, nn.Module) else None
         self.requires_grad_(False)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,7 +89,10 @@ class PolicyGraph(nn.Module):
         a = self.actor
         mean, log_std = a(obs)
         action = torch.clamp(a.center + a.half_range * torch.tanh(mean), a.low, a.high)
-        value = torch.min(*self.critic(obs, action))
+        if self.critic is None:
+            value = obs[:, 0] * 0.0
+        else:
+            value = torch.min(*self.critic(obs, action))
         return action, log_std.exp(), value
 
 
@@ -101,6 +122,9 @@ class PolicyMetadata:
     created_unix: float
     graph_sha256: str
     """sha256 of the serialized graph (64 lowercase hex digits)."""
+    optimizer: str = "sac"
+    """What trained it: "sac" (the value output is its critics') or "bptt" (backprop through
+    the model: no critic, the value output is 0). Files without the key are SAC's."""
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -131,6 +155,8 @@ class PolicyMetadata:
             raise ValueError(f"created_unix must be a finite number, got {self.created_unix!r}")
         if not isinstance(self.graph_sha256, str) or not _HEX64.match(self.graph_sha256):
             raise ValueError(f"graph_sha256 must be 64 hex digits, got {self.graph_sha256!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -148,6 +174,7 @@ class PolicyMetadata:
             PREFIX + "created_unix": repr(self.created_unix),
             PREFIX + "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_unix)),
             PREFIX + "graph_sha256": self.graph_sha256,
+            PREFIX + "optimizer": self.optimizer,
         }
 
     @classmethod
@@ -179,6 +206,7 @@ class PolicyMetadata:
                 evaluation=evaluation,
                 created_unix=float(props[PREFIX + "created_unix"]),
                 graph_sha256=props[PREFIX + "graph_sha256"],
+                optimizer=props.get(PREFIX + "optimizer", "sac"),
             )
         except ModelFileError:
             raise
@@ -197,7 +225,7 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in values)
 
 
-def to_onnx(agent: SAC) -> onnx.ModelProto:
+def to_onnx(agent: Agent) -> onnx.ModelProto:
     """Trace the agent's :class:`PolicyGraph` into an ONNX graph with a dynamic batch."""
     graph = PolicyGraph(agent)
     obs = torch.zeros(2, agent.obs_dim)  # B=2, not 1, so the exporter keeps B symbolic
@@ -206,7 +234,7 @@ def to_onnx(agent: SAC) -> onnx.ModelProto:
 
 
 def export_policy(
-    agent: SAC,
+    agent: Agent,
     path: str | os.PathLike[str],
     *,
     model_version: int,
@@ -215,7 +243,8 @@ def export_policy(
     rollout_length: int,
     evaluation: Mapping[str, Any] | None = None,
 ) -> PolicyMetadata:
-    """Export ``agent``'s deterministic policy and critics to ``path`` atomically (temporary
+    """Export ``agent``'s deterministic policy and critics (a SAC agent or a
+    :class:`~models.policy.bptt.BPTTOptimizer`) to ``path`` atomically (temporary
     file, then rename); return the metadata written. Bad metadata raises ValueError before
     anything is traced or written."""
     meta = PolicyMetadata(
@@ -231,6 +260,7 @@ def export_policy(
         evaluation=dict(evaluation or {}),
         created_unix=time.time(),
         graph_sha256="0" * 64,  # placeholder until the graph exists
+        optimizer=optimizer_of(agent),
     )
     proto = to_onnx(agent)
     meta = replace(meta, created_unix=time.time(), graph_sha256=graph_sha256(proto))
@@ -314,7 +344,7 @@ class PolicyDirectory(VersionedDirectory):
 
     def publish(
         self,
-        agent: SAC,
+        agent: Agent,
         *,
         model_version: int,
         updates: int,

@@ -35,6 +35,7 @@ from models.policy.rollouts import (
     Rollouts,
     RolloutSchedule,
     branched_rollouts,
+    initial_states,
 )
 from models.policy.sac import SAC, SACConfig
 from models.registry import ModelVersion
@@ -71,6 +72,10 @@ class PolicyLearnerConfig:
     """Epoch where it reaches k_max."""
     buffer_versions: int = 3
     """Model versions whose rollouts the model buffer keeps (1..MAX_VERSIONS)."""
+    naive: bool = False
+    """Start the rollouts at the episodes' initial states instead of at any real state: with
+    k the episode length, the seeds' naive Dyna (Algorithm 1), whose model error compounds
+    over the whole imagined episode."""
     sac: SACConfig = field(default_factory=SACConfig)
     """The agent's hyperparameters; its ``batch_size`` is the size of the mixed batch."""
     seed: int = 0
@@ -85,6 +90,8 @@ class PolicyLearnerConfig:
         _check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
         _check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.naive, bool):
+            raise ValueError(f"naive must be true or false, got {self.naive!r}")
         if not isinstance(self.sac, SACConfig):
             raise ValueError(f"sac must be a SACConfig, got {type(self.sac).__name__}")
         RolloutSchedule(self.k_min, self.k_max, self.epoch_start, self.epoch_end)  # validates
@@ -148,32 +155,44 @@ class PolicyLearner:
         self.model, self.model_version = model, version
 
     def step(self, real: Transitions, epoch: int, updates: int | None = None) -> dict[str, float]:
-        """One MBPO round on ``real``, all real rows so far (earlier rows first).
+        """One MBPO round on ``real``, all real rows so far (earlier rows first): a rollout
+        round (:meth:`rollout`) and then ``updates`` gradient steps (:meth:`train`).
 
         ``updates``: gradient steps to take; None means G x the rows new since the previous
         step. Returns updates (this step's), k, rollout_rows, model_reward_mean, the mean SAC
         losses over the updates (critic_loss, actor_loss, alpha_loss; NaN with no update),
         alpha, and the totals updates_total and buffer_rows.
         """
-        if self.model is None:
-            raise RuntimeError("no dynamics model loaded: call load_model first")
-        if len(real) == 0:
-            raise ValueError("step needs at least one real row")
-        if len(real) < self.real_rows_seen:
-            raise ValueError(
-                f"real has {len(real)} rows, fewer than the {self.real_rows_seen} seen"
-            )
         if updates is None:
             updates = self.config.updates_per_step * (len(real) - self.real_rows_seen)
-        _check_int("updates", updates, 0, MAX_UPDATES)
+        rolled = self.rollout(real, epoch)
+        return {**rolled, **self.train(real, updates)}
+
+    def rollout(self, real: Transitions, epoch: int) -> dict[str, float]:
+        """Branch ``rollout_batch`` k-step rollouts (k of the schedule at ``epoch``) from states
+        of ``real`` into the model buffer, under the current model's version. Returns k,
+        rollout_rows and model_reward_mean (the mean imagined reward)."""
+        if self.model is None:
+            raise RuntimeError("no dynamics model loaded: call load_model first")
+        self._check_real(real)
         _check_int("epoch", epoch, 0, MAX_EPOCH)
         k = self.schedule.length(epoch)
-
         rollouts = self._rollout(real, k)
         self.buffer.add(self.model_version, rollouts)
         self.rollout_length = k
         self.real_rows_seen = len(real)
+        return {
+            "k": float(k),
+            "rollout_rows": float(len(rollouts)),
+            "model_reward_mean": float(rollouts.reward.mean()) if len(rollouts) else math.nan,
+        }
 
+    def train(self, real: Transitions, updates: int) -> dict[str, float]:
+        """``updates`` SAC gradient steps on mixed batches of ``real`` rows and model rows.
+        Returns updates, the mean losses (NaN with no update), alpha, updates_total and
+        buffer_rows."""
+        self._check_real(real)
+        _check_int("updates", updates, 0, MAX_UPDATES)
         losses: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "alpha_loss": []}
         real_cols = _real_columns(real)
         for _ in range(updates):
@@ -183,9 +202,6 @@ class PolicyLearner:
         self.updates += updates
         metrics: dict[str, float] = {
             "updates": float(updates),
-            "k": float(k),
-            "rollout_rows": float(len(rollouts)),
-            "model_reward_mean": float(rollouts.reward.mean()) if len(rollouts) else math.nan,
             "alpha": self.agent.alpha,
             "updates_total": float(self.updates),
             "buffer_rows": float(len(self.buffer)),
@@ -193,6 +209,14 @@ class PolicyLearner:
         for name, values in losses.items():
             metrics[name] = float(np.mean(values)) if values else math.nan
         return metrics
+
+    def _check_real(self, real: Transitions) -> None:
+        if len(real) == 0:
+            raise ValueError("the policy learner needs at least one real row")
+        if len(real) < self.real_rows_seen:
+            raise ValueError(
+                f"real has {len(real)} rows, fewer than the {self.real_rows_seen} seen"
+            )
 
     def publish(
         self,
@@ -213,8 +237,11 @@ class PolicyLearner:
 
     def _rollout(self, real: Transitions, k: int) -> Rollouts:
         assert self.model is not None
-        idx = torch.randint(len(real), (self.config.rollout_batch,), generator=self.generator)
-        start = torch.as_tensor(real.obs[idx.numpy()], dtype=torch.float32)
+        starts = initial_states(real) if self.config.naive else real.obs
+        if len(starts) == 0:
+            raise ValueError("naive rollouts start at episodes' first rows; real has none")
+        idx = torch.randint(len(starts), (self.config.rollout_batch,), generator=self.generator)
+        start = torch.as_tensor(starts[idx.numpy()], dtype=torch.float32)
         actor, gen = self.agent.actor, self.generator
         return branched_rollouts(
             self.model,
