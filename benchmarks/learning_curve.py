@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,54 @@ VARIANTS: dict[str, Config] = {
     # 1000-step episodes truncated at 200 to keep 30 episodes within minutes on 2 cores.
     "swimmer-id": variant("task=Swimmer-v5", "run.episodes=30", "run.episode_steps=200"),
 }
+# Acting with a policy trained beside the model (MBPO's own way of acting), against acting
+# with CEM, on the same budget of real steps. The policy's networks are 2 x 128 and it takes
+# 10 updates per real row (MBPO: 2 x 256, 20): on these 2 cores a 2 x 256 SAC update takes
+# 9 ms against 3.4 ms, which would make one inverted-pendulum seed an hour. In lockstep the
+# service is idle while the learner works, so the learner takes both cores.
+POLICY = ("policy.optimizer=sac", "planner.planner=policy", "policy.hidden_units=128",
+          "policy.updates_per_step=10", "learner.torch_threads=2")  # fmt: skip
+IP = ("task=inverted-pendulum", "learner.min_transitions=50", "run.episodes=1000",
+      "run.max_steps=15000")  # fmt: skip
+VARIANTS |= {
+    "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
+    "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
+    "cartpole-policy-realtime": variant(
+        "task=cartpole-swingup", "run.episodes=10", "run.realtime=true", *POLICY[:-1]
+    ),
+    "ip-policy": variant(*IP, *POLICY),
+    "ip-cem": variant(*IP, "planner.horizon=15", "planner.population=100"),
+    "ip-bptt": variant(*IP, *POLICY, "policy.optimizer=bptt", "policy.updates_per_step=1"),
+    # MBPO's rising rollout length: k from 1 at epoch 1 (1000 real rows) to 10 at epoch 10.
+    "ip-policy-schedule": variant(
+        *IP,
+        *POLICY,
+        "policy.k_min=1",
+        "policy.k_max=10",
+        "policy.epoch_start=1",
+        "policy.epoch_end=10",
+    ),
+    # The seeds' naive Dyna: whole imagined episodes (k = 1000) from the initial states; 400
+    # start states a round, not 100,000 (each runs up to 1000 steps).
+    "ip-policy-naive": variant(
+        *IP,
+        *POLICY,
+        "policy.naive=true",
+        "policy.k_min=1000",
+        "policy.k_max=1000",
+        "policy.rollout_batch=400",
+    ),
+    "halfcheetah-policy": variant(
+        "task=half-cheetah", "run.episodes=1000", "run.max_steps=50000", *POLICY
+    ),
+}
 RANDOM_BASELINE = ("idp-id", "idp-file", "swimmer-id")
 """Variants whose summary adds the return of random actions from the same resets."""
 CHECKPOINTS = (10, 30)
+STEP_CHECKPOINTS = (5_000, 15_000, 25_000, 50_000)
+"""Real steps at which a run's return is reported (the episode that ends at or past it)."""
+HELD = 3
+"""Episodes in a row at the task's full return for the inverted pendulum's target."""
 
 
 def main() -> None:
@@ -147,10 +193,13 @@ def main() -> None:
 
 
 def measure(config: Config, run_dir: Path) -> dict[str, Any]:
+    cpu = _cpu_seconds()
     started = time.perf_counter()
     lines, codes = run_closed_loop(config, run_dir)
     wall = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu
     returns = [float(x["return"]) for x in lines]
+    steps = np.cumsum([int(x["steps"]) for x in lines]).tolist()
     ticks = [json.loads(x) for x in (run_dir / "metrics" / "ticks.jsonl").read_text().splitlines()]
     planned = [t for t in ticks if t["planner"] != "explore"]
     plan_ms = np.array([t["plan_ms"] for t in planned]) if planned else np.zeros(1)
@@ -173,12 +222,54 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
         "swaps": len(swaps),
         "exit_codes": codes,
         "minutes": round(wall / 60, 2),
+        "cpu_minutes": round(cpu / 60, 2),
+        "steps": steps[-1] if steps else 0,
+        "steps_to_1000_held3": held(returns, steps, 1000.0 - 1e-6),
+        "return_at_steps": {
+            str(k): round(returns[i], 1)
+            for k in STEP_CHECKPOINTS
+            if (i := next((j for j, s in enumerate(steps) if s >= k), None)) is not None
+        },
+        "policy": policy_figures(run_dir),
     }
 
 
+def held(returns: list[float], steps: list[int], level: float) -> int | None:
+    """Real steps at the end of the HELD-th episode in a row with a return >= ``level``."""
+    run = 0
+    for r, s in zip(returns, steps, strict=True):
+        run = run + 1 if r >= level else 0
+        if run == HELD:
+            return s
+    return None
+
+
+def policy_figures(run_dir: Path) -> dict[str, Any] | None:
+    """The policy trainer's last published line: versions, updates, the update-to-data ratio
+    it sustained."""
+    path = run_dir / "metrics" / "policy.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    if not lines:
+        return None
+    last = lines[-1]
+    return {"versions": len(lines), "updates": last["updates_total"],
+            "real_rows": last["real_rows"], "utd": round(last["utd"], 2),
+            "owed": last["owed"]}  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (the service and learner)."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def row(run: dict[str, Any]) -> dict[str, Any]:
-    keys = ("episodes_to_170", "final_return", "best_at", "plan_ms_p99", "deadline_misses",
-            "planned_ticks", "swap_plan_ms_max", "minutes", "returns")  # fmt: skip
+    keys = ("episodes_to_170", "final_return", "best_at", "steps", "steps_to_1000_held3",
+            "return_at_steps", "policy", "plan_ms_p99", "deadline_misses", "planned_ticks",
+            "swap_plan_ms_max", "minutes", "cpu_minutes", "returns")  # fmt: skip
     return {k: run[k] for k in keys}
 
 
@@ -199,6 +290,12 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         hits = [r["episodes_to_170"] for r in runs]
         summary["episodes_to_170"] = hits
         summary["seeds_reaching_170_in_10"] = sum(h is not None and h <= 10 for h in hits)
+        summary["seeds_reaching_170_in_20"] = sum(h is not None and h <= 20 for h in hits)
+    elif name.startswith("ip-"):
+        held3 = [r["steps_to_1000_held3"] for r in runs]
+        summary["steps_to_1000_held3"] = held3
+        summary["seeds_holding_1000_within_15000"] = sum(h is not None and h <= 15_000
+                                                         for h in held3)  # fmt: skip
     else:
         for k in CHECKPOINTS:
             best = [r["best_at"][str(k)] for r in runs if str(k) in r["best_at"]]

@@ -198,6 +198,13 @@ class ClosedLoop:
             f.write(json.dumps(line) + "\n")
         return line
 
+    def stored_steps(self) -> int:
+        """Real steps of the episodes already completed (a resumed run counts them too)."""
+        path = self.dir / "metrics" / "episodes.jsonl"
+        if not path.exists():
+            return 0
+        return sum(int(json.loads(x)["steps"]) for x in path.read_text().splitlines())
+
     def _robot(self) -> dict[str, Any]:
         return dict(self._status()["robots"].get(ROBOT, {}))
 
@@ -329,19 +336,25 @@ def run_closed_loop(
     first_episode: int = 0,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
-    """Run episodes ``first_episode..config.episodes-1``; returns their lines and exit codes."""
+    """Run episodes ``first_episode..config.episodes-1`` (fewer when ``run.max_steps`` is
+    reached); returns their lines and exit codes."""
     loop = ClosedLoop(config, run_dir)
     lines = []
     codes: dict[str, int | None] = {}
+    steps = loop.stored_steps()
     try:
         loop.start()
         for index in range(first_episode, config.run.episodes):
             line = loop.episode(index)
-            if not config.run.realtime and index + 1 < config.run.episodes:
+            steps += line["steps"]
+            last = index + 1 == config.run.episodes or 0 < config.run.max_steps <= steps
+            if not config.run.realtime and not last:
                 line["next_model_version"] = loop.wait_for_model()
             lines.append(line)
             if on_episode is not None:
                 on_episode(line)
+            if last:
+                break
     finally:
         codes = loop.stop()
     return lines, codes

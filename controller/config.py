@@ -54,9 +54,13 @@ class RunSettings:
     """Lockstep: how long to wait for the retrain after an episode."""
     seed: int = 0
     """Seed of the simulated robot's episode resets (episode i uses seed + 1000 i)."""
+    max_steps: int = 0
+    """Stop after the episode in which the run's real steps reach this many (0: no limit): a
+    budget of real steps, for comparing learners whose episodes differ in length."""
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1, 1_000_000)
+        check_int("max_steps", self.max_steps, 0, 10**12)
         if not isinstance(self.realtime, bool):
             raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
         check_int("episode_steps", self.episode_steps, 0, 10_000_000)

@@ -89,6 +89,7 @@ def learn(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # The ONNX exporter's graph passes log every initializer they merge (~30 lines a version).
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # and the policy's, every export
     if config.service.store is None or config.service.models is None:
         typer.echo("error: learn needs a store and a model directory (--store, --models, or "
                    "service.store and service.models in --config)", err=True)  # fmt: skip
