@@ -1,16 +1,22 @@
-"""Sampling planners over the learned model: random shooting, CEM, iCEM, MPPI."""
+"""Sampling planners over the learned model: random shooting, CEM, iCEM, MPPI; and acting with
+the learned policy instead."""
 
 from controller.planners.base import Plan, WarmStart
 from controller.planners.planner import Planner
-from controller.planners.registry import OPTIMIZERS, PLANNERS, make_optimizer
+from controller.planners.policy import POLICY, PolicyActor, PolicyOptions
+from controller.planners.registry import OPTIMIZERS, OPTIONS, PLANNERS, make_optimizer
 from controller.planners.settings import PlannerSettings
 
 __all__ = [
     "OPTIMIZERS",
+    "OPTIONS",
     "PLANNERS",
+    "POLICY",
     "Plan",
     "Planner",
     "PlannerSettings",
+    "PolicyActor",
+    "PolicyOptions",
     "WarmStart",
     "make_optimizer",
 ]

@@ -9,6 +9,12 @@ of the next ``plan``: a change made between two plans never lands inside one. A 
 to one thread; the service makes every change from its own loop. A change that sets the seed
 reseeds the random generator (even to the seed it had: a way to replay). Given a seed and no
 budget, plans are deterministic.
+
+With the planner setting "policy" the service acts through the learned policy
+(:mod:`controller.planners.policy`) and does not plan: the planner holds no optimizer then, and
+``plan`` raises RuntimeError. It keeps its settings, cost estimate and random state for the
+switch back, and its next plan after one starts from no warm start, as a new episode's does
+(the last one is as old as the policy's turn was long).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import numpy as np
 
 from controller.planners.base import (
     IterationCost,
+    Optimizer,
     Plan,
     WarmStart,
     shift,
     shift_warm_start,
 )
+from controller.planners.policy import POLICY
 from controller.planners.registry import make_optimizer
 from controller.planners.settings import PlannerSettings
 from controller.rollout.evaluator import RolloutEvaluator
@@ -46,6 +54,7 @@ class Planner:
         self._pending_evaluator: RolloutEvaluator | None = None
         self._pending: PlannerSettings | None = None
         self._reseed = False
+        self._fresh = False
         self._cost = IterationCost()
         self._install(settings or PlannerSettings())
         self.rng = np.random.default_rng(self.settings.seed)
@@ -68,6 +77,7 @@ class Planner:
         against the task now: ValueError and nothing changes). The random generator is
         reseeded from ``settings.seed`` when ``reseed`` is true or the seed differs."""
         self._weights_array(settings.weights)
+        self._fresh = self._fresh or (self._pending or self.settings).planner == POLICY
         self._pending = settings
         self._reseed = self._reseed or reseed or settings.seed != self.settings.seed
         return settings
@@ -93,12 +103,16 @@ class Planner:
         """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations)."""
         start = time.perf_counter()
         self._apply_pending()
+        opt = self._optimizer
+        if opt is None:
+            raise RuntimeError(
+                'planner "policy" does not plan: the service acts with the learned policy'
+            )
         s = self.settings
         rollout = s.rollout
         h = s.horizon
         warm = shift_warm_start(self._warm, self.fill, h)
         previous = shift(self._previous, self.fill, h)
-        opt = self._optimizer
         opt.begin(warm, self.rng)
         done = candidates = rows = nonfinite = 0
         for it in range(s.iterations):
@@ -164,10 +178,15 @@ class Planner:
                 self.rng = np.random.default_rng(settings.seed)
                 self._reseed = False
             self._install(settings)
+            if self._fresh and settings.planner != POLICY:
+                self._fresh = False
+                self.reset()
 
     def _install(self, settings: PlannerSettings) -> None:
         self._weights = self._weights_array(settings.weights)
-        self._optimizer = make_optimizer(settings, self.low, self.high)
+        self._optimizer: Optimizer | None = None
+        if settings.planner != POLICY:
+            self._optimizer = make_optimizer(settings, self.low, self.high)
         self.settings = settings
 
     def _weights_array(self, changes: Mapping[str, float]) -> np.ndarray:

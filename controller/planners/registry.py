@@ -1,7 +1,11 @@
-"""The one list of optimizers: each name with its class and its options dataclass.
+"""The one list of planners: each optimizer with its class and its options dataclass, and the
+learned policy.
 
-``PlannerSettings.planner`` is a key here; ``PlannerSettings.options`` is an instance of that
-entry's options class. Adding an optimizer is one module and one line below.
+``PlannerSettings.planner`` is one of PLANNERS: an optimizer of OPTIMIZERS, which the
+:class:`~controller.planners.planner.Planner` runs, or "policy", with which the service acts
+through the learned policy instead (:mod:`controller.planners.policy`).
+``PlannerSettings.options`` is an instance of ``OPTIONS[planner]``. Adding an optimizer is one
+module and one line below.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from controller.planners.base import Optimizer
 from controller.planners.cem import CEM, CEMOptions
 from controller.planners.icem import ICEM, ICEMOptions
 from controller.planners.mppi import MPPI, MPPIOptions
+from controller.planners.policy import POLICY, PolicyOptions
 from controller.planners.random_shooting import RandomOptions, RandomShooting
 
 if TYPE_CHECKING:
@@ -39,9 +44,14 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
         "mppi": OptimizerEntry(MPPI, MPPIOptions),
     }
 )
-PLANNERS = tuple(OPTIMIZERS)
+PLANNERS = (*OPTIMIZERS, POLICY)
+OPTIONS: Mapping[str, type] = MappingProxyType(
+    {**{name: entry.options for name, entry in OPTIMIZERS.items()}, POLICY: PolicyOptions}
+)
+"""Each planner's options dataclass (every field defaulted and validated on construction)."""
 
 
 def make_optimizer(settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> Optimizer:
-    """The optimizer ``settings.planner`` names, configured by ``settings``."""
+    """The optimizer ``settings.planner`` names, configured by ``settings`` (KeyError for
+    "policy", which has none)."""
     return OPTIMIZERS[settings.planner].make(settings.options, settings, low, high)

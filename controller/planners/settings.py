@@ -2,7 +2,7 @@
 
 Three parts: the common fields (planner, horizon, population, iterations, budget, seed, reward
 weights), the rollout settings (:class:`~controller.rollout.evaluator.RolloutSettings`) and the
-active optimizer's own options (its class in :data:`~controller.planners.registry.OPTIMIZERS`).
+active planner's own options (its class in :data:`~controller.planners.registry.OPTIONS`).
 Every value is checked against a named limit at construction, so a change builds a new
 settings object (:meth:`PlannerSettings.changed`) and swaps it in whole: an invalid value
 raises ``ValueError`` naming the setting and its allowed range, and nothing changes.
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from controller.checks import check_choice, check_int, check_number
-from controller.planners.registry import OPTIMIZERS, PLANNERS
+from controller.planners.registry import OPTIONS, PLANNERS
 from controller.rollout.evaluator import RolloutSettings
 
 MAX_HORIZON = 500
@@ -33,7 +33,8 @@ class PlannerSettings:
     """Everything that shapes a plan."""
 
     planner: str = "cem"
-    """Optimizer, a key of OPTIMIZERS: "random", "cem", "icem" or "mppi"."""
+    """One of PLANNERS: an optimizer, "random", "cem", "icem" or "mppi", or "policy": act with
+    the learned policy (no plan; see controller.planners.policy)."""
     horizon: int = 25
     """H: steps planned ahead (1..MAX_HORIZON). 25 steps is one second of cartpole, the
     embedded default, which does not swing up with 15."""
@@ -53,8 +54,8 @@ class PlannerSettings:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     """How candidates are rolled out through the ensemble."""
     options: Any = None
-    """The active optimizer's options, an instance of ``OPTIMIZERS[planner].options``
-    (None: that class's defaults)."""
+    """The active planner's options, an instance of ``OPTIONS[planner]`` (None: that class's
+    defaults)."""
 
     def __post_init__(self) -> None:
         check_choice("planner", self.planner, PLANNERS)
@@ -72,7 +73,7 @@ class PlannerSettings:
         object.__setattr__(self, "weights", dict(self.weights))
         if not isinstance(self.rollout, RolloutSettings):
             raise ValueError(f"rollout must be RolloutSettings, got {self.rollout!r}")
-        kind = OPTIMIZERS[self.planner].options
+        kind = OPTIONS[self.planner]
         if self.options is None:
             object.__setattr__(self, "options", kind())
         elif type(self.options) is not kind:
@@ -85,7 +86,7 @@ class PlannerSettings:
         check_choice("planner", planner, PLANNERS)
         common = [f.name for f in fields(PlannerSettings) if f.name not in ("rollout", "options")]
         rollout = [f.name for f in fields(RolloutSettings)]
-        return common + rollout + [f.name for f in fields(OPTIMIZERS[planner].options)]
+        return common + rollout + [f.name for f in fields(OPTIONS[planner])]
 
     def changed(self, changes: Mapping[str, Any] | None = None, **more: Any) -> PlannerSettings:
         """A new validated settings object with flat ``changes`` (see the module docstring).
@@ -103,7 +104,7 @@ class PlannerSettings:
                              f"settings: {valid}")  # fmt: skip
         own = {f.name for f in fields(self)} - {"rollout", "options"}
         rollout_names = {f.name for f in fields(RolloutSettings)}
-        kind = OPTIMIZERS[planner].options
+        kind = OPTIONS[planner]
         option_names = {f.name for f in fields(kind)}
         kept = {k: v for k, v in asdict(self.options).items() if k in option_names}
         common = {k: v for k, v in changes.items() if k in own}

@@ -42,9 +42,9 @@ class ControlHandler:
         if "robot" in request:
             raise p.ProtocolError("bad_field", "this service keeps one set of settings for "
                                   "every robot: leave out 'robot'")  # fmt: skip
-        if cmd == "model":  # the learner announces a new version
-            if service.watcher is not None:
-                service.watcher.poke()
+        if cmd == "model":  # a learner announces a new model or policy version
+            for watcher in service.watchers:
+                watcher.poke()
             return {"model_version": service.model_version}
         if cmd == "status":
             return service.status()

@@ -2,9 +2,10 @@
 
 Each pass of the loop reads everything queued on the robot socket (so a robot whose STATEs
 piled up is planned on its newest one; the older ones are recorded and counted as dropped),
-answers control requests, takes a newly loaded model version if there is one, writes the
-transitions those STATEs completed to the store in one write, then plans for each robot that
-has a new state, sends its ACTION, and publishes one telemetry record per ACTION. The write
+answers control requests, takes a newly loaded model or policy version if there is one, writes
+the transitions those STATEs completed to the store in one write, then plans for each robot
+that has a new state (or acts with the learned policy: controller.planners.policy), sends its
+ACTION, and publishes one telemetry record per ACTION. The write
 comes before the ACTIONs, so every transition an ACTION answers is in the store (in the OS's
 cache: a killed service loses none; ``durable`` adds an fsync for power loss). Planning is
 sequential across robots: a state's wait is taken off its realtime budget. A malformed or
@@ -22,9 +23,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controller.planners import Planner, PlannerSettings, kernels
+from controller.planners import POLICY, Planner, PlannerSettings, PolicyActor, kernels
 from controller.service.commands import ControlHandler
-from controller.service.model_watch import ModelWatcher
+from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
 from controller.service.session import Pending, RobotSession, Transition
 from controller.service.settings import ServiceSettings
@@ -57,6 +58,9 @@ class MPCService:
         self.sessions: dict[bytes, RobotSession] = {}
         self.model_version = 0
         self.evaluator: Any = None
+        self.policy_version = 0
+        self.policy: PolicyActor | None = None
+        """The learned policy serving, once a version is loaded."""
         self.refused = 0
         """Messages refused with ERROR (any robot)."""
         self.forgotten = 0
@@ -68,6 +72,7 @@ class MPCService:
         self._episodes = 0
         self.commands = ControlHandler(self)
         self.watcher: ModelWatcher | None = None
+        self.policy_watcher: PolicyWatcher | None = None
         self.writer: TransitionWriter | None = None
         self.recorder = Recorder(task, None, settings.durable)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -82,7 +87,7 @@ class MPCService:
         return self.task
 
     def _take_task(self, task: Task) -> None:
-        """Serve ``task``: its bounds, the weights checked, and a model watcher for it."""
+        """Serve ``task``: its bounds, the weights checked, and model and policy watchers."""
         task.validated_weights(self.planner_settings.weights)
         self.task = task
         self.low = np.asarray(task.action_low, np.float64)
@@ -91,6 +96,7 @@ class MPCService:
         s = self.settings
         if s.models is not None:
             self.watcher = ModelWatcher(s.models, task, s.runtime, s.model_poll_s)
+            self.policy_watcher = PolicyWatcher(s.models, task, s.model_poll_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,12 +130,20 @@ class MPCService:
         if n := len(reader):
             self._episodes = int(reader.read(n - 1, n).episode[0])
 
+    @property
+    def watchers(self) -> list[VersionWatcher[Any]]:
+        """The model and policy watchers (none without a model directory or a task)."""
+        return [w for w in (self.watcher, self.policy_watcher) if w is not None]
+
     def _watch_models(self) -> None:
-        """Load the newest model now (so the first tick has it), then follow the directory."""
-        if self.watcher is not None:
-            self.watcher.load_now()
-            self._swap_model()
-            self.watcher.start()
+        """Load the newest model and policy now (so the first tick has them), then follow the
+        directory."""
+        for watcher in self.watchers:
+            watcher.load_now()
+        self._swap_model()
+        self._swap_policy()
+        for watcher in self.watchers:
+            watcher.start()
 
     def serve(self, duration_s: float | None = None) -> None:
         """Loop until ``stop_event`` is set (or ``duration_s`` passed)."""
@@ -138,8 +152,8 @@ class MPCService:
             self.step()
 
     def close(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
+        for watcher in self.watchers:
+            watcher.stop()
         if self.writer is not None:
             self.writer.close()
         for name in ("router", "control", "telemetry"):
@@ -147,7 +161,8 @@ class MPCService:
                 getattr(self, name).close(linger=0)
 
     def step(self, timeout_ms: int = 20) -> None:
-        """One pass: read, answer control, swap model, record, plan and answer, publish."""
+        """One pass: read, answer control, swap model and policy, record, plan and answer,
+        publish."""
         events = dict(self.poller.poll(timeout_ms))
         if self.router in events:
             self._drain_robots()
@@ -156,6 +171,7 @@ class MPCService:
         if self.telemetry in events:
             self.recorder.hear_subscriptions(self.telemetry)
         self._swap_model()
+        self._swap_policy()
         self.recorder.record()
         for session in list(self.sessions.values()):
             if session.pending is not None:
@@ -258,7 +274,7 @@ class MPCService:
 
     def _task_from(self, hello: p.Message) -> None:
         """``task auto``: serve the task the first robot's HELLO describes (reward and
-        termination learned), with a store for its dims and a model watcher; a HELLO that
+        termination learned), with a store for its dims and the watchers; a HELLO that
         cannot be a task, or whose dims the store does not hold, is refused and changes
         nothing."""
         if not hello["reward"]:
@@ -274,7 +290,7 @@ class MPCService:
         except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError: a corrupt store
             if self.writer is not None:
                 self.writer.close()  # its lock would refuse every later HELLO
-            self.task, self.watcher, self.writer = None, None, None
+            self.task, self.watcher, self.policy_watcher, self.writer = None, None, None, None
             self.recorder.task = self.recorder.writer = None
             raise p.ProtocolError("mismatch", f"cannot serve this robot's HELLO as the task: "
                                   f"{exc}", seq=hello.seq, robot=hello.robot) from None  # fmt: skip
@@ -351,21 +367,29 @@ class MPCService:
         assert pending is not None
         msg = pending.msg
         start = time.perf_counter()
-        fallback, nonfinite = False, 0
-        if session.planner is None:
+        settings = self.planner_settings
+        fallback, nonfinite, acted = False, 0, None
+        if settings.planner == POLICY:
+            acted = self._act(session, msg["obs"], settings.options.explore)
+        if acted is not None:
+            action, predicted = acted
+            planner, horizon, iterations, miss = POLICY, 0, 0, False
+        elif session.planner is None or settings.planner == POLICY:
             action = session.rng.uniform(self.low, self.high)
             planner, horizon, iterations, predicted, miss = "explore", 0, 0, None, False
         else:
             budget = None
             if not session.lockstep:
-                budget = self.planner_settings.budget_s(
-                    session.control_period, start - pending.received
-                )
+                budget = settings.budget_s(session.control_period, start - pending.received)
             plan = session.planner.plan(msg["obs"], budget)
             action, planner, horizon = plan.action, plan.planner, plan.horizon
             iterations, miss = plan.iterations, plan.deadline_miss
             fallback, nonfinite = plan.fallback, plan.nonfinite
             predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
+            # No iteration fitted: the shifted plan answers an older state, while the policy's
+            # mean answers this one in tens of microseconds.
+            if fallback and (acted := self._act(session, msg["obs"], False)) is not None:
+                (action, predicted), planner, horizon = acted, POLICY, 0
         plan_ms = 1000.0 * (time.perf_counter() - start)
         reply = p.make(
             p.ACTION, session.robot, seq=msg.seq, time=time.time(), episode=msg.episode,
@@ -383,10 +407,24 @@ class MPCService:
             "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,
             "iterations": iterations, "plan_ms": plan_ms, "predicted_return": predicted,
             "deadline_miss": miss, "fallback": fallback, "nonfinite": nonfinite,
-            "model_version": self.model_version, "dropped_stale": session.stats.dropped_stale,
-            "action": reply["action"].tolist(),
+            "model_version": self.model_version, "policy_version": self.policy_version,
+            "dropped_stale": session.stats.dropped_stale, "action": reply["action"].tolist(),
         }  # fmt: skip
         self.recorder.answered.append((session, record))
+
+    def _act(
+        self, session: RobotSession, obs: np.ndarray, explore: bool
+    ) -> tuple[np.ndarray, float | None] | None:
+        """The policy's (action [A], value) for ``obs``: a draw with the robot's generator when
+        ``explore``, else the mean. None when no policy is loaded, or when its action is not
+        finite (logged; the caller acts as if there were no policy)."""
+        if self.policy is None:
+            return None
+        try:
+            return self.policy.act(obs, session.rng if explore else None)
+        except FloatingPointError as exc:
+            log.warning("robot %s: policy p%d: %s", session.robot, self.policy_version, exc)
+            return None
 
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):
@@ -420,6 +458,12 @@ class MPCService:
             else:
                 session.planner.set_evaluator(self.evaluator)
         log.info("serving model v%d", self.model_version)
+
+    def _swap_policy(self) -> None:
+        ready = self.policy_watcher.take() if self.policy_watcher is not None else None
+        if ready is not None:
+            self.policy_version, self.policy = ready
+            log.info("serving policy p%d", self.policy_version)
 
     # --- control socket ----------------------------------------------------------------------
     def _drain_control(self) -> None:
@@ -466,9 +510,9 @@ class MPCService:
             "task": self.task.name if self.task is not None else "auto (no robot yet)",
             "uptime_s": round(time.monotonic() - self._started, 1),
             "model_version": self.model_version,
-            "rejected_models": {str(k): v for k, v in self.watcher.rejected.items()}
-            if self.watcher
-            else {},
+            "rejected_models": _rejected(self.watcher),
+            "policy_version": self.policy_version,
+            "rejected_policies": _rejected(self.policy_watcher),
             "refused_messages": self.refused,
             "forgotten_robots": self.forgotten,
             "transitions": len(self.writer) if self.writer is not None else 0,
@@ -485,3 +529,8 @@ class MPCService:
         sock.bind(getattr(self.settings, name))
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
+
+
+def _rejected(watcher: VersionWatcher[Any] | None) -> dict[str, str]:
+    """The versions ``watcher`` refused, by version number as a string (JSON keys)."""
+    return {str(k): v for k, v in watcher.rejected.items()} if watcher is not None else {}

@@ -15,7 +15,8 @@ from sim_bridge.protocol.common import (
 from sim_bridge.protocol.values import _check_value
 
 CONTROL_COMMANDS = ("get", "set", "status", "model")
-"""Control requests; "model" is the learner announcing that it published a model version."""
+"""Control requests; "model" is a learner announcing that it published a model or policy
+version."""
 CONTROL_FIELDS: dict[str, dict[str, bool]] = {
     "get": {"robot": False},
     "set": {"changes": True, "robot": False},
@@ -30,9 +31,9 @@ CONTROL_ERROR_CODES = (
 )  # fmt: skip
 """The ERROR_CODES a control reply may refuse a request with."""
 STATUS_FIELDS = (
-    "task", "uptime_s", "model_version", "rejected_models", "refused_messages",
-    "forgotten_robots", "transitions", "store_errors", "durable", "endpoints", "settings",
-    "robots",
+    "task", "uptime_s", "model_version", "rejected_models", "policy_version",
+    "rejected_policies", "refused_messages", "forgotten_robots", "transitions", "store_errors",
+    "durable", "endpoints", "settings", "robots",
 )  # fmt: skip
 """The keys of a ``status`` reply besides ``v`` and ``ok``."""
 ROBOT_STATUS_FIELDS = (

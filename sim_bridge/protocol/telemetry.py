@@ -27,6 +27,7 @@ TELEMETRY_FIELDS: dict[str, Any] = {
     "fallback": "bool",
     "nonfinite": "uint",
     "model_version": "uint",
+    "policy_version": "uint",
     "dropped_stale": "uint",
     "action": "float[]",
     "reward": "float?",

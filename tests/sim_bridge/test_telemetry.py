@@ -18,8 +18,8 @@ TICK: dict[str, Any] = {
     "robot": "sim-0", "seq": 42, "episode": 3, "step": 17, "time": 1700000000.25,
     "planner": "icem", "horizon": 30, "iterations": 4, "plan_ms": 12.5,
     "predicted_return": 61.0, "deadline_miss": False, "fallback": False, "nonfinite": 0,
-    "model_version": 2, "dropped_stale": 1, "action": [0.25, -1.0], "reward": 0.5,
-    "reward_terms": {"reward_tip": 0.51, "reward_ctrl": -0.01},
+    "model_version": 2, "policy_version": 1, "dropped_stale": 1, "action": [0.25, -1.0],
+    "reward": 0.5, "reward_terms": {"reward_tip": 0.51, "reward_ctrl": -0.01},
 }  # fmt: skip
 """One tick's record, every field set (``v`` is added by telemetry_record)."""
 WRONG: dict[str, Any] = {
