@@ -321,3 +321,22 @@ def test_invalid_schedules_are_refused(kwargs: dict[str, object]) -> None:
 def test_the_schedule_refuses_a_negative_epoch() -> None:
     with pytest.raises(ValueError, match="epoch"):
         RolloutSchedule.constant(3).length(-1)
+
+
+def test_a_gaussian_ensemble_runs_each_member_on_its_own_rows_only() -> None:
+    """drawn_outputs gives each row its member's outputs, as running every member on every row
+    and picking does (the grouped path must not mix rows or members up)."""
+    from models.ensemble import EnsembleConfig, GaussianEnsemble
+    from models.policy.rollouts import drawn_outputs
+
+    torch.manual_seed(0)
+    model = GaussianEnsemble(EnsembleConfig(obs_dim=3, act_dim=2, members=4, hidden_units=16,
+                                            predict_reward=True, predict_done=True))  # fmt: skip
+    obs, act = torch.randn(37, 3), torch.randn(37, 2)
+    member = torch.randint(4, (37,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        grouped = drawn_outputs(model, obs, act, member)
+        every = [o[member, torch.arange(37)] for o in model(obs, act)]
+    assert len(grouped) == len(every) == 5
+    for got, want in zip(grouped, every, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
