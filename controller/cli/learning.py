@@ -141,7 +141,7 @@ def policy_work(
     trainer = PolicyTrainer(
         config.service.models, config.policy, task.obs_dim, task.act_dim,
         np.asarray(task.action_low), np.asarray(task.action_high), reward_fn=reward_fn,
-        done_fn=done_fn, metrics=metrics, on_publish=announce,
+        done_fn=done_fn, metrics=metrics, on_publish=announce, preprocess=task.preprocess,
     )  # fmt: skip
 
     def work() -> bool:

@@ -21,9 +21,10 @@ contracting dynamics); the global norm before clipping is reported by every upda
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +102,7 @@ class BPTTOptimizer:
         high: np.ndarray | Tensor,
         *,
         reward_fn: RewardFn | None = None,
+        preprocess: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.reward_fn = reward_fn
@@ -110,10 +112,15 @@ class BPTTOptimizer:
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.actor = Actor(obs_dim, act_dim, low, high, actor_cfg)
+            self.actor = Actor(obs_dim, act_dim, low, high, actor_cfg, preprocess)
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
             self.actor.parameters(), lr=config.lr
         )
+
+    def fit_observations(self, obs: Tensor) -> None:
+        """Fit the actor's observation normalization to ``obs`` [N, S] (see
+        :class:`models.policy.sac.ObsFeatures`)."""
+        self.actor.features.fit(obs)
 
     def imagined_return(
         self,

@@ -17,6 +17,7 @@ caller; this module only needs a torch module with the ensemble's ``config`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,10 +125,11 @@ class PolicyLearner:
         *,
         reward_fn: RewardFn | None = None,
         done_fn: DoneFn | None = None,
+        preprocess: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.schedule = config.schedule
-        self.agent = SAC(obs_dim, act_dim, low, high, config.sac)
+        self.agent = SAC(obs_dim, act_dim, low, high, config.sac, preprocess)
         self.buffer = ModelBuffer(config.buffer_versions)
         self.reward_fn = reward_fn
         self.done_fn = done_fn

@@ -18,11 +18,14 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from models.preprocess import feature_dim, make_preprocessor
 
 MAX_LAYERS = 16
 MAX_UNITS = 4096
@@ -111,6 +114,48 @@ def _log_one_minus_tanh_sq(u: torch.Tensor) -> torch.Tensor:
     return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
 
 
+FEATURE_CLIP = 10.0
+"""Normalized observation features are clipped to +-FEATURE_CLIP (as SB3's VecNormalize does)."""
+STD_FLOOR = 1e-3
+
+
+class ObsFeatures(nn.Module):
+    """What the networks see of an observation: the task's preprocessing (models.preprocess:
+    an angle as sin and cos, ...), then a normalization fitted once to real observations
+    (:meth:`fit`), clipped to +-FEATURE_CLIP: [B, S] -> [B, F].
+
+    Without them a cartpole policy saw raw cart positions and unwrapped angles: the critic
+    extrapolated linearly to positions never visited, valued a cart 480 m off at 4 times the
+    start, and the actor learned to push one way for the whole episode. The clip bounds what
+    an unvisited state can look like to the networks."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    fitted: torch.Tensor
+
+    def __init__(self, obs_dim: int, preprocess: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        spec = dict(preprocess or {}) or {"kind": "identity"}
+        spec.setdefault("obs_dim", obs_dim)
+        self.preprocess = make_preprocessor(spec)
+        self.out_dim = feature_dim(self.preprocess)
+        self.register_buffer("mean", torch.zeros(self.out_dim))
+        self.register_buffer("std", torch.ones(self.out_dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def fit(self, obs: torch.Tensor) -> None:
+        """Set the normalization to the mean and std of ``obs`` [N, S]'s features (N >= 2)."""
+        with torch.no_grad():
+            x = self.preprocess(obs.to(self.mean.dtype))
+            self.mean.copy_(x.mean(0))
+            self.std.copy_(x.std(0).clamp_min(STD_FLOOR))
+            self.fitted.fill_(True)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = (self.preprocess(obs) - self.mean) / self.std
+        return torch.clamp(x, -FEATURE_CLIP, FEATURE_CLIP)
+
+
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy scaled to [low, high]."""
 
@@ -126,10 +171,12 @@ class Actor(nn.Module):
         low: np.ndarray | torch.Tensor,
         high: np.ndarray | torch.Tensor,
         cfg: SACConfig,
+        preprocess: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         lo, hi = _bounds(act_dim, low, high)
-        self.net = mlp(obs_dim, 2 * act_dim, cfg)
+        self.features = ObsFeatures(obs_dim, preprocess)
+        self.net = mlp(self.features.out_dim, 2 * act_dim, cfg)
         self.register_buffer("low", lo)
         self.register_buffer("high", hi)
         self.register_buffer("center", (hi + lo) / 2)
@@ -141,7 +188,7 @@ class Actor(nn.Module):
         The log-std is bounded softly into [LOG_STD_MIN, LOG_STD_MAX] by a rescaled tanh (as in
         pytorch_sac), so its gradient never vanishes at a hard clip.
         """
-        mean, raw = self.net(obs).chunk(2, dim=-1)
+        mean, raw = self.net(self.features(obs)).chunk(2, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
         return mean, log_std
 
@@ -180,13 +227,20 @@ class Actor(nn.Module):
 class TwinCritic(nn.Module):
     """Two independent Q networks: (obs [B, S], act [B, A]) -> (q1 [B], q2 [B])."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        cfg: SACConfig,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, 1, cfg)
-        self.q2 = mlp(obs_dim + act_dim, 1, cfg)
+        self.features = ObsFeatures(obs_dim, preprocess)
+        self.q1 = mlp(self.features.out_dim + act_dim, 1, cfg)
+        self.q2 = mlp(self.features.out_dim + act_dim, 1, cfg)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, act], dim=-1)
+        x = torch.cat([self.features(obs), act], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
@@ -205,6 +259,7 @@ class SAC(nn.Module):
         low: np.ndarray | torch.Tensor,
         high: np.ndarray | torch.Tensor,
         config: SACConfig | None = None,
+        preprocess: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         cfg = config if config is not None else SACConfig()
@@ -218,8 +273,8 @@ class SAC(nn.Module):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.actor = Actor(obs_dim, act_dim, low, high, cfg)
-            self.critic = TwinCritic(obs_dim, act_dim, cfg)
+            self.actor = Actor(obs_dim, act_dim, low, high, cfg, preprocess)
+            self.critic = TwinCritic(obs_dim, act_dim, cfg, preprocess)
         self.target_critic = copy.deepcopy(self.critic)
         self.target_critic.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
@@ -227,6 +282,12 @@ class SAC(nn.Module):
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def fit_observations(self, obs: torch.Tensor) -> None:
+        """Fit the networks' observation normalization (:class:`ObsFeatures`) to ``obs``
+        [N, S], once, before training: the actor's, the critics' and their targets'."""
+        for module in (self.actor, self.critic, self.target_critic):
+            module.features.fit(obs)
 
     @property
     def alpha(self) -> float:

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,7 @@ class PolicyTrainer:
         done_fn: DoneFn | None = None,
         metrics: Path | None = None,
         on_publish: Callable[[ModelVersion], None] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
     ) -> None:
         if config.optimizer == "none":
             raise ValueError("policy optimizer is 'none': there is no policy to train")
@@ -201,12 +202,13 @@ class PolicyTrainer:
         self.algorithm: PolicyLearner | _BPTT
         if config.optimizer == "sac":
             self.algorithm = PolicyLearner(config.learner_config(), obs_dim, act_dim, low, high,
-                                           reward_fn=reward_fn, done_fn=done_fn)  # fmt: skip
+                                           reward_fn=reward_fn, done_fn=done_fn,
+                                           preprocess=preprocess)  # fmt: skip
         else:
             if reward_fn is None:
                 log.info("bptt: the imagined reward is the model's learned reward")
             optimizer = BPTTOptimizer(config.bptt_config(), obs_dim, act_dim, low, high,
-                                      reward_fn=reward_fn)  # fmt: skip
+                                      reward_fn=reward_fn, preprocess=preprocess)  # fmt: skip
             self.algorithm = _BPTT(optimizer, config.seed)
         self.model_version = 0
         self.version = 0
@@ -240,8 +242,11 @@ class PolicyTrainer:
         """One chunk on ``real`` (the rows the model was trained on): a rollout round where
         one is due, up to ``chunk_updates`` owed updates, and a publish where due. False when
         there was nothing to do."""
-        if self.algorithm.model is None or len(real) == 0:
+        if self.algorithm.model is None or len(real) < 2:
             return False
+        agent = self.algorithm.agent
+        if not bool(agent.actor.features.fitted):  # once: a moving normalization moves Q
+            agent.fit_observations(torch.as_tensor(real.obs, dtype=torch.float32))
         self.real_rows = len(real)
         owed = self.owed(len(real))
         behind = self.updates > self._published_updates

@@ -7,6 +7,8 @@ Shapes: B batch, S observation, A action.
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +253,32 @@ def test_learns_a_contextual_bandit_from_replayed_exact_model_data(done: float) 
     assert before < -0.1
     assert after > -0.01, (random_return, before, after)
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_observation_features_preprocess_normalize_and_clip() -> None:
+    """The networks see the task's preprocessing (an angle as sin, cos) normalized to the
+    observations they were fitted on, clipped at +-FEATURE_CLIP, and the export keeps it."""
+    from models.policy.export import PolicyRuntime, export_policy
+    from models.policy.sac import FEATURE_CLIP, ObsFeatures
+
+    spec = {"kind": "sincos", "angle_indices": [1]}
+    features = ObsFeatures(3, spec)
+    assert features.out_dim == 4 and not bool(features.fitted)
+    obs = torch.tensor([[0.0, 0.0, 1.0], [2.0, math.pi / 2, 3.0], [4.0, math.pi, 5.0]])
+    features.fit(obs)
+    x = features(obs)
+    torch.testing.assert_close(x.mean(0), torch.zeros(4), atol=1e-6, rtol=0)
+    assert bool(features.fitted)
+    far = features(torch.tensor([[1e6, 2 * math.pi, 3.0]]))  # a cart a kilometre off
+    assert far[0, 0] == FEATURE_CLIP
+    torch.testing.assert_close(features(torch.tensor([[2.0, 2 * math.pi, 3.0]])),
+                               features(torch.tensor([[2.0, 0.0, 3.0]])))  # fmt: skip
+
+    agent = SAC(3, 1, np.array([-1.0]), np.array([1.0]), SACConfig(hidden_units=16), spec)
+    agent.fit_observations(obs)
+    assert all(bool(m.features.fitted) for m in (agent.actor, agent.critic, agent.target_critic))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.onnx"
+        export_policy(agent, path, model_version=1, updates=0, real_rows=3, rollout_length=1)
+        got = PolicyRuntime(path).act(obs.numpy())
+    np.testing.assert_allclose(got, agent.act(obs.numpy(), True), atol=1e-5)
