@@ -281,3 +281,38 @@ def test_a_gymnasium_id_alone_runs_the_whole_loop_with_learned_reward_and_termin
     assert episodes[-1]["model_version"] >= 1  # the last episode was planned, not random
     data = TransitionReader(run_dir / "store").read_all()
     assert data.terminated.sum() >= 4  # the robot's own flags, which the model learned from
+
+
+def test_run_with_a_policy_trains_it_beside_the_model_and_acts_with_it(tmp_path: Path) -> None:
+    """`tickmpc run --policy sac --planner policy`: the learner trains the policy after every
+    retrain (G updates per real row, the run waiting for them in lockstep), publishes it beside
+    the models, and the service acts with it from the first policy on."""
+    from models.policy.export import PolicyDirectory, read_policy
+
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "run", "--episodes", "3", "--run-dir",
+         str(run_dir), "--policy", "sac", "--planner", "policy", *TINY, "--set",
+         "policy.hidden_units=16", "--set", "policy.updates_per_step=2", "--set",
+         "policy.rollout_batch=200", "--set", "policy.batch_size=32"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [json.loads(x) for x in (run_dir / "metrics" / "policy.jsonl").read_text().split("\n")
+             if x]  # fmt: skip
+    # A policy after each of the 2 retrains, each caught up: 2 updates per row the model saw.
+    assert [(x["real_rows"], x["updates_total"], x["owed"]) for x in lines] == [
+        (60, 120, 0), (120, 240, 0)
+    ]  # fmt: skip
+    latest = PolicyDirectory(run_dir / "models").latest()
+    assert latest is not None and latest.version == 2
+    assert latest.path.with_suffix(".pt").exists()
+    assert read_policy(latest.path)[1].model_version == 2
+    ticks = [json.loads(x) for x in (run_dir / "metrics" / "ticks.jsonl").read_text().split("\n")
+             if x]  # fmt: skip
+    by_episode: dict[int, set[str]] = {}
+    for t in ticks:
+        by_episode.setdefault(t["episode"], set()).add(t["planner"])
+    assert by_episode[1] == {"explore"}  # no model, no policy: random
+    assert by_episode[2] == by_episode[3] == {"policy"}  # lockstep waited for each policy
+    assert {t["policy_version"] for t in ticks if t["episode"] == 3} == {2}
