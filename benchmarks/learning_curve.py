@@ -107,20 +107,21 @@ VARIANTS: dict[str, Config] = {
     "swimmer-id": variant("task=Swimmer-v5", "run.episodes=30", "run.episode_steps=200"),
 }
 # Acting with a policy trained beside the model (MBPO's own way of acting), against acting
-# with CEM, on the same budget of real steps. The policy's networks are 2 x 128 and it takes
-# 10 updates per real row (MBPO: 2 x 256, 20): on these 2 cores a 2 x 256 SAC update takes
-# 9 ms against 3.4 ms, which would make one inverted-pendulum seed an hour. In lockstep the
-# service is idle while the learner works, so the learner takes both cores.
+# with CEM, on the same budget of real steps. The policy's networks are 2 x 128 (MBPO: 2 x
+# 256): on these 2 cores a 2 x 256 SAC update takes 9 ms against 3.4 ms. Cartpole takes
+# MBPO's 20 updates per real row; the inverted pendulum, with 15,000 rows, 10 (20 would make
+# a seed half an hour). In lockstep the service is idle while the learner works, so the
+# learner takes both cores.
 POLICY = ("policy.optimizer=sac", "planner.planner=policy", "policy.hidden_units=128",
-          "policy.updates_per_step=10", "learner.torch_threads=2")  # fmt: skip
+          "learner.torch_threads=2")  # fmt: skip
 IP = ("task=inverted-pendulum", "learner.min_transitions=50", "run.episodes=1000",
-      "run.max_steps=15000")  # fmt: skip
+      "run.max_steps=15000", "policy.updates_per_step=10")  # fmt: skip
 VARIANTS |= {
     "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
     "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
     "cartpole-policy-realtime": variant(
         "task=cartpole-swingup", "run.episodes=10", "run.realtime=true", *POLICY[:-1]
-    ),
+    ),  # the learner keeps its one thread: the service plans in realtime beside it
     "ip-policy": variant(*IP, *POLICY),
     "ip-cem": variant(*IP, "planner.horizon=15", "planner.population=100"),
     "ip-bptt": variant(*IP, *POLICY, "policy.optimizer=bptt", "policy.updates_per_step=1"),
@@ -144,7 +145,11 @@ VARIANTS |= {
         "policy.rollout_batch=400",
     ),
     "halfcheetah-policy": variant(
-        "task=half-cheetah", "run.episodes=1000", "run.max_steps=50000", *POLICY
+        "task=half-cheetah",
+        "run.episodes=1000",
+        "run.max_steps=50000",
+        *POLICY,
+        "policy.updates_per_step=10",
     ),
 }
 RANDOM_BASELINE = ("idp-id", "idp-file", "swimmer-id")
@@ -164,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=0, help="override (0: the variant's)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="real-step budget override (0: the variant's)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="run directories go here")
     args = parser.parse_args()
     names = ["cartpole"] if args.quick else args.variants.split(",")
@@ -179,6 +186,9 @@ def main() -> None:
             sets = [f"{part}.seed={seed}" for part in ("run", "planner", "learner")]
             if episodes:
                 sets.append(f"run.episodes={episodes}")
+            if args.max_steps:
+                sets.append(f"run.max_steps={args.max_steps}")
+            sets.append(f"policy.seed={seed}")
             config = updated(VARIANTS[name], parse_overrides(sets))
             run = measure(config, out / f"{name}-seed{seed}")
             if name in RANDOM_BASELINE:
