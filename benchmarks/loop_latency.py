@@ -16,7 +16,11 @@ runs without a store (``planner-nostore``) and with ``--durable`` (an fsync per 
 ``planner-durable``), in the same run. The headline figures are the planner phase's.
 ``planner-telemetry`` adds a subscriber to the telemetry (a thread of this process reading
 every record, as ``tickmpc run`` does): the service builds a record per tick, with the task's
-reward terms, only while someone subscribes.
+reward terms, only while someone subscribes. ``policy`` serves the same model and a freshly
+initialized SAC policy (2 x 256) from the same directory with ``planner=policy`` (explore, as
+MBPO collects): each ACTION is one draw from the policy, no plan, so its plan time is what the
+policy costs per tick where the planner phase's is a (tiny) plan's. Every phase reports its plan
+time p50 and p99 (``plan_ms`` of the ACTIONs) beside the overhead.
 Target (DESIGN.md): p99 <= 0.5 ms on this machine.
 
     python benchmarks/loop_latency.py [--quick]
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +45,34 @@ import zmq
 
 from controller.service.control import request
 from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.policy.export import PolicyDirectory
+from models.policy.sac import SAC
 from models.registry import ModelDirectory
 from sim_bridge import protocol as p
 from sim_bridge.link import BridgeLink, RobotSpec
 
 SPEC = RobotSpec("bench", "cartpole-swingup", 4, 1, (-1.0,), (1.0,), 0.04)
-TINY_PLAN = ["planner.planner=cem", "planner.population=20", "planner.horizon=5",
-             "planner.iterations=1"]  # fmt: skip
-PHASES = {  # name: (with a model, store flags: None for no store, a telemetry subscriber)
-    "explore": (False, [], False),
-    "planner": (True, [], False),
-    "planner-nostore": (True, None, False),
-    "planner-durable": (True, ["--durable"], False),
-    "planner-telemetry": (True, [], True),
+TINY_PLAN = ["planner.population=20", "planner.horizon=5", "planner.iterations=1"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    model: bool
+    """A model (and for planner "policy", a policy) in the model directory."""
+    store: list[str] | None = field(default_factory=list)
+    """The service's store flags; None: no store."""
+    telemetry: bool = False
+    """A thread of this process subscribes to the telemetry."""
+    planner: str = "cem"
+
+
+PHASES = {
+    "explore": Phase(model=False),
+    "planner": Phase(model=True),
+    "planner-nostore": Phase(model=True, store=None),
+    "planner-durable": Phase(model=True, store=["--durable"]),
+    "planner-telemetry": Phase(model=True, telemetry=True),
+    "policy": Phase(model=True, planner="policy"),
 }
 
 
@@ -62,20 +82,18 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(
-    root: Path, models: bool, store: list[str] | None, transport: str
-) -> tuple[subprocess.Popen[bytes], str, str, str]:
+def _serve(root: Path, ph: Phase, transport: str) -> tuple[subprocess.Popen[bytes], str, str, str]:
     if transport == "ipc":
         endpoint, control, telemetry = (f"ipc://{root}/{name}" for name in ("r", "c", "t"))
     else:
         endpoint, control, telemetry = (f"tcp://127.0.0.1:{_port()}" for _ in range(3))
     cmd = [sys.executable, "-m", "controller.cli", "serve", "--endpoint", endpoint]
     cmd += ["--control", control, "--telemetry", telemetry]
-    if store is not None:
-        cmd += ["--store", str(root / "store"), *store]
-    if models:
+    if ph.store is not None:
+        cmd += ["--store", str(root / "store"), *ph.store]
+    if ph.model:
         cmd += ["--models", str(root / "models")]
-    for setting in TINY_PLAN:
+    for setting in [*TINY_PLAN, f"planner.planner={ph.planner}"]:
         cmd += ["--set", setting]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, endpoint, control, telemetry
@@ -100,22 +118,28 @@ def _subscribe(telemetry: str, stop: threading.Event, received: list[int]) -> th
 
 
 def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
-    with_model, store, subscribe = PHASES[name]
+    ph = PHASES[name]
     stop, received = threading.Event(), [0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if with_model:
+        if ph.model:
             config = EnsembleConfig(
                 obs_dim=4, act_dim=1, preprocess={"kind": "sincos", "angle_indices": [1]}
             )
             ModelDirectory(root / "models").publish(GaussianEnsemble(config))
-        proc, endpoint, control, telemetry = _serve(root, with_model, store, transport)
+        if ph.planner == "policy":
+            agent = SAC(4, 1, np.array(SPEC.action_low), np.array(SPEC.action_high))
+            PolicyDirectory(root / "models").publish(
+                agent, model_version=1, updates=0, real_rows=0, rollout_length=0
+            )
+        proc, endpoint, control, telemetry = _serve(root, ph, transport)
         link = BridgeLink(endpoint, SPEC, "lockstep")
-        if subscribe:
+        if ph.telemetry:
             _subscribe(telemetry, stop, received)
         try:
             link.connect(120.0)
             rng = np.random.default_rng(0)
+            planners: set[str] = set()
             warmup = min(200, ticks // 5)
             for step in range(warmup + ticks):
                 if step == warmup:
@@ -132,12 +156,16 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
                         raise RuntimeError("the service stopped answering")
                     if reply.type == p.ACTION and reply["answers"] == state.seq:
                         break
+                if step >= warmup:
+                    planners.add(reply["planner"])
             status = request(control, "status")
         finally:
             stop.set()
             link.close()
             proc.terminate()
             proc.wait(timeout=30)
+    if ph.model and planners != {ph.planner}:  # a phase must measure what it is named for
+        raise RuntimeError(f"phase {name}: the ACTIONs came from {sorted(planners)}")
     rt = np.asarray(link.stats.round_trip_s) * 1e6
     plan = np.asarray(link.stats.plan_s) * 1e6
     over = rt - plan
@@ -151,10 +179,13 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         "max_us": round(float(over.max()), 1),
         "round_trip_p50_us": round(float(np.percentile(rt, 50)), 1),
         "plan_p50_us": round(float(np.percentile(plan, 50)), 1),
+        "plan_p99_us": round(float(np.percentile(plan, 99)), 1),
         "dropped": int(robot["dropped_stale"]),
         "recorded": int(status["transitions"]),
         "telemetry_records": received[0],
         "model_version": int(robot["model_version"]),
+        "policy_version": int(status["policy_version"]),
+        "planners": sorted(planners),
     }
 
 
@@ -178,17 +209,20 @@ def main() -> None:
             runs[name].append(r)
             print(f"{name:17s} overhead p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us  "
                   f"max {r['max_us']:8.1f} us  (round trip p50 {r['round_trip_p50_us']:.0f} "
-                  f"us, plan p50 {r['plan_p50_us']:.0f} us, {r['ticks']} ticks, dropped "
-                  f"{r['dropped']}, {time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+                  f"us, plan p50 {r['plan_p50_us']:.0f} us p99 {r['plan_p99_us']:.0f} us, "
+                  f"{r['ticks']} ticks, dropped {r['dropped']}, "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     results = [
         {"phase": name, "rounds": len(rs),
-         **{k: round(float(np.median([r[k] for r in rs])), 1) for k in ("p50_us", "p99_us")},
+         **{k: round(float(np.median([r[k] for r in rs])), 1)
+            for k in ("p50_us", "p99_us", "plan_p50_us", "plan_p99_us")},
          "p99_us_each": [r["p99_us"] for r in rs], "dropped": sum(r["dropped"] for r in rs)}
         for name, rs in runs.items()
     ]  # fmt: skip
     for r in results:
         print(f"median of {r['rounds']}: {r['phase']:17s} p50 {r['p50_us']:7.1f} us  "
-              f"p99 {r['p99_us']:7.1f} us")  # fmt: skip
+              f"p99 {r['p99_us']:7.1f} us  plan p50 {r['plan_p50_us'] / 1000:.3f} ms "
+              f"p99 {r['plan_p99_us'] / 1000:.3f} ms")  # fmt: skip
     head = next(r for r in results if r["phase"] == "planner")
     print(json.dumps({
         "p50_us": head["p50_us"], "p99_us": head["p99_us"], "ticks": ticks, "rounds": rounds,
