@@ -112,7 +112,7 @@ VARIANTS: dict[str, Config] = {
 # MBPO's 20 updates per real row; the inverted pendulum, with 15,000 rows, 10 (20 would make
 # a seed half an hour). In lockstep the service is idle while the learner works, so the
 # learner takes both cores.
-POLICY = ("policy.optimizer=sac", "planner.planner=policy", "policy.hidden_units=128",
+POLICY = ("policy.optimizer=sac", "planner.planner=policy", "policy.units=128",
           "learner.torch_threads=2")  # fmt: skip
 IP = ("task=inverted-pendulum", "learner.min_transitions=50", "run.episodes=1000",
       "run.max_steps=15000", "policy.updates_per_step=10")  # fmt: skip

@@ -83,15 +83,16 @@ class PolicyTrainerConfig:
     seeds' naive Dyna)."""
     buffer_versions: int = 3
     """SAC: model versions whose rollouts are kept."""
-    hidden_layers: int = 2
+    layers: int = 2
     """Hidden layers of the actor (and each critic)."""
-    hidden_units: int = 256
+    units: int = 256
     """Units per hidden layer."""
     batch_size: int = 256
     """Rows (SAC) or start states (BPTT) per update."""
     lr: float = 3e-4
     """SAC: Adam learning rate of actor, critics and temperature."""
-    discount: float = 0.99
+    gamma: float = 0.99
+    """Discount of the policy's return (the planner's is planner.discount)."""
     bptt_horizon: int = 10
     """BPTT: imagined steps differentiated through."""
     bptt_lr: float = 1e-3
@@ -119,8 +120,8 @@ class PolicyTrainerConfig:
 
     def sac_config(self) -> SACConfig:
         return SACConfig(
-            hidden_layers=self.hidden_layers, hidden_units=self.hidden_units, actor_lr=self.lr,
-            critic_lr=self.lr, alpha_lr=self.lr, discount=self.discount,
+            hidden_layers=self.layers, hidden_units=self.units, actor_lr=self.lr,
+            critic_lr=self.lr, alpha_lr=self.lr, discount=self.gamma,
             batch_size=self.batch_size, seed=self.seed,
         )  # fmt: skip
 
@@ -136,8 +137,8 @@ class PolicyTrainerConfig:
     def bptt_config(self) -> BPTTConfig:
         return BPTTConfig(
             horizon=self.bptt_horizon, lr=self.bptt_lr, grad_clip=self.grad_clip,
-            batch=self.batch_size, discount=self.discount, hidden_layers=self.hidden_layers,
-            hidden_units=self.hidden_units, seed=self.seed,
+            batch=self.batch_size, discount=self.gamma, hidden_layers=self.layers,
+            hidden_units=self.units, seed=self.seed,
         )  # fmt: skip
 
 

@@ -293,7 +293,7 @@ def test_run_with_a_policy_trains_it_beside_the_model_and_acts_with_it(tmp_path:
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "run", "--episodes", "3", "--run-dir",
          str(run_dir), "--policy", "sac", "--planner", "policy", *TINY, "--set",
-         "policy.hidden_units=16", "--set", "policy.updates_per_step=2", "--set",
+         "policy.units=16", "--set", "policy.updates_per_step=2", "--set",
          "policy.rollout_batch=200", "--set", "policy.batch_size=32"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

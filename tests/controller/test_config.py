@@ -42,8 +42,8 @@ def test_no_field_is_declared_twice() -> None:
     for planner in OPTIMIZERS:  # every optimizer's options, not only the default one's
         names += [n for n in PlannerSettings.names(planner) if n not in names]
     repeated = sorted({n for n in names if names.count(n) > 1})
-    assert repeated == ["seed"]  # the run's resets, the planner's and the learner's
-    assert names.count("seed") == 3
+    assert repeated == ["seed"]  # the run's resets, the planner's, the learner's, the policy's
+    assert names.count("seed") == 4
 
 
 def test_a_file_and_flags_are_checked_as_one_tree(tmp_path: Path) -> None:

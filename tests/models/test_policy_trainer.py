@@ -18,7 +18,7 @@ from models.policy.trainer import PolicyTrainer, PolicyTrainerConfig
 from tests.models.test_policy_learner import HIGH, LOW, Integrator, _real, _reward
 
 SMALL = PolicyTrainerConfig(
-    optimizer="sac", updates_per_step=3, rollout_batch=40, rollout_every=10, hidden_units=32,
+    optimizer="sac", updates_per_step=3, rollout_batch=40, rollout_every=10, units=32,
     batch_size=16, chunk_updates=25, publish_every_s=3600.0, seed=1,
 )  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_a_trainer_of_another_optimizer_starts_fresh(tmp_path: Path) -> None:
 
 def test_bptt_trains_through_the_model_and_exports_a_zero_value(tmp_path: Path) -> None:
     config = PolicyTrainerConfig(optimizer="bptt", updates_per_step=2, bptt_horizon=5,
-                                 bptt_lr=1e-2, hidden_units=32, batch_size=32,
+                                 bptt_lr=1e-2, units=32, batch_size=32,
                                  chunk_updates=50, publish_every_s=3600.0, seed=2)  # fmt: skip
     trainer = _trainer(tmp_path, config)
     trainer.set_model(Integrator(), 3)
