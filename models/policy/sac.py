@@ -121,8 +121,9 @@ STD_FLOOR = 1e-3
 
 class ObsFeatures(nn.Module):
     """What the networks see of an observation: the task's preprocessing (models.preprocess:
-    an angle as sin and cos, ...), then a normalization fitted once to real observations
-    (:meth:`fit`), clipped to +-FEATURE_CLIP: [B, S] -> [B, F].
+    an angle as sin and cos, ...), then a normalization fitted to real observations
+    (:meth:`fit`; the policy trainer refits it to all real rows at each model version),
+    clipped to +-FEATURE_CLIP: [B, S] -> [B, F].
 
     Without them a cartpole policy saw raw cart positions and unwrapped angles: the critic
     extrapolated linearly to positions never visited, valued a cart 480 m off at 4 times the
@@ -285,7 +286,7 @@ class SAC(nn.Module):
 
     def fit_observations(self, obs: torch.Tensor) -> None:
         """Fit the networks' observation normalization (:class:`ObsFeatures`) to ``obs``
-        [N, S], once, before training: the actor's, the critics' and their targets'."""
+        [N, S]: the actor's, the critics' and their targets'."""
         for module in (self.actor, self.critic, self.target_critic):
             module.features.fit(obs)
 

@@ -51,9 +51,13 @@ def test_the_trainer_pays_g_updates_per_row_in_chunks_and_publishes_when_caught_
     _, meta = read_policy(tmp_path / "p000001.onnx")
     assert (meta.optimizer, meta.model_version, meta.updates, meta.real_rows) == ("sac", 1, 90, 30)
 
+    features = trainer.algorithm.agent.actor.features
+    assert float(features.mean[0]) == pytest.approx(float(_real(30).obs.mean()), abs=1e-6)
     trainer.set_model(Integrator(), 2)  # more rows and a new model: it owes 3 x 10 more
     _drain(trainer, 40)
     assert trainer.updates == 120 and PolicyDirectory(tmp_path).latest().version == 2
+    # The observation normalization follows the rows, refitted at the new model version.
+    assert float(features.mean[0]) == pytest.approx(float(_real(40).obs.mean()), abs=1e-6)
     assert read_policy(tmp_path / "p000002.onnx")[1].model_version == 2
 
 
