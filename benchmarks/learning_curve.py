@@ -203,6 +203,8 @@ def main() -> None:
 
 
 def measure(config: Config, run_dir: Path) -> dict[str, Any]:
+    if run_dir.exists():  # a run directory is resumed, not restarted: its store would mix in
+        raise SystemExit(f"{run_dir} exists: give another --out")
     cpu = _cpu_seconds()
     started = time.perf_counter()
     lines, codes = run_closed_loop(config, run_dir)

@@ -178,9 +178,12 @@ def status(
     if as_json:
         print(json.dumps(reply, indent=2))
         return
+    policy = f"policy p{reply['policy_version']}" if reply["policy_version"] else "no policy"
+    rejected = len(reply["rejected_models"]) + len(reply["rejected_policies"])
     console.print(
-        f"task {reply['task']}, model v{reply['model_version']}, "
-        f"{reply['transitions']} transitions, up {reply['uptime_s']} s"
+        f"task {reply['task']}, model v{reply['model_version']}, {policy}, planner "
+        f"{reply['settings']['planner']}, {reply['transitions']} transitions, up "
+        f"{reply['uptime_s']} s" + (f", {rejected} versions rejected" if rejected else "")
     )
     table = Table()
     table.add_column("robot")

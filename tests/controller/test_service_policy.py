@@ -131,6 +131,10 @@ def test_tune_planner_policy_acts_with_the_policy_without_a_dynamics_model(
     assert {r["policy_version"] for r in records} == {1}
     status = running.service.status()
     assert (status["policy_version"], status["rejected_policies"]) == (1, {})
+    shown = subprocess.run([*TICKMPC, "status", "--control", running.control],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert "model v0, policy p1, planner policy" in shown.stdout, shown.stdout + shown.stderr
     assert tuple(status) == p.STATUS_FIELDS
     back = request(running.control, "set", changes={"planner": "cem"})["settings"]
     assert back["planner"] == "cem" and "explore" not in back
