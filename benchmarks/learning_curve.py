@@ -124,7 +124,12 @@ VARIANTS |= {
     ),  # the learner keeps its one thread: the service plans in realtime beside it
     "ip-policy": variant(*IP, *POLICY),
     "ip-cem": variant(*IP, "planner.horizon=15", "planner.population=100"),
-    "ip-bptt": variant(*IP, *POLICY, "policy.optimizer=bptt", "policy.updates_per_step=1"),
+    # The pendulum's reward is 1 per step and its termination a hard threshold, so through the
+    # task's own termination the imagined return has no gradient at all: BPTT learns the
+    # termination (a done probability it can differentiate through, as survival weights).
+    "ip-bptt": variant(
+        *IP, *POLICY, "policy.optimizer=bptt", "policy.updates_per_step=1", "termination=learned"
+    ),
     # MBPO's rising rollout length: k from 1 at epoch 1 (1000 real rows) to 10 at epoch 10.
     "ip-policy-schedule": variant(
         *IP,

@@ -137,6 +137,12 @@ def policy_work(
 
     reward_fn = None if task.reward_learned else task.reward
     done_fn = task.terminated  # None where the termination is learned or never happens
+    if config.policy.optimizer == "bptt" and done_fn is not None:
+        logging.getLogger(__name__).warning(
+            "bptt differentiates the imagined return, and the task's termination is a hard "
+            "threshold with no gradient: the policy ignores it (--termination learned gives "
+            "the model a done probability to weigh the return by)"
+        )
     assert config.service.models is not None  # learn checked it
     trainer = PolicyTrainer(
         config.service.models, config.policy, task.obs_dim, task.act_dim,

@@ -175,6 +175,8 @@ class BPTTOptimizer:
         with _frozen(model):
             ret = self.imagined_return(model, start_obs, self.config.horizon, generator).mean()
             self.optimizer.zero_grad(set_to_none=True)
+            if not ret.requires_grad:  # a reward and survival that no action moves: nothing to do
+                return {"return": float(ret), "grad_norm": 0.0, "clipped": 0.0}
             (-ret).backward()
         norm = float(nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip))
         if not math.isfinite(norm):
@@ -203,7 +205,11 @@ class BPTTOptimizer:
                     raise ValueError(f"horizons must be integers in [1, {MAX_HORIZON}], got {h!r}")
                 gen = torch.Generator().manual_seed(seed)
                 ret = self.imagined_return(model, start_obs, h, gen).mean()
-                grads = torch.autograd.grad(ret, list(self.actor.parameters()))
+                if not ret.requires_grad:  # e.g. a step reward of hard thresholds at H = 1
+                    norms[h] = 0.0
+                    continue
+                grads = torch.autograd.grad(ret, list(self.actor.parameters()), allow_unused=True)
+                grads = tuple(g for g in grads if g is not None)
                 norms[h] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         return norms
 

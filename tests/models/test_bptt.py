@@ -116,3 +116,16 @@ def test_config_is_validated() -> None:
         BPTTConfig(grad_clip=0.0)
     with pytest.raises(ValueError, match="horizon"):
         BPTTConfig(horizon=0)
+
+
+def test_a_return_no_action_moves_leaves_the_actor_as_it_was() -> None:
+    """A reward of hard thresholds (the inverted pendulum's 1 per step alive) and no learned
+    termination: the imagined return has no gradient; the update and the norms say 0."""
+    cfg = BPTTConfig(hidden_layers=2, hidden_units=32, horizon=5)
+    alive = BPTTOptimizer(cfg, S, A, -torch.ones(A), torch.ones(A),
+                          reward_fn=lambda o, a, n: (n.abs().sum(1) < 1.0).float())  # fmt: skip
+    before = [p.detach().clone() for p in alive.actor.parameters()]
+    out = alive.update(Linear1D(0.9), _starts(64, 0), torch.Generator().manual_seed(0))
+    assert out["grad_norm"] == 0.0 and out["clipped"] == 0.0
+    assert all(torch.equal(p, q) for p, q in zip(alive.actor.parameters(), before, strict=True))
+    assert alive.gradient_norms(Linear1D(0.9), _starts(64, 0), [1, 5]) == {1: 0.0, 5: 0.0}
