@@ -79,10 +79,13 @@ TINY = ["--hidden-units", "32", "--population", "50", "--iterations", "1", "--ho
 
 
 def _start_run(run_dir: Path, *args: str) -> subprocess.Popen[str]:
-    """`tickmpc run` in its own process group, as a terminal would start it."""
+    """`tickmpc run` in its own process group, as a terminal would start it: with SIGINT's
+    default action, which a test run started in the background by a non-interactive shell
+    (``make test &``) would otherwise pass down ignored, so that Ctrl-C reached no process."""
     return subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "run", *args], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
