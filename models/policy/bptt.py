@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.policy.rollouts import EnsembleDynamics, RewardFn
+from models.policy.rollouts import EnsembleDynamics, RewardFn, drawn_outputs
 from models.policy.sac import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Actor, SACConfig, _is_int
 
 MAX_HORIZON = 10_000
@@ -143,24 +143,23 @@ class BPTTOptimizer:
 
         obs = start_obs.to(torch.float32)
         b = len(obs)
-        rows = torch.arange(b, device=obs.device)
         ret = torch.zeros(b, device=obs.device)
         alive = torch.ones(b, device=obs.device)
         for t in range(horizon):
             act, _ = self.actor.sample(obs, generator)
-            out = model(obs, act)
             member = torch.randint(cfg.members, (b,), generator=generator).to(obs.device)
-            mean, logvar = out[0][member, rows], out[1][member, rows]
+            out = drawn_outputs(model, obs, act, member)
+            mean, logvar = out[0], out[1]
             eps = torch.randn(mean.shape, generator=generator).to(obs.device)
             next_obs = mean + torch.exp(0.5 * logvar) * eps
             if self.reward_fn is not None:
                 reward = self.reward_fn(obs, act, next_obs)
             else:
                 assert reward_at is not None
-                reward = out[reward_at][member, rows, 0]
+                reward = out[reward_at][:, 0]
             ret = ret + self.config.discount**t * alive * reward
             if done_at is not None:
-                alive = alive * (1.0 - out[done_at][member, rows, 0])
+                alive = alive * (1.0 - out[done_at][:, 0])
             obs = next_obs
         return ret
 

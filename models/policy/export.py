@@ -85,10 +85,9 @@ class PolicyGraph(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # One pass of the actor network for both outputs (mean_action and std would run it
-        # twice); the scaling is Actor._scale's, checked against mean_action by the tests.
-        a = self.actor
-        mean, log_std = a(obs)
-        action = torch.clamp(a.center + a.half_range * torch.tanh(mean), a.low, a.high)
+        # twice), scaled by the actor's own _scale.
+        mean, log_std = self.actor(obs)
+        action = self.actor._scale(torch.tanh(mean))
         if self.critic is None:
             value = obs[:, 0] * 0.0
         else:
