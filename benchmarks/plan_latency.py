@@ -201,7 +201,7 @@ def measure_config(
         "propagation": config.settings.rollout.propagation,
         "model": f"E5_{config.layers}x200",
         "device": evaluator.device,
-        "sessions": len(evaluator.sessions["routed"]),
+        "sessions": len(evaluator.sessions["routed", False]),
         "rows_per_plan": rows,
         "plans": reps,
         "p50_ms": round(p50 * 1e3, 2),

@@ -95,7 +95,9 @@ class Optimizer(Protocol):
         ...
 
     def ask(self, iteration: int) -> np.ndarray:
-        """[N, H, A] candidates for this iteration."""
+        """[N, H, A] candidates for this iteration: the sampled ones first, then what the
+        optimizer carries (a nominal sequence, kept elites), which the planner never replaces
+        with policy proposals while the share leaves room."""
         ...
 
     def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:

@@ -55,7 +55,8 @@ class MPPI:
         sigma = np.broadcast_to(self.sigma, self.mean.shape)
         n = self.s.population
         candidates = gaussian_candidates(self.rng, self.mean, sigma, self.low, self.high, n)
-        candidates[0] = self.mean  # the nominal sequence itself is always a candidate
+        # The nominal sequence itself is always a candidate, last: policy proposals go first.
+        candidates[-1] = self.mean
         return candidates
 
     def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:

@@ -10,6 +10,14 @@ to one thread; the service makes every change from its own loop. A change that s
 reseeds the random generator (even to the seed it had: a way to replay). Given a seed and no
 budget, plans are deterministic.
 
+With a learned policy in the evaluator (see :mod:`controller.rollout.evaluator`) and the
+settings asking for it, ``policy_share`` of each iteration's candidates are policy proposals:
+they take the place of the first sampled candidates (optimizers put what they carry, a nominal
+sequence or kept elites, last), the evaluator fills in the actions the policy took, and the
+optimizer refits on them like on any other candidate. A plan with no previous plan to start
+from (a new episode) then starts from the policy's open-loop rollout instead of the middle of
+the bounds.
+
 With the planner setting "policy" the service acts through the learned policy
 (:mod:`controller.planners.policy`) and does not plan: the planner holds no optimizer then, and
 ``plan`` raises RuntimeError. It keeps its settings, cost estimate and random state for the
@@ -98,6 +106,7 @@ class Planner:
         h = self.settings.horizon
         self._warm = WarmStart(np.broadcast_to(self.fill, (h, len(self.fill))).copy())
         self._previous = self._warm.mean.copy()
+        self._cold = True
 
     def plan(self, obs: np.ndarray, budget_s: float | None = None) -> Plan:
         """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations)."""
@@ -111,8 +120,13 @@ class Planner:
         s = self.settings
         rollout = s.rollout
         h = s.horizon
-        warm = shift_warm_start(self._warm, self.fill, h)
-        previous = shift(self._previous, self.fill, h)
+        if self._cold and self._evaluator.uses_policy(rollout):  # nothing executed to shift
+            previous = self._evaluator.policy_rollout(obs, h, rollout, self._weights)
+            warm = WarmStart(previous)
+        else:
+            warm = shift_warm_start(self._warm, self.fill, h)
+            previous = shift(self._previous, self.fill, h)
+        self._cold = False
         opt.begin(warm, self.rng)
         done = candidates = rows = nonfinite = 0
         for it in range(s.iterations):
@@ -123,7 +137,10 @@ class Planner:
                     break
             t0 = time.perf_counter()
             batch = opt.ask(it)
-            scores = self._evaluator.evaluate(obs, batch, rollout, self.rng, self._weights)
+            proposals = self._evaluator.proposals(len(batch), rollout)
+            scores = self._evaluator.evaluate(
+                obs, batch, rollout, self.rng, self._weights, proposals
+            )
             bad = ~np.isfinite(scores)
             if bad.any():
                 nonfinite += int(bad.sum())
@@ -163,10 +180,10 @@ class Planner:
         """Run one full plan off the hot path (first-run allocations, cost estimate), then
         restore the warm start and random state."""
         state = self.rng.bit_generator.state
-        warm, previous = self._warm, self._previous
+        warm, previous, cold = self._warm, self._previous, self._cold
         self.plan(np.zeros(self.task.obs_dim) if obs is None else obs)
         self.rng.bit_generator.state = state
-        self._warm, self._previous = warm, previous
+        self._warm, self._previous, self._cold = warm, previous, cold
 
     def _apply_pending(self) -> None:
         evaluator, self._pending_evaluator = self._pending_evaluator, None

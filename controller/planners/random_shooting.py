@@ -45,7 +45,7 @@ class RandomShooting:
         h = len(self.warm)
         candidates = uniform_candidates(self.rng, self.low, self.high, self.s.population, h)
         if iteration == 0:
-            candidates[0] = self.warm
+            candidates[-1] = self.warm  # last: planners put policy proposals first
         return candidates
 
     def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:

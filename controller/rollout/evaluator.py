@@ -7,6 +7,12 @@ returns are aggregated per candidate. Everything random comes from the caller's 
 seeded planner is deterministic. Which graph serves a call, routed or mixed, follows from the
 settings and the task (:meth:`RolloutEvaluator.mode`).
 
+With a learned policy (a file of :mod:`models.policy.export`) the evaluator also holds graphs
+composed with it: a call may then ask for policy proposals (candidates whose actions the policy
+chooses, step by step, at each particle's predicted state, plus noise of ``policy_noise`` times
+the half range) and a terminal value (``value_weight`` times the discounted critic value at the
+last state). Calls that use neither run the plain graphs, exactly as without a policy.
+
 Shapes: N candidates, H horizon, A action, S observation, E members, P particles per candidate,
 M particle rows.
 """
@@ -25,10 +31,11 @@ import onnx
 from onnxruntime import InferenceSession
 
 from controller.checks import check_choice, check_int, check_number
-from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
+from controller.rollout.graph import Mode, ModelGraph, PolicyParts, build_rollout_graph
 from controller.rollout.reward_graph import task_reward_graph
 from controller.tasks import Task
 from models.export import ModelFileError, ModelMetadata
+from models.policy.export import read_policy
 from models.runtime import RuntimeOptions, create_session, read_model, select_providers
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
@@ -37,6 +44,8 @@ MIN_SLICE_ROWS = 16
 MAX_PARTICLES = 1000
 MAX_PENALTY = 1e6
 MAX_PESSIMISM = 100.0
+MAX_POLICY_NOISE = 2.0
+MAX_VALUE_WEIGHT = 100.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,15 @@ class RolloutSettings:
     """k, used only with a learned reward: each step's reward is the members' mean reward less
     k times their std (0..MAX_PESSIMISM); > 0 evaluates every member on every particle like the
     disagreement penalty (E x cost), since the spread needs all members."""
+    policy_share: float = 0.0
+    """Share of each iteration's candidates that are policy proposals, in [0, 1]: closed-loop
+    rollouts of the learned policy (unused while no policy is loaded)."""
+    policy_noise: float = 0.1
+    """Std of the Gaussian noise on a proposal's actions, as a fraction of each action
+    dimension's half range, in [0, MAX_POLICY_NOISE] (0: the policy's mean action)."""
+    value_weight: float = 0.0
+    """Weight of the terminal value, the policy's critic at the last predicted state times
+    discount^H, added to each particle's return, in [0, MAX_VALUE_WEIGHT] (0: none)."""
 
     def __post_init__(self) -> None:
         check_int("particles", self.particles, 1, MAX_PARTICLES)
@@ -72,21 +90,27 @@ class RolloutSettings:
         check_number("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
         check_number("risk", self.risk, 0.0, 100.0)
         check_number("reward_pessimism", self.reward_pessimism, 0.0, MAX_PESSIMISM)
+        check_number("policy_share", self.policy_share, 0.0, 1.0)
+        check_number("policy_noise", self.policy_noise, 0.0, MAX_POLICY_NOISE)
+        check_number("value_weight", self.value_weight, 0.0, MAX_VALUE_WEIGHT)
 
 
 @dataclass
 class _Slice:
-    """Input buffers of one slice of a batch: particle rows [lo, hi) of the N x P rows,
-    padded to ``len(candidate)`` rows (padding rows follow the slice's first candidate; their
-    returns are dropped). Buffers a graph does not take stay None."""
+    """Input buffers of one slice of a batch: the particle rows ``index`` of the N x P rows
+    (its policy particles first), padded to ``len(candidate)`` rows (padding rows follow the
+    slice's first candidate; their returns are dropped). Buffers a graph does not take stay
+    None."""
 
-    lo: int
-    hi: int
+    index: np.ndarray
     candidate: np.ndarray
+    policy_particle: np.ndarray
+    """[Mp] the slice's rows (0..Mp-1) that the policy drives."""
     noise: np.ndarray | None = None
     gather: np.ndarray | None = None
     scatter: np.ndarray | None = None
     member_weight: np.ndarray | None = None
+    policy_eps: np.ndarray | None = None
 
 
 class RolloutEvaluator:
@@ -106,6 +130,9 @@ class RolloutEvaluator:
     A task whose reward is learned needs a model that predicts it, and a task whose
     termination is learned a model that predicts ``done_prob``: another model file is refused
     (ModelFileError), as planning on it would optimize something else than the task asks.
+
+    ``policy_path``: a policy file to compose into the rollout graphs (read and verified; its
+    dims and action bounds must be the task's, else ModelFileError).
     """
 
     def __init__(
@@ -115,6 +142,7 @@ class RolloutEvaluator:
         *,
         options: RuntimeOptions | None = None,
         device_random: bool | None = None,
+        policy_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(model_path)
         self.task = task
@@ -149,18 +177,29 @@ class RolloutEvaluator:
             predicts_reward=cfg.predict_reward,
             predicts_done=cfg.predict_done and task.termination_learned,
         )
+        self.policy_path = None if policy_path is None else Path(policy_path)
+        policy = None if self.policy_path is None else _policy_parts(self.policy_path, task)
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
         slices = 1 if self.device_random else _slice_count(self.options, self.device)
         options = self.options if slices == 1 else replace(self.options, intra_op_threads=1)
-        self.sessions = {}
-        self._inputs: dict[Mode, frozenset[str]] = {}
-        for mode in modes:
-            proto = build_rollout_graph(model, reward, mode, device_random=self.device_random)
+        self.sessions: dict[tuple[Mode, bool], list[InferenceSession]] = {}
+        self._inputs: dict[tuple[Mode, bool], frozenset[str]] = {}
+        for mode, with_policy in itertools.product(modes, (False, True)):
+            if with_policy and policy is None:
+                continue
+            proto = build_rollout_graph(
+                model,
+                reward,
+                mode,
+                policy=policy if with_policy else None,
+                device_random=self.device_random,
+            )
             graph = proto.SerializeToString()
-            source = f"{self.path} ({mode} rollout)"
-            self.sessions[mode] = [create_session(graph, options, source) for _ in range(slices)]
-            self._inputs[mode] = frozenset(i.name for i in proto.graph.input)
+            source = f"{self.path} ({mode} rollout{' with policy' if with_policy else ''})"
+            key = (mode, with_policy)
+            self.sessions[key] = [create_session(graph, options, source) for _ in range(slices)]
+            self._inputs[key] = frozenset(i.name for i in proto.graph.input)
         self.inv_scale2 = _inverse_scale2(self.metadata)
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
         self._layout_key: tuple[object, ...] | None = None
@@ -169,6 +208,22 @@ class RolloutEvaluator:
     @property
     def members(self) -> int:
         return self.metadata.config.members
+
+    @property
+    def has_policy(self) -> bool:
+        return self.policy_path is not None
+
+    def uses_policy(self, settings: RolloutSettings) -> bool:
+        """Whether a call with ``settings`` runs a graph with the policy: one is loaded and
+        the settings ask for proposals or a terminal value."""
+        return self.has_policy and (settings.policy_share > 0 or settings.value_weight > 0)
+
+    def proposals(self, candidates: int, settings: RolloutSettings) -> int:
+        """How many of ``candidates`` are policy proposals under ``settings`` (0 without a
+        policy)."""
+        if not self.has_policy:
+            return 0
+        return min(candidates, round(settings.policy_share * candidates))
 
     def mode(self, settings: RolloutSettings) -> Mode:
         """Which rollout graph serves ``settings``: "mixed" where every member must see every
@@ -185,7 +240,7 @@ class RolloutEvaluator:
         """Member-rows one evaluation computes (the unit of model cost)."""
         mode = self.mode(settings)
         particle_rows = candidates * settings.particles
-        cuts = self._cuts(particle_rows, len(self.sessions[mode]))
+        cuts = self._cuts(particle_rows, len(self.sessions[mode, False]))
         m = sum(self._particle_rows(hi - lo, mode) for lo, hi in cuts)
         per_row = self.members if mode == "mixed" else 1
         return m * horizon * per_row
@@ -197,11 +252,17 @@ class RolloutEvaluator:
         settings: RolloutSettings,
         rng: np.random.Generator,
         weights: np.ndarray | None = None,
+        proposals: int = 0,
     ) -> np.ndarray:
         """Score each candidate: ``obs [S]``, ``actions [N, H, A]`` -> ``returns [N]``.
 
         ``weights [T]``: the task's term weights (None: its defaults); unused when the reward
         is learned.
+
+        ``proposals``: the first that many candidates are policy proposals (0..N; > 0 needs a
+        policy): their rows of ``actions`` are ignored, then overwritten with the actions the
+        policy took, averaged over each candidate's particles, so that an optimizer refits on
+        them like any other candidate.
 
         A candidate whose rollout produced a non-finite return keeps it (NaN or inf): the
         planner decides what to do with it and counts it; nothing is replaced silently.
@@ -216,12 +277,17 @@ class RolloutEvaluator:
                              f"got {list(actions.shape)}")  # fmt: skip
         n, h, _ = actions.shape
         p = settings.particles
+        if not 0 <= proposals <= n:
+            raise ValueError(f"proposals must be in [0, {n}] (the candidates), got {proposals}")
+        if proposals and not self.has_policy:
+            raise ValueError("policy proposals need a policy, and none is loaded")
         mode = self.mode(settings)
-        if mode not in self.sessions:
+        if (mode, False) not in self.sessions:
             raise ValueError(f"{self.path} is not member-batched: only mixed-mode rollouts "
                              "(expectation, a disagreement penalty, or pessimism about a "
                              "learned reward) can use it")  # fmt: skip
-        self._layout(n, h, p, mode)
+        key = (mode, bool(proposals) or self.uses_policy(settings))
+        self._layout(n, h, p, mode, proposals * p if key[1] else None)
         shared: dict[str, np.ndarray] = {
             "obs": obs,
             "actions": np.ascontiguousarray(actions, np.float32),
@@ -230,35 +296,64 @@ class RolloutEvaluator:
             "penalty": np.array(settings.disagreement_penalty, np.float32),
             "inv_scale2": self.inv_scale2,
             "pessimism": np.array(settings.reward_pessimism, np.float32),
+            "policy_noise": np.array(settings.policy_noise, np.float32),
+            "value_weight": np.array(settings.value_weight, np.float32),
         }
-        shared = {name: value for name, value in shared.items() if name in self._inputs[mode]}
+        shared = {name: value for name, value in shared.items() if name in self._inputs[key]}
         if self.device_random:
-            returns = self._run_bound(self.sessions[mode][0], shared, settings, rng)
+            returns, taken = self._run_bound(self.sessions[key][0], shared, settings, rng)
         else:
-            returns = self._run_slices(mode, shared, settings, rng)
-        per_particle = returns[: n * p].reshape(n, p)
+            returns, taken = self._run_slices(key, shared, settings, rng)
+        if proposals:  # [H, Np x P, A] -> each proposal's actions, averaged over its particles
+            per_candidate = taken.reshape(h, proposals, p, -1).mean(axis=2)
+            actions[:proposals] = per_candidate.transpose(1, 0, 2)
+        per_particle = returns.reshape(n, p)
         score = per_particle.mean(axis=1)
         if p > 1 and settings.risk > 0:
             score = score - settings.risk * per_particle.std(axis=1)
         return np.asarray(score, np.float64)
 
+    def policy_rollout(
+        self,
+        obs: np.ndarray,
+        horizon: int,
+        settings: RolloutSettings,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """[H, A]: the actions of the policy's open-loop rollout from ``obs``, its mean action
+        at each state of the ensemble's mean prediction (no sampling, no noise). A planner
+        starts from it where it has no previous plan. Draws nothing from any generator."""
+        if not self.has_policy:
+            raise ValueError("a policy rollout needs a policy, and none is loaded")
+        mean = replace(
+            settings,
+            particles=1,
+            propagation="expectation",
+            sample=False,
+            policy_noise=0.0,
+            disagreement_penalty=0.0,
+            reward_pessimism=0.0,
+        )
+        center = (np.asarray(self.task.action_low) + np.asarray(self.task.action_high)) / 2.0
+        actions = np.broadcast_to(center, (1, horizon, self.task.act_dim)).astype(np.float32)
+        self.evaluate(obs, actions, mean, np.random.default_rng(0), weights, proposals=1)
+        return actions[0].astype(np.float64)
+
     def _run_slices(
         self,
-        mode: Mode,
+        key: tuple[Mode, bool],
         shared: dict[str, np.ndarray],
         settings: RolloutSettings,
         rng: np.random.Generator,
-    ) -> np.ndarray:
-        """Host draws, then every slice at once; returns [N x P] in particle order."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Host draws, then every slice at once; see :meth:`_gathered`."""
         # Every random draw happens here, in slice order, so results depend only on the seed.
         feeds = [self._feeds(part, shared, settings, rng) for part in self._slices]
-        sessions = self.sessions[mode]
-        runs = [_executor(len(feeds) - 1).submit(sessions[i].run, ["returns"], feeds[i])
+        sessions = self.sessions[key]
+        names = ["returns", "policy_actions"] if key[1] else ["returns"]
+        runs = [_executor(len(feeds) - 1).submit(sessions[i].run, names, feeds[i])
                 for i in range(1, len(feeds))]  # fmt: skip
-        outputs = [sessions[0].run(["returns"], feeds[0]), *(run.result() for run in runs)]
-        return np.concatenate(
-            [out[0][: part.hi - part.lo] for out, part in zip(outputs, self._slices, strict=True)]
-        )
+        return self._gathered([sessions[0].run(names, feeds[0]), *(r.result() for r in runs)])
 
     def _run_bound(
         self,
@@ -266,17 +361,32 @@ class RolloutEvaluator:
         shared: dict[str, np.ndarray],
         settings: RolloutSettings,
         rng: np.random.Generator,
-    ) -> np.ndarray:
-        """One IOBinding run of a device-random graph; returns [M] (padded) on the host."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One IOBinding run of a device-random graph; see :meth:`_gathered`."""
         (part,) = self._slices
         feeds = self._feeds(part, shared, settings, rng)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output("returns", self.device, self.options.cuda_device_id)
+        if "policy_particle" in feeds:
+            binding.bind_output("policy_actions", self.device, self.options.cuda_device_id)
         session.run_with_iobinding(binding)
-        (returns,) = binding.copy_outputs_to_cpu()
-        return np.asarray(returns)
+        return self._gathered([[np.asarray(x) for x in binding.copy_outputs_to_cpu()]])
+
+    def _gathered(self, outputs: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The slices' outputs put back together: ``returns [N x P]`` in particle order and,
+        from a graph with the policy, the policy particles' actions ``[H, Np x P, A]``."""
+        returns = np.empty(sum(len(part.index) for part in self._slices), np.float32)
+        taken = None
+        for out, part in zip(outputs, self._slices, strict=True):
+            returns[part.index] = out[0][: len(part.index)]
+            if len(out) > 1:
+                if taken is None:
+                    h, _, a = out[1].shape
+                    taken = np.empty((h, self._policy_rows, a), np.float32)
+                taken[:, part.index[: len(part.policy_particle)]] = out[1]
+        return returns, taken
 
     def _feeds(
         self,
@@ -303,6 +413,14 @@ class RolloutEvaluator:
             feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
         else:
             feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
+        if "policy_noise" in shared:
+            feeds["policy_particle"] = part.policy_particle
+        if part.policy_eps is not None and "policy_noise" in shared:
+            if settings.policy_noise > 0:
+                feeds["policy_eps"] = rng.standard_normal(dtype=np.float32, out=part.policy_eps)
+            else:
+                part.policy_eps.fill(0.0)
+                feeds["policy_eps"] = part.policy_eps
         return feeds
 
     def _particle_rows(self, real: int, mode: Mode) -> int:
@@ -319,19 +437,29 @@ class RolloutEvaluator:
         edges = [particle_rows * i // k for i in range(k + 1)]
         return list(itertools.pairwise(edges))
 
-    def _layout(self, n: int, h: int, p: int, mode: Mode) -> None:
+    def _layout(self, n: int, h: int, p: int, mode: Mode, policy_rows: int | None) -> None:
         """(Re)allocate the slices' input buffers when the batch shape changes; reused
-        otherwise."""
-        key = (n, h, p, mode)
+        otherwise. ``policy_rows``: the particle rows the policy drives, the first ones (None:
+        a graph without the policy). Each slice takes its share of them and of the others, so
+        that the slices cost alike."""
+        key = (n, h, p, mode, policy_rows)
         if key == self._layout_key:
             return
         candidate_of_row = np.repeat(np.arange(n, dtype=np.int64), p)
+        rows = n * p
+        k = len(self._cuts(rows, len(self.sessions[mode, False])))
+        first = policy_rows or 0
         self._slices = []
-        for lo, hi in self._cuts(n * p, len(self.sessions[mode])):
-            m = self._particle_rows(hi - lo, mode)
-            cand = np.full(m, candidate_of_row[lo], np.int64)
-            cand[: hi - lo] = candidate_of_row[lo:hi]
-            part = _Slice(lo, hi, cand)
+        for i in range(k):
+            driven = np.arange(first * i // k, first * (i + 1) // k)
+            other = np.arange(
+                first + (rows - first) * i // k, first + (rows - first) * (i + 1) // k
+            )
+            index = np.concatenate([driven, other])
+            m = self._particle_rows(len(index), mode)
+            cand = np.full(m, candidate_of_row[index[0]], np.int64)
+            cand[: len(index)] = candidate_of_row[index]
+            part = _Slice(index, cand, np.arange(len(driven), dtype=np.int64))
             if mode == "mixed":
                 part.member_weight = np.empty((h, self.members, m), np.float32)
             if not self.device_random:
@@ -339,7 +467,10 @@ class RolloutEvaluator:
                 if mode == "routed":
                     part.gather = np.empty((h, m), np.int64)
                     part.scatter = np.empty((h, m), np.int64)
+                if policy_rows is not None:
+                    part.policy_eps = np.zeros((h, len(driven), self.task.act_dim), np.float32)
             self._slices.append(part)
+        self._policy_rows = first
         self._layout_key = key
 
 
@@ -366,6 +497,21 @@ def _member_weights(rng: np.random.Generator, weights: np.ndarray, propagation: 
     member = np.broadcast_to(rng.integers(0, e, size=shape), (h, m))
     weights.fill(0.0)
     np.put_along_axis(weights, member[:, None, :], 1.0, axis=1)
+
+
+def _policy_parts(path: Path, task: Task) -> PolicyParts:
+    """Read and verify a policy file for the rollout graphs of ``task``."""
+    data, meta = read_policy(path)
+    if (meta.obs_dim, meta.act_dim) != (task.obs_dim, task.act_dim):
+        raise ModelFileError(
+            f"{path}: policy dims (obs {meta.obs_dim}, act {meta.act_dim}) do not match task "
+            f"{task.name} (obs {task.obs_dim}, act {task.act_dim})"
+        )
+    low, high = np.asarray(task.action_low, np.float64), np.asarray(task.action_high, np.float64)
+    if not (np.allclose(meta.low, low, rtol=1e-5) and np.allclose(meta.high, high, rtol=1e-5)):
+        raise ModelFileError(f"{path}: policy action bounds {meta.low}, {meta.high} are not "
+                             f"task {task.name}'s {low.tolist()}, {high.tolist()}")  # fmt: skip
+    return PolicyParts(onnx.load_from_string(data), low, high)
 
 
 def _device(options: RuntimeOptions) -> str:

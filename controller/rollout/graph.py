@@ -91,6 +91,43 @@ class ModelGraph:
     whose episodes never end)."""
 
 
+@dataclass(frozen=True)
+class PolicyParts:
+    """The parts of an exported policy file (:mod:`models.policy.export`) the rollout needs:
+    its graph (``obs [B, S]`` -> ``action [B, A]`` within the bounds, ``value [B]``) and the
+    action bounds its proposals are clipped to."""
+
+    proto: onnx.ModelProto
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _policy_step(
+    b: Builder,
+    policy: PolicyParts,
+    t: str,
+    states: str,
+    actions: str,
+    seed: float | None,
+) -> tuple[str, str]:
+    """Nodes that let the policy act for the policy particles at step t: at the rows
+    ``policy_pos[t]`` of ``states [M, S]`` its action plus noise, clipped to the bounds,
+    replaces the row of ``actions [M, A]``. Returns (the new actions [M, A], the policy
+    particles' actions [Mp, A] in policy-particle order)."""
+    pos = b.op("Gather", ["policy_pos", t], "pos", axis=0)  # [Mp]
+    seen = b.op("Gather", [states, pos], "seen", axis=0)  # [Mp, S]
+    out = b.inline(policy.proto.graph, "policy/", {"obs": seen}, "policy/")
+    if seed is None:
+        eps = b.op("Gather", ["policy_eps", t], "eps", axis=0)  # [Mp, A]
+    else:
+        eps = b.op("RandomNormalLike", [out["action"]], "eps", seed=seed + 2.0)
+    moved = b.op("Add", [out["action"], b.op("Mul", [eps, "policy_scale"])])
+    low, high = b.const(policy.low.astype(np.float32)), b.const(policy.high.astype(np.float32))
+    taken = b.op("Max", [b.op("Min", [moved, high]), low], "taken")
+    rows = b.op("Unsqueeze", [pos, b.ints(1)])
+    return b.op("ScatterND", [actions, rows, taken], "acts"), taken
+
+
 def _model_step(
     b: Builder,
     model: ModelGraph,
@@ -100,10 +137,12 @@ def _model_step(
     prefix: str,
     seed: float | None,
     reads: Sequence[str],
+    policy: PolicyParts | None,
 ) -> dict[str, str]:
     """Nodes of one horizon step; returns the names of its outputs: ``next_state [M, S]``,
-    in mixed mode ``disagreement [M]``, and each model output of ``reads`` (``reward_mean``,
-    ``done_prob``): ``[M]`` in routed mode, ``[E, M]`` in mixed mode.
+    in mixed mode ``disagreement [M]``, each model output of ``reads`` (``reward_mean``,
+    ``done_prob``): ``[M]`` in routed mode, ``[E, M]`` in mixed mode; with a ``policy``,
+    ``policy_action [Mp, A]``, what the policy particles did.
 
     Routed: ``state`` is in step t-1's member order and is reordered to step t's; the step's
     outputs come out in step t's order. Mixed: particle order throughout. ``seed``: the graph
@@ -118,8 +157,12 @@ def _model_step(
     extras: dict[str, str] = {}
     if mode == "routed":
         order = b.op("Gather", ["reorder", t], "order", axis=0)  # [M]
-        x = b.op("Reshape", [b.op("Gather", [state, order], axis=0), b.ints(e, -1, s)])
-        u = b.op("Reshape", [b.op("Gather", ["act_routed", t], axis=0), b.ints(e, -1, a)])
+        x_rows = b.op("Gather", [state, order], axis=0)  # [M, S], step t's member order
+        u_rows = b.op("Gather", ["act_routed", t], axis=0)
+        if policy is not None:
+            u_rows, extras["policy_action"] = _policy_step(b, policy, t, x_rows, u_rows, seed)
+        x = b.op("Reshape", [x_rows, b.ints(e, -1, s)])
+        u = b.op("Reshape", [u_rows, b.ints(e, -1, a)])
         out = b.inline(model.proto.graph, prefix + "model/", {"obs": x, "act": u}, "model/")
         flat = b.ints(-1, s)
         mean = b.op("Reshape", [out["next_obs_mean"], flat])
@@ -129,6 +172,8 @@ def _model_step(
             extras[name] = b.op("Reshape", [out[name], b.ints(-1)], name)
     else:
         act_t = b.op("Gather", ["act_steps", t], "act_t", axis=0)  # [M, A]
+        if policy is not None:
+            act_t, extras["policy_action"] = _policy_step(b, policy, t, state, act_t, seed)
         if model.member_batched:
             reps = b.ints(e, 1, 1)
             x = b.op("Tile", [b.op("Unsqueeze", [state, b.ints(0)]), reps])
@@ -159,6 +204,7 @@ def _inputs(
     reward: onnx.ModelProto | None,
     device_random: bool,
     pessimism: bool,
+    policy: bool,
 ) -> list[onnx.ValueInfoProto]:
     e, s, a = model.members, model.obs_dim, model.act_dim
     info = helper.make_tensor_value_info
@@ -187,6 +233,14 @@ def _inputs(
         ]
         if pessimism:
             inputs.append(info("pessimism", FLOAT, []))
+    if policy:
+        inputs += [
+            info("policy_particle", INT64, ["Mp"]),
+            info("policy_noise", FLOAT, []),
+            info("value_weight", FLOAT, []),
+        ]
+        if not device_random:
+            inputs.append(info("policy_eps", FLOAT, ["H", "Mp", a]))
     return inputs
 
 
@@ -232,12 +286,13 @@ def _loop(
     state0: str,
     seed: float | None,
     reads: Sequence[str],
+    policy: PolicyParts | None,
 ) -> dict[str, str]:
     """The ``Loop`` over the horizon; returns the names of the step outputs of
     :func:`_model_step` stacked by the loop as scan outputs, under the same keys, with a
     leading H (``next_state [H, M, S]``, ``disagreement [H, M]``, ...)."""
     body = Builder("step/")
-    step = _model_step(body, model, mode, "iter", "state_in", "", seed, reads)
+    step = _model_step(body, model, mode, "iter", "state_in", "", seed, reads, policy)
     scans = dict(step, next_state=body.op("Identity", [step["next_state"]], "next_out"))
     info = helper.make_tensor_value_info
     body_graph = helper.make_graph(
@@ -265,13 +320,14 @@ def _unrolled(
     state0: str,
     seed: float | None,
     reads: Sequence[str],
+    policy: PolicyParts | None,
 ) -> dict[str, str]:
     """The same steps as :func:`_loop`, written out for a fixed horizon."""
     steps: dict[str, list[str]] = {}
     state = state0
     for i in range(horizon):
         t = b.const(np.int64(i), "t")
-        step = _model_step(b, model, mode, t, state, f"s{i}/", seed, reads)
+        step = _model_step(b, model, mode, t, state, f"s{i}/", seed, reads, policy)
         state = step["next_state"]
         for name, value in step.items():
             steps.setdefault(name, []).append(b.op("Unsqueeze", [value, b.ints(0)]))
@@ -301,19 +357,22 @@ def _returns(
     a: int,
     state0: str,
     stacked: Mapping[str, str],
+    acts: str,
     hm: str,
-    h_float: str,
+    h: str,
+    policy: PolicyParts | None,
 ) -> None:
-    """Outer nodes from the particle-order trajectory to ``returns``: the task's reward and
-    termination on all H x M steps in one batch (what the task computes itself), else the
-    model's; the disagreement penalty; survival and discount."""
+    """Outer nodes from the particle-order trajectory (``acts [H, M, A]``, the actions taken)
+    to ``returns``: the task's reward and termination on all H x M steps in one batch (what
+    the task computes itself), else the model's; the disagreement penalty; survival and
+    discount; with a ``policy``, its critic's discounted value at the last state."""
     task: dict[str, str] = {}
     if reward is not None:
         earlier = b.op("Slice", [stacked["next_state"], b.ints(0), b.ints(-1)])
         states = b.op("Concat", [b.op("Unsqueeze", [state0, b.ints(0)]), earlier], axis=0)
         values = (
             b.op("Reshape", [states, b.ints(-1, s)]),
-            b.op("Reshape", ["act_steps", b.ints(-1, a)]),
+            b.op("Reshape", [acts, b.ints(-1, a)]),
             b.op("Reshape", [stacked["next_state"], b.ints(-1, s)]),
             "weights",
         )
@@ -327,6 +386,7 @@ def _returns(
         step_reward = _over_members(b, mode, stacked["reward_mean"], pessimism=True)
     if "disagreement" in stacked:
         step_reward = b.op("Sub", [step_reward, b.op("Mul", ["penalty", stacked["disagreement"]])])
+    h_float = b.op("Cast", [h], to=FLOAT)
     powers = b.op("Range", [b.const(np.float32(0.0)), h_float, b.const(np.float32(1.0))])
     disc = b.op("Unsqueeze", [b.op("Pow", ["discount", powers]), b.ints(1)])  # [H, 1]
     gains = b.op("Mul", [step_reward, disc])
@@ -336,13 +396,30 @@ def _returns(
         done = _over_members(b, mode, stacked["done_prob"], pessimism=False)
     else:
         done = None
+    survive = None
     if done is not None:
         # A step's reward counts times the probability that no earlier step ended the episode:
         # alive_t = prod_{tau<t} (1 - done_tau), as a sum of logs (exact for 0/1: log 0 = -inf).
         survive = b.op("Log", [b.op("Sub", [b.const(np.float32(1.0)), done])], "log_survive")
         alive = b.op("Exp", [b.op("CumSum", [survive, b.const(np.int64(0))], exclusive=1)])
         gains = b.op("Mul", [gains, alive], "gains")
-    b.nodes.append(helper.make_node("ReduceSum", [gains, b.ints(0)], ["returns"], keepdims=0))
+    total = b.op("ReduceSum", [gains, b.ints(0)], "total", keepdims=0)
+    if policy is None:
+        b.nodes.append(helper.make_node("Identity", [total], ["returns"]))
+        return
+    # The terminal value: discount^H x the critic's value at the last state, counted while
+    # the episode is still running after the last step (alive_H, 0 past a terminal step).
+    last = b.op("Sub", [h, b.const(np.int64(1))])
+    final = b.op("Gather", [stacked["next_state"], last], "final", axis=0)  # [M, S]
+    value = b.inline(policy.proto.graph, "value/", {"obs": final}, "value/")["value"]
+    scale = b.op("Mul", ["value_weight", b.op("Pow", ["discount", h_float])])
+    term = b.op("Mul", [value, scale], "terminal")
+    off = b.op("Equal", ["value_weight", b.const(np.float32(0.0))])  # no NaN x 0 when off
+    term = b.op("Where", [off, b.const(np.float32(0.0)), term], "terminal")
+    if survive is not None:
+        alive_h = b.op("Exp", [b.op("ReduceSum", [survive, b.ints(0)], keepdims=0)])
+        term = b.op("Mul", [term, alive_h], "terminal")
+    b.nodes.append(helper.make_node("Add", [total, term], ["returns"]))
 
 
 def build_rollout_graph(
@@ -350,6 +427,7 @@ def build_rollout_graph(
     reward: onnx.ModelProto | None,
     mode: Mode,
     *,
+    policy: PolicyParts | None = None,
     unroll: int | None = None,
     device_random: bool = False,
     seed: int = 0,
@@ -367,6 +445,11 @@ def build_rollout_graph(
     []`` (1.0 to sample, 0.0 to follow the means) and ``redraw []`` (1.0: a new order every
     step, TS1; 0.0: one order for the horizon, TS-infinity).
 
+    ``policy`` (see the module docstring) adds the policy particles and the terminal value:
+    the inputs ``policy_particle [Mp]``, ``policy_noise []``, ``value_weight []`` and
+    ``policy_eps [H, Mp, A]`` (standard normal draws; none with ``device_random``), and the
+    output ``policy_actions [H, Mp, A]``.
+
     ``unroll=H`` builds a straight-line graph for exactly horizon H instead of the ``Loop``;
     it exists only so the benchmark can measure what the loop costs.
     """
@@ -378,6 +461,9 @@ def build_rollout_graph(
     s, a = model.obs_dim, model.act_dim
     b = Builder("outer/")
     act_particles = b.op("Gather", ["actions", "particle_candidate"], axis=0)  # [M, H, A]
+    if policy is not None:
+        half = ((policy.high - policy.low) / 2.0).astype(np.float32)
+        b.nodes.append(helper.make_node("Mul", ["policy_noise", b.const(half)], ["policy_scale"]))
     b.nodes.append(helper.make_node("Transpose", [act_particles], ["act_steps"], perm=[1, 0, 2]))
     m_1d = b.op("Shape", ["particle_candidate"], "m")  # [1]
     h_1d = b.op("Slice", [b.op("Shape", ["actions"]), b.ints(1), b.ints(2)], "h")  # [1]
@@ -389,27 +475,45 @@ def build_rollout_graph(
     if graph_seed is not None and mode == "routed":
         _draw_orders(b, hm, m, graph_seed)
     offsets = _routing(b, a, h, m) if mode == "routed" else None
+    if policy is not None:  # where each policy particle is at each step
+        if mode == "routed":  # step t's member order put particle p in row scatter_idx[t][p]
+            pos = ["scatter_idx", "policy_particle"]
+            b.nodes.append(helper.make_node("Gather", pos, ["policy_pos"], axis=1))
+        else:
+            shape = b.op("Concat", [h_1d, b.op("Shape", ["policy_particle"])], axis=0)
+            b.nodes.append(helper.make_node("Expand", ["policy_particle", shape], ["policy_pos"]))
     if unroll is None:
-        stacked = _loop(b, model, mode, h, state0, graph_seed, reads)
+        stacked = _loop(b, model, mode, h, state0, graph_seed, reads, policy)
     else:
-        stacked = _unrolled(b, model, mode, unroll, state0, graph_seed, reads)
+        stacked = _unrolled(b, model, mode, unroll, state0, graph_seed, reads, policy)
     if offsets is not None:  # back to particle order: step t left particle p in scatter_idx[t][p]
         rows = b.op("Add", ["scatter_idx", offsets])
         for name, value in stacked.items():
+            if name == "policy_action":  # in policy-particle order already
+                continue
             flat = b.op("Reshape", [value, b.ints(-1, s) if name == "next_state" else b.ints(-1)])
             stacked[name] = b.op("Gather", [flat, rows], name, axis=0)
-    h_float = b.op("Cast", [h], to=FLOAT)
-    _returns(b, reward, mode, s, a, state0, stacked, hm, h_float)
+    acts = "act_steps"
+    outputs = [helper.make_tensor_value_info("returns", FLOAT, ["M"])]
+    if policy is not None:  # the actions the policy particles took, for the reward and caller
+        b.nodes.append(helper.make_node("Identity", [stacked["policy_action"]], ["policy_actions"]))
+        outputs.append(helper.make_tensor_value_info("policy_actions", FLOAT, ["H", "Mp", a]))
+        taken = b.op("Transpose", ["policy_actions"], perm=[1, 0, 2])  # [Mp, H, A]
+        rows = b.op("Unsqueeze", ["policy_particle", b.ints(1)])
+        used = b.op("ScatterND", [act_particles, rows, taken])  # [M, H, A]
+        acts = b.op("Transpose", [used], "acts", perm=[1, 0, 2])
+    _returns(b, reward, mode, s, a, state0, stacked, acts, hm, h, policy)
 
     pessimism = mode == "mixed" and "reward_mean" in reads
     graph = helper.make_graph(
         b.nodes,
         f"tickmpc_rollout_{mode}",
-        _inputs(model, mode, reward, device_random, pessimism),
-        [helper.make_tensor_value_info("returns", FLOAT, ["M"])],
+        _inputs(model, mode, reward, device_random, pessimism, policy is not None),
+        outputs,
         initializer=b.initializers,
     )
     parts = (model.proto,) if reward is None else (model.proto, reward)
+    parts += (policy.proto,) if policy is not None else ()
     opset = max(
         (o.version for p in parts for o in p.opset_import if o.domain == ""),
         default=20,

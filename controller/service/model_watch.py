@@ -8,6 +8,11 @@ request on the control socket calls :meth:`VersionWatcher.poke`); a newer versio
 verified, loaded into ONNX Runtime and run once on the zero state, all in that thread. The
 service then takes the ready object between ticks (a pointer swap). A version that fails to
 load is logged, remembered in ``rejected`` and skipped; the previous one keeps serving.
+
+The rollout graphs hold the policy too (its proposals and terminal value): the model watcher
+composes each model version with the newest policy the policy watcher accepted, and composes
+again when a newer policy is accepted, so a new policy reaches the planners, like a new model,
+as a ready evaluator swapped in between ticks.
 """
 
 from __future__ import annotations
@@ -100,24 +105,93 @@ class VersionWatcher(Generic[T]):
         with self._lock:
             self._ready = (latest.version, loaded)
         log.info("%s loaded from %s", name, latest.path)
+        self._accepted(latest)
+
+    def _accepted(self, latest: ModelVersion) -> None:
+        """Called (in the loading thread) after ``latest`` was loaded and is ready."""
 
 
 class ModelWatcher(VersionWatcher[RolloutEvaluator]):
-    """Loads new model versions of ``root`` for ``task``: rollout evaluators."""
+    """Loads new model versions of ``root`` for ``task``: rollout evaluators, each composed
+    with the newest policy ``policies`` accepted (if any).
+
+    A new policy recomposes the model serving. Where a new model does not compose with the
+    policy it is loaded without it; where a new policy does not compose with the model
+    serving, it is logged, remembered in ``policy_errors`` and the evaluator serving stays.
+    """
 
     def __init__(
-        self, root: Path, task: Task, options: RuntimeOptions, poll_s: float = 0.5
+        self,
+        root: Path,
+        task: Task,
+        options: RuntimeOptions,
+        poll_s: float = 0.5,
+        policies: PolicyWatcher | None = None,
     ) -> None:
         super().__init__(ModelDirectory(root), poll_s)
         self.task, self.options = task, options
+        self.policies = policies
+        if policies is not None:
+            policies.followers.append(self)
+        self.policy_errors: dict[int, str] = {}
+        """Policy version -> why the rollout graphs could not take it."""
+        self._model: ModelVersion | None = None
+        self._composed: tuple[int, int] | None = None
 
-    def _load(self, latest: ModelVersion) -> RolloutEvaluator:
-        evaluator = RolloutEvaluator(latest.path, self.task, options=self.options)
+    def _check(self) -> None:
+        latest = self.directory.latest()
+        new = latest is not None and latest.version > self._seen
+        model = latest if new and latest.version not in self.rejected else self._model
+        if model is None:
+            return
+        policy = self.policies.accepted if self.policies is not None else None
+        key = (model.version, policy.version if policy is not None else 0)
+        if key == self._composed:
+            return
+        name = f"model v{model.version}"
+        try:
+            evaluator = self._load_with(model, policy)
+        except Exception as exc:  # a new version must leave the old one serving
+            if policy is not None:
+                self.policy_errors[policy.version] = str(exc)
+                log.error("policy p%d does not compose with %s: %s", policy.version, name, exc)
+            if model is self._model or policy is None:
+                if model is not self._model:
+                    self.rejected[model.version] = str(exc)
+                    log.error("%s rejected, keeping the current one: %s", name, exc)
+                self._composed = key
+                return
+            try:  # the new model without the policy
+                evaluator = self._load_with(model, None)
+            except Exception as again:
+                self.rejected[model.version] = str(again)
+                log.error("%s rejected, keeping the current one: %s", name, again)
+                return
+        self._seen, self._model, self._composed = model.version, model, key
+        with self._lock:
+            self._ready = (model.version, evaluator)
+        with_policy = f" with policy p{policy.version}" if evaluator.has_policy else ""
+        log.info("%s loaded from %s%s", name, model.path, with_policy)
+
+    def _load_with(self, model: ModelVersion, policy: ModelVersion | None) -> RolloutEvaluator:
+        evaluator = RolloutEvaluator(
+            model.path,
+            self.task,
+            options=self.options,
+            policy_path=policy.path if policy is not None else None,
+        )
         obs = np.zeros(self.task.obs_dim)
         actions = np.zeros((2, 2, self.task.act_dim))
-        scores = evaluator.evaluate(obs, actions, RolloutSettings(), np.random.default_rng(0), None)
-        if not np.isfinite(scores).all():
-            raise ValueError("it predicts non-finite returns from the zero state")
+        rng = np.random.default_rng(0)
+        checks = [RolloutSettings()]
+        if policy is not None:
+            checks.append(RolloutSettings(policy_share=0.5, value_weight=1.0))
+        for settings in checks:
+            proposals = evaluator.proposals(len(actions), settings)
+            scores = evaluator.evaluate(obs, actions, settings, rng, None, proposals)
+            if not np.isfinite(scores).all():
+                with_policy = " with the policy" if settings.policy_share else ""
+                raise ValueError(f"it predicts non-finite returns from the zero state{with_policy}")
         return evaluator
 
 
@@ -134,6 +208,15 @@ class PolicyWatcher(VersionWatcher[PolicyActor]):
     ) -> None:
         super().__init__(PolicyDirectory(root), poll_s)
         self.task, self.options = task, options
+        self.accepted: ModelVersion | None = None
+        """The newest version loaded; the model watchers in ``followers`` compose it into
+        their rollout graphs and are poked when it changes."""
+        self.followers: list[VersionWatcher[RolloutEvaluator]] = []
+
+    def _accepted(self, latest: ModelVersion) -> None:
+        self.accepted = latest
+        for follower in self.followers:
+            follower.poke()
 
     def _load(self, latest: ModelVersion) -> PolicyActor:
         t = self.task

@@ -95,8 +95,10 @@ class MPCService:
         self.recorder.task = task
         s = self.settings
         if s.models is not None:
-            self.watcher = ModelWatcher(s.models, task, s.runtime, s.model_poll_s)
             self.policy_watcher = PolicyWatcher(s.models, task, s.model_poll_s)
+            self.watcher = ModelWatcher(
+                s.models, task, s.runtime, s.model_poll_s, self.policy_watcher
+            )
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,9 +138,9 @@ class MPCService:
         return [w for w in (self.watcher, self.policy_watcher) if w is not None]
 
     def _watch_models(self) -> None:
-        """Load the newest model and policy now (so the first tick has them), then follow the
-        directory."""
-        for watcher in self.watchers:
+        """Load the newest policy and model now (so the first tick has them, the model's
+        rollouts composed with the policy), then follow the directory."""
+        for watcher in reversed(self.watchers):
             watcher.load_now()
         self._swap_model()
         self._swap_policy()
@@ -512,7 +514,13 @@ class MPCService:
             "model_version": self.model_version,
             "rejected_models": _rejected(self.watcher),
             "policy_version": self.policy_version,
-            "rejected_policies": _rejected(self.policy_watcher),
+            "rejected_policies": {
+                **_rejected(self.policy_watcher),
+                **{
+                    str(k): f"not composed into the rollouts: {why}"
+                    for k, why in (self.watcher.policy_errors if self.watcher else {}).items()
+                },
+            },
             "refused_messages": self.refused,
             "forgotten_robots": self.forgotten,
             "transitions": len(self.writer) if self.writer is not None else 0,

@@ -104,7 +104,7 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
         "gather_idx": gather,
         "scatter_idx": scatter,
     }
-    (got,) = evaluator.sessions["routed"][0].run(["returns"], feeds)
+    (got,) = evaluator.sessions["routed", False][0].run(["returns"], feeds)
     want = np.zeros(n)
     with torch.no_grad():
         for i in range(n):
@@ -211,7 +211,7 @@ def test_device_random_graph_draws_like_the_host(tmp_path: Path) -> None:
     host = RolloutEvaluator(path, task)
     device = RolloutEvaluator(path, task, device_random=True)
     assert device.device == "cpu" and device.device_random and not host.device_random
-    assert "noise" not in {i.name for i in device.sessions["routed"][0].get_inputs()}
+    assert "noise" not in {i.name for i in device.sessions["routed", False][0].get_inputs()}
     rng = np.random.default_rng(3)
     obs = np.array([0.0, 3.0, 0.1, 0.0], np.float32)
     # 600 copies of one sequence: scores differ only through routing and noise.

@@ -146,7 +146,7 @@ def test_routed_learned_reward_is_the_rows_own_members(
         "gather_idx": gather,
         "scatter_idx": scatter,
     }
-    session = evaluator.sessions["routed"][0]
+    session = evaluator.sessions["routed", False][0]
     assert "weights" not in {i.name for i in session.get_inputs()}
     (got,) = session.run(["returns"], feeds)
     want = _reference(task, obs, actions, member, discount=0.9)
