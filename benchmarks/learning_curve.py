@@ -116,6 +116,8 @@ POLICY = ("policy.optimizer=sac", "planner.planner=policy", "policy.units=128",
           "learner.torch_threads=2")  # fmt: skip
 IP = ("task=inverted-pendulum", "learner.min_transitions=50", "run.episodes=1000",
       "run.max_steps=15000", "policy.updates_per_step=10")  # fmt: skip
+IP_CEM = (*IP, "planner.horizon=15", "planner.population=100")
+SAC_BESIDE = tuple(x for x in POLICY if not x.startswith("planner."))  # CEM acts
 VARIANTS |= {
     "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
     "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
@@ -124,6 +126,13 @@ VARIANTS |= {
     ),  # the learner keeps its one thread: the service plans in realtime beside it
     "ip-policy": variant(*IP, *POLICY),
     "ip-cem": variant(*IP, "planner.horizon=15", "planner.population=100"),
+    # Planning with the policy (issue 15): CEM acts, its rollouts end in the SAC critic's
+    # value and a quarter of its candidates are the policy's; SAC trains beside the model.
+    "ip-cem-value": variant(
+        *IP_CEM, *SAC_BESIDE, "planner.value_weight=1", "planner.policy_share=0.25"
+    ),
+    # The terminal value alone: what the diagnosis of CEM's fall at the rail calls for.
+    "ip-cem-value-only": variant(*IP_CEM, *SAC_BESIDE, "planner.value_weight=1"),
     # The pendulum's reward is 1 per step and its termination a hard threshold, so through the
     # task's own termination the imagined return has no gradient at all: BPTT learns the
     # termination (a done probability it can differentiate through, as survival weights).

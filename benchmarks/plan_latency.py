@@ -41,12 +41,15 @@ import torch
 
 from bench_common import gemm_gflops, make_model, time_call
 from controller.planners import Planner, PlannerSettings
+from controller.planners.base import Plan
 from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
 from controller.rollout.graph import ModelGraph, build_rollout_graph
 from controller.rollout.reward_graph import reward_graph
 from controller.tasks import get_task
 from controller.tasks.base import Task
 from models.ensemble import GaussianEnsemble
+from models.policy.export import PolicyDirectory
+from models.policy.sac import SAC, SACConfig
 from models.registry import ModelDirectory
 from models.runtime import RuntimeOptions, create_session, read_model
 
@@ -60,9 +63,58 @@ class Config:
     reps: int
     quick_reps: int
     target: str
+    policy: bool = False
+    """Plan with a SAC policy (2 x 256, untrained: the cost does not depend on the weights)
+    composed into the rollout graph, as ``settings`` asks (proposals, terminal value)."""
 
 
+WITH_POLICY = dict(policy_share=0.25, policy_noise=0.1, value_weight=1.0)
 CONFIGS = [
+    Config(
+        "default-cartpole-cem",
+        "cartpole-swingup",
+        4,
+        PlannerSettings(planner="cem", population=200, horizon=25, iterations=3),
+        100,
+        10,
+        "today's default: the reference of the policy configurations",
+    ),
+    Config(
+        "policy-cartpole-cem",
+        "cartpole-swingup",
+        4,
+        PlannerSettings().changed(
+            planner="cem", population=200, horizon=25, iterations=3, **WITH_POLICY
+        ),
+        100,
+        10,
+        "the default with proposals and terminal value: its cost over the default's",
+        policy=True,
+    ),
+    Config(
+        "policy-cartpole-cem-1/16",
+        "cartpole-swingup",
+        4,
+        PlannerSettings().changed(
+            planner="cem", population=12, horizon=25, iterations=3, **WITH_POLICY
+        ),
+        200,
+        20,
+        "1/16 of the default's rows: time against the default's",
+        policy=True,
+    ),
+    Config(
+        "policy-cartpole-cem-1/4",
+        "cartpole-swingup",
+        4,
+        PlannerSettings().changed(
+            planner="cem", population=50, horizon=25, iterations=3, **WITH_POLICY
+        ),
+        200,
+        20,
+        "1/4 of the default's rows: time against the default's",
+        policy=True,
+    ),
     Config(
         "reduced-cartpole-cem",
         "cartpole-swingup",
@@ -113,12 +165,41 @@ CONFIGS = [
         1,
         "GPU figure of merit: p99 <= 10 ms on a GPU",
     ),
+    Config(
+        "policy-halfcheetah-cem",
+        "half-cheetah",
+        4,
+        PlannerSettings().changed(
+            planner="cem", population=100, horizon=10, iterations=3, **WITH_POLICY
+        ),
+        50,
+        5,
+        "HalfCheetah at 20 Hz with the policy: p99 well inside the 50 ms period on 2 cores",
+        policy=True,
+    ),
 ]
 
 
 def flops_per_row(model: GaussianEnsemble) -> int:
     layers = [*model.hidden, model.head]
     return sum(2 * int(layer.weight.shape[1]) * int(layer.weight.shape[2]) for layer in layers)
+
+
+def linear_flops(module: torch.nn.Module) -> int:
+    linear = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(2 * m.in_features * m.out_features for m in linear)
+
+
+def policy_work(
+    plans: list[Plan], evaluator: RolloutEvaluator, settings: PlannerSettings, agent: SAC
+) -> tuple[int, int]:
+    """(policy-network rows, their FLOPs) of one plan: the actor for each proposal particle
+    at each step, actor and twin critics at every particle's last state (terminal value)."""
+    p, h = settings.rollout.particles, settings.horizon
+    proposals = evaluator.proposals(settings.population, settings.rollout) * settings.iterations
+    steps, finals = proposals * h * p, plans[0].candidates * p
+    actor, critic = linear_flops(agent.actor), linear_flops(agent.critic)
+    return steps + finals, steps * actor + finals * (actor + critic)
 
 
 def start_state(task: Task) -> np.ndarray:
@@ -178,8 +259,17 @@ def measure_config(
 ) -> dict[str, object]:
     task = get_task(config.task)
     model = make_model(task, config.layers)
-    version, _ = ModelDirectory(tmp / config.name).publish(model)
-    evaluator = RolloutEvaluator(version.path, task, options=options)
+    directory = tmp / config.name.replace("/", "_")
+    version, _ = ModelDirectory(directory).publish(model)
+    policy = policy_path = None
+    if config.policy:
+        low, high = np.asarray(task.action_low), np.asarray(task.action_high)
+        policy = SAC(task.obs_dim, task.act_dim, low, high, SACConfig(seed=0))
+        published, _ = PolicyDirectory(directory).publish(
+            policy, model_version=version.version, updates=0, real_rows=0, rollout_length=1
+        )
+        policy_path = published.path
+    evaluator = RolloutEvaluator(version.path, task, options=options, policy_path=policy_path)
     planner = Planner(evaluator, config.settings)
     obs = start_state(task)
     planner.warmup(obs)
@@ -189,8 +279,15 @@ def measure_config(
     rows = plans[0].rows
     p50 = float(np.median(times))
     rows_per_s = rows / p50
-    eager_reps = max(1, min(reps, 3 if rows > 100_000 else 20))
-    eager = eager_plan_seconds(model, task, config.settings, obs, eager_reps)
+    flops = rows * flops_per_row(model)
+    extra = 0
+    if policy is not None:
+        extra, policy_flops = policy_work(plans, evaluator, config.settings, policy)
+        flops += policy_flops
+    eager = None  # the eager loop has no policy to compare with
+    if policy is None:
+        eager_reps = max(1, min(reps, 3 if rows > 100_000 else 20))
+        eager = eager_plan_seconds(model, task, config.settings, obs, eager_reps)
     return {
         "config": config.name,
         "planner": config.settings.planner,
@@ -206,11 +303,12 @@ def measure_config(
         "plans": reps,
         "p50_ms": round(p50 * 1e3, 2),
         "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "policy_rows_per_plan": extra,
         "rows_per_s": round(rows_per_s),
-        "gemm_fraction": round(rows_per_s * flops_per_row(model) / 1e9 / gemm, 3),
-        "gemm_limit_ms": round(rows * flops_per_row(model) / (gemm * 1e9) * 1e3, 1),
-        "eager_ms": round(eager * 1e3, 2),
-        "eager_ratio": round(eager / p50, 2),
+        "gemm_fraction": round(flops / p50 / 1e9 / gemm, 3),
+        "gemm_limit_ms": round(flops / (gemm * 1e9) * 1e3, 1),
+        "eager_ms": round(eager * 1e3, 2) if eager is not None else None,
+        "eager_ratio": round(eager / p50, 2) if eager is not None else None,
         "target": config.target,
     }
 
@@ -305,7 +403,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, same configs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--configs", default="",
+                        help="comma-separated configuration names (default: all)")  # fmt: skip
+    parser.add_argument("--no-design", action="store_true",
+                        help="only the configurations: skip the horizon, slicing and anytime "
+                        "measurements")  # fmt: skip
     args = parser.parse_args()
+    chosen = [c for c in CONFIGS if not args.configs or c.name in args.configs.split(",")]
+    if not chosen:
+        parser.error(f"no configuration among {[c.name for c in CONFIGS]} in {args.configs!r}")
     # An idle benchmark process: spinning workers and one slice per core (the service runs
     # neither; see RuntimeOptions), as the figures in docs/planning.md were measured.
     options = RuntimeOptions(
@@ -318,21 +424,26 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for config in CONFIGS:
+        for config in chosen:
             r = measure_config(config, tmp, args.quick, gemm, options)
             results.append(r)
+            eager = "" if r["eager_ms"] is None else (
+                f"  eager {r['eager_ms']:.1f} ms = {r['eager_ratio']}x"
+            )  # fmt: skip
             print(
                 f"{r['config']:<24} rows/plan {r['rows_per_plan']:>9,}  p50 {r['p50_ms']:>8.2f} ms"
                 f"  p99 {r['p99_ms']:>8.2f} ms  {r['rows_per_s']:>9,} rows/s"
                 f"  {r['gemm_fraction']:.0%} of GEMM (limit {r['gemm_limit_ms']} ms)"
-                f"  eager {r['eager_ms']:.1f} ms = {r['eager_ratio']}x  [{r['target']}]"
+                f"{eager}  [{r['target']}]"
             )
-        design = horizon_design(tmp, args.threads, 10 if args.quick else 100)
-        print("horizon design (N=200, H=15):", design)
-        cuts = slicing(tmp, args.threads, 20 if args.quick else 100)
-        print("one iteration, whole or in slices:", cuts)
-        margin = anytime_margin(tmp, args.threads, 20 if args.quick else 200)
-        print("anytime at half budget:", margin)
+        design = cuts = margin = None
+        if not args.no_design:
+            design = horizon_design(tmp, args.threads, 10 if args.quick else 100)
+            print("horizon design (N=200, H=15):", design)
+            cuts = slicing(tmp, args.threads, 20 if args.quick else 100)
+            print("one iteration, whole or in slices:", cuts)
+            margin = anytime_margin(tmp, args.threads, 20 if args.quick else 200)
+            print("anytime at half budget:", margin)
     print(json.dumps({
         "benchmark": "plan_latency",
         "quick": args.quick,

@@ -14,12 +14,15 @@ and its newest model; IP obs is [x, theta, xdot, thetadot]) this measures:
    to the rail and from the rail to the fall, against the planning horizon;
 3. the model at the rail: the one-step error of the members' mean on rows at the rail against
    centered rows; from real rail states moving outward, the share where the model puts x beyond
-   the farthest x the store ever reached; and 15-step open-loop rollouts of the model mean from
-   stored states at 0.85 <= |x| < 0.95 moving outward, against MuJoCo from the same states
-   (the stored actions that followed, and a constant outward push): does the model's cart pass
-   the rail, and does its pole fall there when the real one does;
+   the farthest x the store ever reached; and H-step open-loop rollouts of the model mean
+   against MuJoCo from the same states ("doomed": the last H stored actions of each episode
+   that fell at the rail; "push": a constant outward action from 0.85 <= |x| < 0.95): does the
+   model's cart pass the rail, does its pole fall, and to which side (the rail tips it out);
 4. whether the rail drops the pole: |theta| when the cart first reaches the rail, and the pole's
-   outward angular acceleration at the rail against the centre.
+   outward angular acceleration at the rail against the centre;
+5. the oracle: the project's CEM (N 100, 3 iterations) planning through MuJoCo itself, a
+   perfect model that knows the rail, at H = 15 and 30: if it too ends at the rail at H = 15
+   and not at 30, the horizon (a) is the cause, whatever the model knows.
 
     python benchmarks/rail_diagnosis.py [--run runs/<run> ...] [--quick]
 """
@@ -142,12 +145,15 @@ def open_loop(model: OnnxEnsemble, sim: Any, start: np.ndarray, acts: np.ndarray
         pred[:, h + 1] = mean_next(model, pred[:, h], acts[:, h])
     sign = np.sign(start[:, :1])
     out_x = lambda traj: (traj[:, :, 0] * sign).max(1)  # noqa: E731
-    falls = lambda traj: (np.abs(traj[:, :, 1]) > 0.2).any(1)  # noqa: E731
-    return {"starts": len(start), "real_max_x": float(out_x(real).mean()),
-            "model_max_x": float(out_x(pred).mean()),
-            "model_passes_rail": float((out_x(pred) > reach).mean()),
-            "real_falls": float(falls(real).mean()),
-            "model_falls": float(falls(pred).mean())}  # fmt: skip
+    out: dict[str, float] = {"starts": len(start), "real_max_x": float(out_x(real).mean()),
+                             "model_max_x": float(out_x(pred).mean()),
+                             "model_passes_rail": float((out_x(pred) > reach).mean())}  # fmt: skip
+    for name, traj in (("real", real), ("model", pred)):
+        fell = np.abs(traj[:, :, 1]) > 0.2  # the first fall's side: + away from the centre
+        side = sign[:, 0] * traj[np.arange(len(traj)), fell.argmax(1), 1]
+        out[f"{name}_falls"] = float(fell.any(1).mean())
+        out[f"{name}_falls_outward"] = float((fell.any(1) & (side > 0)).mean())
+    return out
 
 
 def rollouts(model: OnnxEnsemble, t: Any, eps: list[dict[str, Any]], sim: Any, horizon: int,

@@ -244,12 +244,22 @@ class ClosedLoop:
                 want = latest.version if latest else 0
                 status = self._status()
                 served = status["model_version"]
-                policy = self.policies.latest()
-                if served >= want and status["policy_version"] >= (policy.version if policy
-                                                                   else 0):  # fmt: skip
+                if served >= want and self._policy_served(status):
                     return int(served)
             time.sleep(0.2)
         raise TimeoutError(f"no retrain within {self.config.run.model_timeout_s} s")
+
+    def _policy_served(self, status: dict[str, Any]) -> bool:
+        """The service acts with the newest published policy and, where it has a model, plans
+        with it too (its rollouts composed with it), unless the rollouts refused it."""
+        policy = self.policies.latest()
+        if policy is None:
+            return True
+        if status["policy_version"] < policy.version:
+            return False
+        refused = str(policy.version) in status.get("rejected_policies", {})
+        has_model = status["model_version"] > 0
+        return refused or not has_model or status["rollout_policy_version"] >= policy.version
 
     def _policy_caught_up(self, rows: int) -> bool:
         """No policy is trained, no model exists for it yet, or the newest published policy

@@ -40,15 +40,26 @@ class Builder:
         return self.const(np.asarray(values, dtype=np.int64), "ints")
 
     def inline(
-        self, graph: onnx.GraphProto, prefix: str, inputs: Mapping[str, str], weights: str
+        self,
+        graph: onnx.GraphProto,
+        prefix: str,
+        inputs: Mapping[str, str],
+        weights: str,
+        outputs: Sequence[str] | None = None,
     ) -> dict[str, str]:
         """Copy ``graph``'s nodes in under ``prefix``, its inputs bound to ``inputs``.
 
         Its initializers are named ``weights`` + their name, so inlining one graph several times
         (the unrolled graph) shares one copy. Returns the new names of the graph's outputs.
+        ``outputs``: only those outputs are needed; the nodes and initializers nothing of them
+        depends on are left out (and so are those outputs from the returned names).
         """
+        nodes = list(graph.node) if outputs is None else _needed(graph, outputs)
+        used = {x for node in nodes for x in node.input}
         rename = dict(inputs)
         for init in graph.initializer:
+            if init.name not in used:
+                continue
             shared = weights + init.name
             rename[init.name] = shared
             if shared not in self._shared:
@@ -57,7 +68,7 @@ class Builder:
                 copy.name = shared
                 self.initializers.append(copy)
                 self._shared.add(shared)
-        for node in graph.node:
+        for node in nodes:
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                    for a in node.attribute):  # fmt: skip
                 raise ValueError(f"cannot inline {node.op_type}: nested graphs are not supported")
@@ -69,4 +80,18 @@ class Builder:
             copy.output.extend(prefix + x if x else "" for x in node.output)
             copy.name = prefix + node.name
             self.nodes.append(copy)
-        return {o.name: rename.get(o.name, prefix + o.name) for o in graph.output}
+        kept = [o.name for o in graph.output if outputs is None or o.name in outputs]
+        return {name: rename.get(name, prefix + name) for name in kept}
+
+
+def _needed(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` that ``outputs`` depend on, in graph order."""
+    missing = set(outputs) - {o.name for o in graph.output}
+    if missing:
+        raise ValueError(f"the graph has no output {sorted(missing)}")
+    wanted, keep = set(outputs), []
+    for node in reversed(graph.node):
+        if wanted.intersection(node.output):
+            keep.append(node)
+            wanted.update(x for x in node.input if x)
+    return keep[::-1]

@@ -132,7 +132,8 @@ class RolloutEvaluator:
     (ModelFileError), as planning on it would optimize something else than the task asks.
 
     ``policy_path``: a policy file to compose into the rollout graphs (read and verified; its
-    dims and action bounds must be the task's, else ModelFileError).
+    dims and action bounds must be the task's, else ModelFileError); ``policy_version`` its
+    version, reported as is.
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class RolloutEvaluator:
         options: RuntimeOptions | None = None,
         device_random: bool | None = None,
         policy_path: str | os.PathLike[str] | None = None,
+        policy_version: int = 0,
     ) -> None:
         self.path = Path(model_path)
         self.task = task
@@ -178,6 +180,7 @@ class RolloutEvaluator:
             predicts_done=cfg.predict_done and task.termination_learned,
         )
         self.policy_path = None if policy_path is None else Path(policy_path)
+        self.policy_version = policy_version if policy_path is not None else 0
         policy = None if self.policy_path is None else _policy_parts(self.policy_path, task)
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)

@@ -116,7 +116,7 @@ def _policy_step(
     particles' actions [Mp, A] in policy-particle order)."""
     pos = b.op("Gather", ["policy_pos", t], "pos", axis=0)  # [Mp]
     seen = b.op("Gather", [states, pos], "seen", axis=0)  # [Mp, S]
-    out = b.inline(policy.proto.graph, "policy/", {"obs": seen}, "policy/")
+    out = b.inline(policy.proto.graph, "policy/", {"obs": seen}, "policy/", ["action"])
     if seed is None:
         eps = b.op("Gather", ["policy_eps", t], "eps", axis=0)  # [Mp, A]
     else:
@@ -411,7 +411,7 @@ def _returns(
     # the episode is still running after the last step (alive_H, 0 past a terminal step).
     last = b.op("Sub", [h, b.const(np.int64(1))])
     final = b.op("Gather", [stacked["next_state"], last], "final", axis=0)  # [M, S]
-    value = b.inline(policy.proto.graph, "value/", {"obs": final}, "value/")["value"]
+    value = b.inline(policy.proto.graph, "value/", {"obs": final}, "value/", ["value"])["value"]
     scale = b.op("Mul", ["value_weight", b.op("Pow", ["discount", h_float])])
     term = b.op("Mul", [value, scale], "terminal")
     off = b.op("Equal", ["value_weight", b.const(np.float32(0.0))])  # no NaN x 0 when off

@@ -179,6 +179,7 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
             self.task,
             options=self.options,
             policy_path=policy.path if policy is not None else None,
+            policy_version=policy.version if policy is not None else 0,
         )
         obs = np.zeros(self.task.obs_dim)
         actions = np.zeros((2, 2, self.task.act_dim))

@@ -514,6 +514,7 @@ class MPCService:
             "model_version": self.model_version,
             "rejected_models": _rejected(self.watcher),
             "policy_version": self.policy_version,
+            "rollout_policy_version": getattr(self.evaluator, "policy_version", 0),
             "rejected_policies": {
                 **_rejected(self.policy_watcher),
                 **{
