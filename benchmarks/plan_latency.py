@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,7 +69,7 @@ class Config:
     composed into the rollout graph, as ``settings`` asks (proposals, terminal value)."""
 
 
-WITH_POLICY = dict(policy_share=0.25, policy_noise=0.1, value_weight=1.0)
+WITH_POLICY: dict[str, Any] = dict(policy_share=0.25, policy_noise=0.1, value_weight=1.0)
 CONFIGS = [
     Config(
         "default-cartpole-cem",

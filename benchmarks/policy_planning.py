@@ -77,7 +77,7 @@ def episode(
     """One real episode planned from scratch: (return, steps, plan times in ms)."""
     obs, _ = env.reset(seed=seed)
     planner.reset()
-    total, times = 0.0, []
+    total, times = 0.0, list[float]()
     while len(times) < max_steps:
         plan = planner.plan(np.asarray(obs, np.float64))
         times.append(plan.elapsed_s * 1000.0)

@@ -307,7 +307,8 @@ class RolloutEvaluator:
             returns, taken = self._run_bound(self.sessions[key][0], shared, settings, rng)
         else:
             returns, taken = self._run_slices(key, shared, settings, rng)
-        if proposals:  # [H, Np x P, A] -> each proposal's actions, averaged over its particles
+        if proposals and taken is not None:  # [H, Np x P, A] -> each proposal's actions,
+            # averaged over its particles
             per_candidate = taken.reshape(h, proposals, p, -1).mean(axis=2)
             actions[:proposals] = per_candidate.transpose(1, 0, 2)
         per_particle = returns.reshape(n, p)

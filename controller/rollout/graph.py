@@ -512,8 +512,8 @@ def build_rollout_graph(
         outputs,
         initializer=b.initializers,
     )
-    parts = (model.proto,) if reward is None else (model.proto, reward)
-    parts += (policy.proto,) if policy is not None else ()
+    parts = [model.proto, *(p for p in (reward,) if p is not None)]
+    parts += [policy.proto] if policy is not None else []
     opset = max(
         (o.version for p in parts for o in p.opset_import if o.domain == ""),
         default=20,

@@ -140,8 +140,9 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
 
     def _check(self) -> None:
         latest = self.directory.latest()
-        new = latest is not None and latest.version > self._seen
-        model = latest if new and latest.version not in self.rejected else self._model
+        model = self._model
+        if latest is not None and latest.version > self._seen:
+            model = latest if latest.version not in self.rejected else model
         if model is None:
             return
         policy = self.policies.accepted if self.policies is not None else None
@@ -170,7 +171,8 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
         self._seen, self._model, self._composed = model.version, model, key
         with self._lock:
             self._ready = (model.version, evaluator)
-        with_policy = f" with policy p{policy.version}" if evaluator.has_policy else ""
+        composed = evaluator.policy_version
+        with_policy = f" with policy p{composed}" if composed else ""
         log.info("%s loaded from %s%s", name, model.path, with_policy)
 
     def _load_with(self, model: ModelVersion, policy: ModelVersion | None) -> RolloutEvaluator:
