@@ -51,6 +51,17 @@ step the run went from 256 to 203 ms.
 
 Output: ``returns [M]``, the discounted sum of rewards per particle row, each step's weighted
 by its alive_t.
+
+With a policy (:class:`PolicyParts`, an exported policy file), the graph plans with it:
+
+- the particle rows ``policy_particle [Mp]`` are policy proposals: at each step the body reads
+  their predicted states (in routed mode through ``policy_pos [H, Mp]``, where step t's member
+  order put each of them), runs the policy's actor on them, adds ``policy_noise [] x half
+  range x policy_eps [H, Mp, A]``, clips to the bounds and writes the result over their
+  actions (``ScatterND``) before the model step. Output ``policy_actions [H, Mp, A]``: what
+  they took, which the reward after the loop also sees;
+- each particle's return gains ``value_weight [] x discount^H x alive_H x value(s_H)``, the
+  policy's critic at the last state (0 once a step ended the episode; 0 when the weight is).
 """
 
 from __future__ import annotations
