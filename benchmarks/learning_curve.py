@@ -118,6 +118,11 @@ IP = ("task=inverted-pendulum", "learner.min_transitions=50", "run.episodes=1000
       "run.max_steps=15000", "policy.updates_per_step=10")  # fmt: skip
 IP_CEM = (*IP, "planner.horizon=15", "planner.population=100")
 SAC_BESIDE = tuple(x for x in POLICY if not x.startswith("planner."))  # CEM acts
+HALF_CHEETAH_CEM_VALUE = (
+    "task=half-cheetah", "run.episodes=1000", "run.max_steps=25000", "planner.population=100",
+    "planner.horizon=10", "planner.value_weight=1", "planner.policy_share=0.25",
+    "policy.updates_per_step=10",
+)  # fmt: skip
 VARIANTS |= {
     "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
     "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
@@ -165,6 +170,13 @@ VARIANTS |= {
         *POLICY,
         "policy.updates_per_step=10",
     ),
+    # Planning with the policy on a harder robot (issue 15): CEM over 100 x 10 x 3 with a
+    # quarter of proposals and the terminal value, at HalfCheetah's own 20 Hz in realtime
+    # (the learner keeps one thread beside the service), against the same in lockstep.
+    "halfcheetah-cem-value-realtime": variant(
+        *HALF_CHEETAH_CEM_VALUE, "run.realtime=true", *(x for x in SAC_BESIDE if "threads" not in x)
+    ),
+    "halfcheetah-cem-value": variant(*HALF_CHEETAH_CEM_VALUE, *SAC_BESIDE),
 }
 RANDOM_BASELINE = ("idp-id", "idp-file", "swimmer-id")
 """Variants whose summary adds the return of random actions from the same resets."""
