@@ -408,12 +408,15 @@ def _returns(
     else:
         done = None
     survive = None
+    zero = b.const(np.float32(0.0))
     if done is not None:
         # A step's reward counts times the probability that no earlier step ended the episode:
         # alive_t = prod_{tau<t} (1 - done_tau), as a sum of logs (exact for 0/1: log 0 = -inf).
         survive = b.op("Log", [b.op("Sub", [b.const(np.float32(1.0)), done])], "log_survive")
         alive = b.op("Exp", [b.op("CumSum", [survive, b.const(np.int64(0))], exclusive=1)])
-        gains = b.op("Mul", [gains, alive], "gains")
+        # After the end nothing counts, not even a NaN the model predicts past it.
+        ended = b.op("Equal", [alive, b.const(np.float32(0.0))])
+        gains = b.op("Where", [ended, zero, b.op("Mul", [gains, alive])], "gains")
     total = b.op("ReduceSum", [gains, b.ints(0)], "total", keepdims=0)
     if policy is None:
         b.nodes.append(helper.make_node("Identity", [total], ["returns"]))
@@ -425,11 +428,12 @@ def _returns(
     value = b.inline(policy.proto.graph, "value/", {"obs": final}, "value/", ["value"])["value"]
     scale = b.op("Mul", ["value_weight", b.op("Pow", ["discount", h_float])])
     term = b.op("Mul", [value, scale], "terminal")
-    off = b.op("Equal", ["value_weight", b.const(np.float32(0.0))])  # no NaN x 0 when off
-    term = b.op("Where", [off, b.const(np.float32(0.0)), term], "terminal")
+    off = b.op("Equal", ["value_weight", zero])  # no NaN x 0 when off
     if survive is not None:
         alive_h = b.op("Exp", [b.op("ReduceSum", [survive, b.ints(0)], keepdims=0)])
         term = b.op("Mul", [term, alive_h], "terminal")
+        off = b.op("Or", [off, b.op("Equal", [alive_h, zero])])  # nor past the end
+    term = b.op("Where", [off, zero, term], "terminal")
     b.nodes.append(helper.make_node("Add", [total, term], ["returns"]))
 
 

@@ -14,6 +14,7 @@ from controller.tasks.base import Task
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble
 from tests.controller.known_models import export_pendulum, rotating_routing
+from tests.controller.policy_models import INVERTED, LinearInvertedPendulum
 
 
 def _random_ensemble(task: Task, members: int = 5, seed: int = 0) -> GaussianEnsemble:
@@ -238,3 +239,35 @@ def test_device_random_graph_draws_like_the_host(tmp_path: Path) -> None:
     assert ds.std() > 10 * d1.std()
     assert 0.7 < ds.std() / hs.std() < 1.4
     assert not np.allclose(ds, scores(device, "ts1", True))
+
+
+class _NaNPastTheLimit(LinearInvertedPendulum):
+    """The exact inverted pendulum, except that it predicts NaN once the pole is past 0.3 rad,
+    beyond the task's 0.2 rad end of the episode (a learned model far outside its data)."""
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = super().forward(obs, act)
+        return mean + 0.0 * torch.sqrt(0.3 - mean[..., 1:2].abs()), logvar
+
+
+@pytest.mark.parametrize("propagation", ["ts1", "expectation"])
+def test_a_nan_past_the_end_of_an_episode_counts_nothing(tmp_path: Path, propagation: str) -> None:
+    """Steps after the terminal one count 0, even where the model's prediction there is NaN:
+    each constant push scores the steps its pole stays within the task's limit."""
+    export_ensemble(_NaNPastTheLimit(), tmp_path / "m.onnx", member_batched=True)
+    evaluator = RolloutEvaluator(tmp_path / "m.onnx", INVERTED)
+    pushes = np.linspace(-3.0, 3.0, 7).reshape(7, 1, 1).repeat(15, axis=1)
+    settings = RolloutSettings(propagation=propagation, sample=False)
+    obs = np.array([0.0, 0.1, 0.0, 0.0])
+    returns = evaluator.evaluate(obs, pushes, settings, np.random.default_rng(0))
+    want = []
+    for push in pushes[:, 0, 0]:  # 1 per step up to the one that ends the episode (it gets 0)
+        x, alive = torch.tensor(obs[None, None], dtype=torch.float32), 0
+        while alive < 15:
+            x = LinearInvertedPendulum()(x, torch.tensor([[[push]]], dtype=torch.float32))[0]
+            if abs(float(x[0, 0, 1])) > 0.2:
+                break
+            alive += 1
+        want.append(alive)
+    assert np.isfinite(returns).all() and len(set(want)) > 3
+    np.testing.assert_array_equal(returns, want)
