@@ -191,6 +191,38 @@ def test_a_new_policy_version_is_swapped_in_when_announced(
     stop_service(running)
 
 
+def test_a_new_policy_is_composed_into_the_planners_rollouts_between_ticks(
+    tmp_path: Path, policies: dict[int, Path]
+) -> None:
+    """Random shooting whose candidates are all noiseless policy proposals plans the served
+    policy's own action: the rollouts hold p1 from the first tick, then p2 once announced."""
+    publish_cartpole(tmp_path / "models")
+    place(tmp_path / "models", policies[1].read_bytes(), 1)
+    proposals = PlannerSettings().changed(
+        planner="random", horizon=5, population=8, iterations=1, policy_share=1.0,
+        policy_noise=0.0,
+    )  # fmt: skip
+    running = start_service(tmp_path, proposals, model_poll_s=600.0)
+    first, second = runtime(policies[1]), runtime(policies[2])
+    link = BridgeLink(running.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+    obs = np.array([0.1, 0.2, -0.3, 0.4])
+    status = running.service.status()
+    assert (status["model_version"], status["rollout_policy_version"]) == (1, 1)
+    for reply in ticks(link, np.tile(obs, (2, 1))):
+        assert (reply["planner"], reply["iterations"], reply["fallback"]) == ("random", 1, False)
+        np.testing.assert_allclose(reply["action"], first.act(obs), atol=1e-5)
+    place(tmp_path / "models", policies[2].read_bytes(), 2)
+    request(running.control, "model")
+    wait_for(lambda: running.service.status()["rollout_policy_version"] == 2, 10)
+    for reply in ticks(link, np.tile(obs, (2, 1)), 2):
+        assert reply["model_version"] == 1 and not reply["fallback"]
+        np.testing.assert_allclose(reply["action"], second.act(obs), atol=1e-5)
+    assert running.service.status()["rejected_policies"] == {}
+    link.close()
+    stop_service(running)
+
+
 def test_a_corrupt_policy_is_refused_and_the_previous_one_keeps_serving(
     tmp_path: Path, policies: dict[int, Path]
 ) -> None:
