@@ -48,15 +48,17 @@ POPULATIONS = (200, 100, 50, 25, 12)
 @dataclass(frozen=True)
 class Level:
     kind: str
-    """"plain" or "policy"."""
+    """"plain", "policy" (proposals and terminal value) or "value" (the terminal value
+    alone)."""
     population: int
 
     def settings(self, args: argparse.Namespace, seed: int) -> PlannerSettings:
         changes: dict[str, Any] = dict(DEFAULT, population=self.population, seed=seed)
+        changes.update(horizon=args.horizon)
         if self.kind == "policy":
-            changes.update(
-                policy_share=args.share, policy_noise=args.noise, value_weight=args.value_weight
-            )
+            changes.update(policy_share=args.share, policy_noise=args.noise)
+        if self.kind in ("policy", "value"):
+            changes.update(value_weight=args.value_weight)
         return PlannerSettings().changed(changes)
 
 
@@ -143,15 +145,15 @@ def summary(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     for task in sorted({r["task"] for r in rows}):
         mine = [r for r in rows if r["task"] == task]
         table: dict[str, dict[int, float]] = {}
-        for kind in ("plain", "policy"):
+        for kind in sorted({r["planner"] for r in mine}):
             levels = sorted({r["rows_per_plan"] for r in mine if r["planner"] == kind})
             table[kind] = {
                 n: float(np.mean([r["mean_return"] for r in mine
                                   if r["planner"] == kind and r["rows_per_plan"] == n]))
                 for n in levels
             }  # fmt: skip
-        default_rows = max(table["plain"])
-        reference = table["plain"][default_rows]
+        default_rows = max(table.get("plain") or table[min(table)])
+        reference = (table.get("plain") or table[min(table)])[default_rows]
         bar = reference - tolerance * abs(reference)
         fewest = {
             kind: min((n for n, ret in t.items() if ret >= bar), default=None)
@@ -163,7 +165,9 @@ def summary(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
             "returns": {k: {str(n): round(v, 1) for n, v in t.items()} for k, t in table.items()},
             "fewest_rows": fewest,
             "reduction_with_policy": (
-                round(default_rows / fewest["policy"], 1) if fewest["policy"] else None
+                round(default_rows / policy_rows, 1)
+                if (policy_rows := fewest.get("policy"))
+                else None
             ),
         }
     return out
@@ -181,7 +185,9 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="a return within this fraction of the default's keeps it")  # fmt: skip
     parser.add_argument("--populations", default=",".join(map(str, POPULATIONS)))
-    parser.add_argument("--planners", default="plain,policy")
+    parser.add_argument("--planners", default="plain,policy",
+                        help="plain, policy (proposals and value), value (the value)")  # fmt: skip
+    parser.add_argument("--horizon", type=int, default=DEFAULT["horizon"])
     parser.add_argument("--quick", action="store_true",
                         help="2 episodes of at most 100 steps; the default and 1/16")  # fmt: skip
     args = parser.parse_args()
