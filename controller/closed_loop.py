@@ -253,13 +253,12 @@ class ClosedLoop:
         """The service acts with the newest published policy and, where it has a model, plans
         with it too (its rollouts composed with it), unless the rollouts refused it."""
         policy = self.policies.latest()
-        if policy is None:
+        if policy is None or str(policy.version) in status.get("rejected_policies", {}):
             return True
         if status["policy_version"] < policy.version:
             return False
-        refused = str(policy.version) in status.get("rejected_policies", {})
         has_model = status["model_version"] > 0
-        return refused or not has_model or status["rollout_policy_version"] >= policy.version
+        return not has_model or status["rollout_policy_version"] >= policy.version
 
     def _policy_caught_up(self, rows: int) -> bool:
         """No policy is trained, no model exists for it yet, or the newest published policy

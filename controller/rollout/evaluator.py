@@ -308,9 +308,12 @@ class RolloutEvaluator:
         else:
             returns, taken = self._run_slices(key, shared, settings, rng)
         if proposals and taken is not None:  # [H, Np x P, A] -> each proposal's actions,
-            # averaged over its particles
-            per_candidate = taken.reshape(h, proposals, p, -1).mean(axis=2)
-            actions[:proposals] = per_candidate.transpose(1, 0, 2)
+            # averaged over its particles; a rollout that blew up (NaN states) leaves the
+            # middle of the bounds, never a NaN an optimizer could refit on and send
+            per_candidate = taken.reshape(h, proposals, p, -1).mean(axis=2).transpose(1, 0, 2)
+            center = (np.asarray(self.task.action_low) + np.asarray(self.task.action_high)) / 2
+            finite = np.isfinite(per_candidate).all(axis=(1, 2))
+            actions[:proposals] = np.where(finite[:, None, None], per_candidate, center)
         per_particle = returns.reshape(n, p)
         score = per_particle.mean(axis=1)
         if p > 1 and settings.risk > 0:

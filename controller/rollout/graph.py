@@ -120,6 +120,7 @@ def _policy_step(
     states: str,
     actions: str,
     seed: float | None,
+    prefix: str,
 ) -> tuple[str, str]:
     """Nodes that let the policy act for the policy particles at step t: at the rows
     ``policy_pos[t]`` of ``states [M, S]`` its action plus noise, clipped to the bounds,
@@ -127,7 +128,7 @@ def _policy_step(
     particles' actions [Mp, A] in policy-particle order)."""
     pos = b.op("Gather", ["policy_pos", t], "pos", axis=0)  # [Mp]
     seen = b.op("Gather", [states, pos], "seen", axis=0)  # [Mp, S]
-    out = b.inline(policy.proto.graph, "policy/", {"obs": seen}, "policy/", ["action"])
+    out = b.inline(policy.proto.graph, prefix + "policy/", {"obs": seen}, "policy/", ["action"])
     if seed is None:
         eps = b.op("Gather", ["policy_eps", t], "eps", axis=0)  # [Mp, A]
     else:
@@ -171,7 +172,9 @@ def _model_step(
         x_rows = b.op("Gather", [state, order], axis=0)  # [M, S], step t's member order
         u_rows = b.op("Gather", ["act_routed", t], axis=0)
         if policy is not None:
-            u_rows, extras["policy_action"] = _policy_step(b, policy, t, x_rows, u_rows, seed)
+            u_rows, extras["policy_action"] = _policy_step(
+                b, policy, t, x_rows, u_rows, seed, prefix
+            )
         x = b.op("Reshape", [x_rows, b.ints(e, -1, s)])
         u = b.op("Reshape", [u_rows, b.ints(e, -1, a)])
         out = b.inline(model.proto.graph, prefix + "model/", {"obs": x, "act": u}, "model/")
@@ -184,7 +187,7 @@ def _model_step(
     else:
         act_t = b.op("Gather", ["act_steps", t], "act_t", axis=0)  # [M, A]
         if policy is not None:
-            act_t, extras["policy_action"] = _policy_step(b, policy, t, state, act_t, seed)
+            act_t, extras["policy_action"] = _policy_step(b, policy, t, state, act_t, seed, prefix)
         if model.member_batched:
             reps = b.ints(e, 1, 1)
             x = b.op("Tile", [b.op("Unsqueeze", [state, b.ints(0)]), reps])
@@ -536,7 +539,7 @@ def build_rollout_graph(
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tickmpc"
     )
-    proto.ir_version = model.proto.ir_version
+    proto.ir_version = max(p.ir_version for p in parts)
     return proto
 
 

@@ -153,27 +153,34 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
         try:
             evaluator = self._load_with(model, policy)
         except Exception as exc:  # a new version must leave the old one serving
-            if policy is not None:
+            alone = None  # whose fault was it? a new model without the policy
+            if model is not self._model and policy is not None:
+                alone = self._without_policy(model)
+            if policy is not None and (model is self._model or alone is not None):
                 self.policy_errors[policy.version] = str(exc)
                 log.error("policy p%d does not compose with %s: %s", policy.version, name, exc)
-            if model is self._model or policy is None:
+            if alone is None:
                 if model is not self._model:
                     self.rejected[model.version] = str(exc)
                     log.error("%s rejected, keeping the current one: %s", name, exc)
-                self._composed = key
+                else:
+                    self._composed = key  # tried: the evaluator serving stays
                 return
-            try:  # the new model without the policy
-                evaluator = self._load_with(model, None)
-            except Exception as again:
-                self.rejected[model.version] = str(again)
-                log.error("%s rejected, keeping the current one: %s", name, again)
-                return
+            evaluator = alone
+        if policy is not None and evaluator.policy_version == policy.version:
+            self.policy_errors.pop(policy.version, None)
         self._seen, self._model, self._composed = model.version, model, key
         with self._lock:
             self._ready = (model.version, evaluator)
         composed = evaluator.policy_version
         with_policy = f" with policy p{composed}" if composed else ""
         log.info("%s loaded from %s%s", name, model.path, with_policy)
+
+    def _without_policy(self, model: ModelVersion) -> RolloutEvaluator | None:
+        try:
+            return self._load_with(model, None)
+        except Exception:  # the model's own fault: the caller rejects it
+            return None
 
     def _load_with(self, model: ModelVersion, policy: ModelVersion | None) -> RolloutEvaluator:
         evaluator = RolloutEvaluator(

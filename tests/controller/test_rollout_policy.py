@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from controller.planners import Planner, PlannerSettings
 from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.graph import ModelGraph, PolicyParts, build_rollout_graph
+from controller.rollout.reward_graph import task_reward_graph
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble, write_with_metadata
 from models.policy.export import read_policy
@@ -380,3 +383,47 @@ def test_the_plain_path_is_unchanged_by_a_loaded_policy(
     first, second = Planner(plain, planning), Planner(loaded, planning)
     for _ in range(2):
         np.testing.assert_array_equal(first.plan(OBS).actions, second.plan(OBS).actions)
+
+
+@pytest.mark.parametrize("mode", ["routed", "mixed"])
+def test_the_unrolled_graph_with_a_policy_equals_the_loop(files: PolicyFiles, mode: str) -> None:
+    """The straight-line graph (the benchmark's) inlines the policy once per step: valid, and
+    the same returns and actions as the Loop for the same draws."""
+    model = onnx.load(files.pendulum)
+    graph = ModelGraph(model, 5, 3, 1, member_batched=True)
+    data, _ = read_policy(files.policy)
+    bounds = np.array(PENDULUM.action_low), np.array(PENDULUM.action_high)
+    policy = PolicyParts(onnx.load_from_string(data), *bounds)
+    reward = task_reward_graph(PENDULUM)
+    n, h, rng = 10, 4, np.random.default_rng(0)
+    feeds = {
+        "obs": OBS,
+        "actions": rng.uniform(-2, 2, (n, h, 1)).astype(np.float32),
+        "particle_candidate": np.arange(n, dtype=np.int64),
+        "weights": WEIGHTS,
+        "discount": np.array(0.9, np.float32),
+        "noise": rng.standard_normal((h, n, 3)).astype(np.float32) * 0.1,
+        "policy_particle": np.arange(4, dtype=np.int64),
+        "policy_noise": np.array(0.2, np.float32),
+        "value_weight": np.array(2.0, np.float32),
+        "policy_eps": rng.standard_normal((h, 4, 1)).astype(np.float32),
+    }
+    if mode == "routed":
+        gather = np.stack([rng.permutation(n) for _ in range(h)])
+        feeds |= {"gather_idx": gather, "scatter_idx": np.argsort(gather, axis=1)}
+    else:
+        weight = np.zeros((h, 5, n), np.float32)
+        np.put_along_axis(weight, rng.integers(0, 5, (h, 1, n)), 1.0, axis=1)
+        feeds |= {"member_weight": weight, "penalty": np.array(0.0, np.float32),
+                  "inv_scale2": np.ones(3, np.float32)}  # fmt: skip
+    outputs = []
+    for unroll in (None, h):
+        proto = build_rollout_graph(graph, reward, mode, policy=policy, unroll=unroll)
+        onnx.checker.check_model(proto)
+        session = ort.InferenceSession(
+            proto.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        wanted = {i.name for i in session.get_inputs()}
+        outputs.append(session.run(None, {k: v for k, v in feeds.items() if k in wanted}))
+    for loop, unrolled in zip(*outputs, strict=True):
+        np.testing.assert_allclose(unrolled, loop, rtol=1e-5, atol=1e-5)
