@@ -80,41 +80,24 @@ CONFIGS = [
         10,
         "today's default: the reference of the policy configurations",
     ),
-    Config(
-        "policy-cartpole-cem",
-        "cartpole-swingup",
-        4,
-        PlannerSettings().changed(
-            planner="cem", population=200, horizon=25, iterations=3, **WITH_POLICY
-        ),
-        100,
-        10,
-        "the default with proposals and terminal value: its cost over the default's",
-        policy=True,
-    ),
-    Config(
-        "policy-cartpole-cem-1/16",
-        "cartpole-swingup",
-        4,
-        PlannerSettings().changed(
-            planner="cem", population=12, horizon=25, iterations=3, **WITH_POLICY
-        ),
-        200,
-        20,
-        "1/16 of the default's rows: time against the default's",
-        policy=True,
-    ),
-    Config(
-        "policy-cartpole-cem-1/4",
-        "cartpole-swingup",
-        4,
-        PlannerSettings().changed(
-            planner="cem", population=50, horizon=25, iterations=3, **WITH_POLICY
-        ),
-        200,
-        20,
-        "1/4 of the default's rows: time against the default's",
-        policy=True,
+    *(
+        Config(
+            f"policy-cartpole-cem{suffix}",
+            "cartpole-swingup",
+            4,
+            PlannerSettings().changed(
+                planner="cem", population=population, horizon=25, iterations=3, **WITH_POLICY
+            ),
+            reps,
+            reps // 10,
+            target,
+            policy=True,
+        )
+        for suffix, population, reps, target in (
+            ("", 200, 100, "the default with proposals and value: its cost over the default's"),
+            ("-1/4", 50, 200, "1/4 of the default's rows: time against the default's"),
+            ("-1/16", 12, 200, "1/16 of the default's rows: time against the default's"),
+        )
     ),
     Config(
         "reduced-cartpole-cem",
