@@ -1,4 +1,6 @@
-"""The ``served`` fixture: a running service over a published cartpole model."""
+"""Shared fixtures: ``served``, a running service over a published cartpole model;
+``policy_files`` and ``policy_evaluator``, the exact models and SAC policies of the tests of
+planning with a policy."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.rollout.evaluator import RolloutEvaluator
+from tests.controller.policy_models import PENDULUM, PolicyFiles
 from tests.controller.service_fixtures import (
     Running,
     publish_cartpole,
@@ -21,3 +25,14 @@ def served(tmp_path: Path) -> Iterator[Running]:
     running = start_service(tmp_path)
     yield running
     stop_service(running)
+
+
+@pytest.fixture(scope="module")
+def policy_files(tmp_path_factory: pytest.TempPathFactory) -> PolicyFiles:
+    return PolicyFiles(tmp_path_factory.mktemp("rollout_policy"))
+
+
+@pytest.fixture(scope="module")
+def policy_evaluator(policy_files: PolicyFiles) -> RolloutEvaluator:
+    """The exact pendulum with the policy, one session per mode."""
+    return RolloutEvaluator(policy_files.pendulum, PENDULUM, policy_path=policy_files.policy)

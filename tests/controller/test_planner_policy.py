@@ -10,54 +10,43 @@ from controller.rollout.evaluator import RolloutEvaluator
 from models.policy.export import PolicyRuntime
 from tests.controller.policy_models import (
     OBS,
-    PENDULUM,
     PolicyFiles,
     closed_loop,
 )
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> PolicyFiles:
-    return PolicyFiles(tmp_path_factory.mktemp("rollout_policy"))
-
-
-@pytest.fixture(scope="module")
-def evaluator(files: PolicyFiles) -> RolloutEvaluator:
-    """The exact pendulum with the policy, one session per mode."""
-    return RolloutEvaluator(files.pendulum, PENDULUM, policy_path=files.policy)
-
 
 # --- 3. the planner over policy proposals only -------------------------------------------
 
 
 @pytest.mark.parametrize("planner", ["cem", "icem", "mppi", "random"])
 def test_a_policy_only_population_plans_the_policys_action(
-    evaluator: RolloutEvaluator, files: PolicyFiles, planner: str
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles, planner: str
 ) -> None:
     settings = PlannerSettings(planner=planner, horizon=10, population=24, iterations=3)
     policy = settings.changed(policy_share=1.0, policy_noise=0.0)
-    want = PolicyRuntime(files.policy).predict(OBS)[0]
+    want = PolicyRuntime(policy_files.policy).predict(OBS)[0]
 
-    plan = Planner(evaluator, policy).plan(OBS)
+    plan = Planner(policy_evaluator, policy).plan(OBS)
     assert plan.iterations == 3 and not plan.fallback and plan.nonfinite == 0
     np.testing.assert_allclose(plan.action, want, atol=2e-5)
-    plain = Planner(evaluator, settings).plan(OBS)
+    plain = Planner(policy_evaluator, settings).plan(OBS)
     assert abs(float(plain.action[0] - want[0])) > 1e-3, "planning alone must not find it"
 
 
 def test_a_cold_plan_starts_from_the_policys_rollout(
-    evaluator: RolloutEvaluator, files: PolicyFiles
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles
 ) -> None:
     """MPPI with one candidate, its nominal, and no proposals (share 0, a terminal value on):
     the cold plan is the policy's open-loop rollout; after reset again; a warm one its shift."""
     settings = PlannerSettings(planner="mppi", horizon=8, population=1, iterations=1)
-    planner = Planner(evaluator, settings.changed(value_weight=1.0))
-    want, _, _ = closed_loop(files.agent, OBS, 8, 1.0)
+    planner = Planner(policy_evaluator, settings.changed(value_weight=1.0))
+    want, _, _ = closed_loop(policy_files.agent, OBS, 8, 1.0)
     first = planner.plan(OBS)
     np.testing.assert_allclose(first.actions, want, atol=2e-5)
     second = planner.plan(OBS)
     np.testing.assert_allclose(second.actions[:-1], first.actions[1:])
     planner.reset()
     np.testing.assert_allclose(planner.plan(OBS).actions, want, atol=2e-5)
-    cold = Planner(evaluator, settings).plan(OBS)  # no policy in use: the middle of the bounds
+    cold = Planner(policy_evaluator, settings).plan(
+        OBS
+    )  # no policy in use: the middle of the bounds
     np.testing.assert_array_equal(cold.actions, 0.0)

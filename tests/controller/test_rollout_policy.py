@@ -36,18 +36,6 @@ from tests.controller.policy_models import (
     step_pendulum,
 )
 
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> PolicyFiles:
-    return PolicyFiles(tmp_path_factory.mktemp("rollout_policy"))
-
-
-@pytest.fixture(scope="module")
-def evaluator(files: PolicyFiles) -> RolloutEvaluator:
-    """The exact pendulum with the policy, one session per mode."""
-    return RolloutEvaluator(files.pendulum, PENDULUM, policy_path=files.policy)
-
-
 # --- 1. proposals reproduce the policy's own rollout -----------------------------------------
 
 
@@ -62,15 +50,19 @@ def evaluator(files: PolicyFiles) -> RolloutEvaluator:
     ],
 )
 def test_policy_candidates_reproduce_the_policys_closed_loop_return(
-    files: PolicyFiles, propagation: str, slices: int, device_random: bool, value_weight: float
+    policy_files: PolicyFiles,
+    propagation: str,
+    slices: int,
+    device_random: bool,
+    value_weight: float,
 ) -> None:
     """All candidates proposals, no noise, no sampling: each candidate's return is the
     policy's return through the exact model step by step (reward of the actions it took,
     plus the terminal value when weighted), and its row of actions becomes the policy's."""
     evaluator = RolloutEvaluator(
-        files.pendulum,
+        policy_files.pendulum,
         PENDULUM,
-        policy_path=files.policy,
+        policy_path=policy_files.policy,
         options=RuntimeOptions(rollout_slices=slices),
         device_random=device_random,
     )
@@ -88,8 +80,10 @@ def test_policy_candidates_reproduce_the_policys_closed_loop_return(
     )
     got = evaluator.evaluate(OBS, actions, settings, rng, WEIGHTS, proposals=n)
 
-    want_actions, want_return, final = closed_loop(files.agent, OBS, h, discount)
-    want_return += value_weight * discount**h * float(critic_value(files.agent, final[None])[0])
+    want_actions, want_return, final = closed_loop(policy_files.agent, OBS, h, discount)
+    want_return += (
+        value_weight * discount**h * float(critic_value(policy_files.agent, final[None])[0])
+    )
     np.testing.assert_allclose(actions, np.broadcast_to(want_actions, actions.shape), atol=2e-5)
     np.testing.assert_allclose(got, want_return, rtol=1e-4, atol=1e-4)
     # Scoring the rows passed in instead would be far off: the comparison tells them apart.
@@ -98,7 +92,7 @@ def test_policy_candidates_reproduce_the_policys_closed_loop_return(
 
 
 def test_proposals_take_the_first_candidates_and_leave_the_others_alone(
-    evaluator: RolloutEvaluator, files: PolicyFiles
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles
 ) -> None:
     """5 of 9 candidates are proposals (x 3 particles: the routed layout pads 27 rows to 30):
     the other 4 score and keep exactly what they were given."""
@@ -107,9 +101,9 @@ def test_proposals_take_the_first_candidates_and_leave_the_others_alone(
     actions = rng.uniform(-2, 2, (n, h, 1)).astype(np.float32)
     given = actions.copy()
     settings = RolloutSettings(particles=3, sample=False, policy_share=0.5, policy_noise=0.0)
-    got = evaluator.evaluate(OBS, actions, settings, rng, WEIGHTS, proposals=k)
+    got = policy_evaluator.evaluate(OBS, actions, settings, rng, WEIGHTS, proposals=k)
 
-    want_actions, want_return, _ = closed_loop(files.agent, OBS, h, discount)
+    want_actions, want_return, _ = closed_loop(policy_files.agent, OBS, h, discount)
     np.testing.assert_allclose(actions[:k], np.broadcast_to(want_actions, (k, h, 1)), atol=2e-5)
     np.testing.assert_array_equal(actions[k:], given[k:])
     np.testing.assert_allclose(got[:k], want_return, rtol=1e-4, atol=1e-4)
@@ -122,26 +116,29 @@ def test_proposals_take_the_first_candidates_and_leave_the_others_alone(
     [("ts1", False), ("expectation", False), ("ts1", True), ("expectation", True)],
 )
 def test_noisy_proposals_take_clipped_policy_actions_plus_noise(
-    evaluator: RolloutEvaluator, files: PolicyFiles, propagation: str, device_random: bool
+    policy_evaluator: RolloutEvaluator,
+    policy_files: PolicyFiles,
+    propagation: str,
+    device_random: bool,
 ) -> None:
     """With noise, each proposal (one particle) took mean_action(state) + noise x half range
     at the states its own actions led to, within the bounds; the reward saw those actions.
     The draws differ from step to step and from candidate to candidate, whether the host
     draws them or the graph (device_random, the CUDA path, run here on the CPU)."""
     if device_random:
-        evaluator = RolloutEvaluator(
-            files.pendulum, PENDULUM, policy_path=files.policy, device_random=True
+        policy_evaluator = RolloutEvaluator(
+            policy_files.pendulum, PENDULUM, policy_path=policy_files.policy, device_random=True
         )
     n, h, noise = 16, 12, 0.05
     settings = RolloutSettings(
         propagation=propagation, sample=False, policy_share=1.0, policy_noise=noise
     )
     actions = np.zeros((n, h, 1), np.float32)
-    got = evaluator.evaluate(OBS, actions, settings, np.random.default_rng(2), WEIGHTS, n)
+    got = policy_evaluator.evaluate(OBS, actions, settings, np.random.default_rng(2), WEIGHTS, n)
 
     want, states = open_loop(OBS, actions, 1.0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    mean = files.agent.actor.mean_action(torch.from_numpy(states[:, :-1].reshape(-1, 3)))
+    mean = policy_files.agent.actor.mean_action(torch.from_numpy(states[:, :-1].reshape(-1, 3)))
     eps = (actions.reshape(-1) - mean.detach().numpy().reshape(-1)) / (noise * 2.0)
     inside = np.abs(actions.reshape(-1)) < 2.0 - 1e-6
     assert inside.mean() > 0.5
@@ -153,13 +150,13 @@ def test_noisy_proposals_take_clipped_policy_actions_plus_noise(
 
     wide = RolloutSettings(propagation=propagation, policy_share=1.0, policy_noise=2.0)
     actions[:] = 0.0
-    evaluator.evaluate(OBS, actions, wide, np.random.default_rng(3), WEIGHTS, n)
+    policy_evaluator.evaluate(OBS, actions, wide, np.random.default_rng(3), WEIGHTS, n)
     assert np.all(np.abs(actions) <= 2.0) and (np.abs(actions) == 2.0).mean() > 0.2
 
 
 @torch.no_grad()
 def test_a_proposals_row_is_the_mean_of_its_particles_actions(
-    evaluator: RolloutEvaluator, files: PolicyFiles
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles
 ) -> None:
     """3 of 5 candidates are proposals, 4 noisy particles each. Mixed mode without sampling
     draws nothing from the generator but the proposals' noise, ``policy_eps [H, Np x P, A]``
@@ -173,13 +170,13 @@ def test_a_proposals_row_is_the_mean_of_its_particles_actions(
     )  # fmt: skip
     actions = np.random.default_rng(11).uniform(-2, 2, (n, h, 1)).astype(np.float32)
     given = actions.copy()
-    got = evaluator.evaluate(OBS, actions, settings, np.random.default_rng(seed), WEIGHTS, k)
+    got = policy_evaluator.evaluate(OBS, actions, settings, np.random.default_rng(seed), WEIGHTS, k)
 
     eps = np.random.default_rng(seed).standard_normal((h, k * p, 1), dtype=np.float32)
     x = torch.from_numpy(OBS).expand(k * p, -1)
     taken, ret = [], torch.zeros(k * p)
     for t in range(h):
-        a = files.agent.actor.mean_action(x) + noise * 2.0 * torch.from_numpy(eps[t])
+        a = policy_files.agent.actor.mean_action(x) + noise * 2.0 * torch.from_numpy(eps[t])
         a = a.clamp(-2.0, 2.0)
         nxt = step_pendulum(x, a)
         ret += PENDULUM.reward(x, a, nxt, torch.from_numpy(WEIGHTS))
@@ -193,14 +190,14 @@ def test_a_proposals_row_is_the_mean_of_its_particles_actions(
 
 
 def test_policy_rollout_is_the_policy_through_the_mean_model(
-    evaluator: RolloutEvaluator, files: PolicyFiles
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles
 ) -> None:
     settings = RolloutSettings(particles=7, policy_noise=1.0, policy_share=0.3)  # all ignored
     rng = np.random.default_rng(4)
     state = rng.bit_generator.state
-    got = evaluator.policy_rollout(OBS, 20, settings, WEIGHTS)
+    got = policy_evaluator.policy_rollout(OBS, 20, settings, WEIGHTS)
     assert rng.bit_generator.state == state
-    want, _, _ = closed_loop(files.agent, OBS, 20, 1.0)
+    want, _, _ = closed_loop(policy_files.agent, OBS, 20, 1.0)
     assert got.shape == (20, 1)
     np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -210,7 +207,7 @@ def test_policy_rollout_is_the_policy_through_the_mean_model(
 
 @pytest.mark.parametrize("propagation", ["tsinf", "expectation"])
 def test_terminal_value_is_the_discounted_critic_at_the_final_state(
-    evaluator: RolloutEvaluator, files: PolicyFiles, propagation: str
+    policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles, propagation: str
 ) -> None:
     n, h, w, discount = 8, 11, 3.0, 0.9
     rng = np.random.default_rng(5)
@@ -225,13 +222,13 @@ def test_terminal_value_is_the_discounted_critic_at_the_final_state(
             discount=discount,
             value_weight=value_weight,
         )
-        return evaluator.evaluate(OBS, actions, settings, np.random.default_rng(6), WEIGHTS)
+        return policy_evaluator.evaluate(OBS, actions, settings, np.random.default_rng(6), WEIGHTS)
 
     base, valued = score(0.0), score(w)
     np.testing.assert_array_equal(actions, given)  # no proposals: nothing written back
     want_base, states = open_loop(OBS, given, discount)
     np.testing.assert_allclose(base, want_base, rtol=1e-4, atol=1e-4)
-    want = w * discount**h * critic_value(files.agent, states[:, -1])
+    want = w * discount**h * critic_value(policy_files.agent, states[:, -1])
     assert np.abs(want).min() > 0.05 and np.ptp(want) > 0.1, "the value must show"
     np.testing.assert_allclose(valued - base, want, rtol=1e-4, atol=1e-4)
 
@@ -255,10 +252,14 @@ def _ip_reference(
 
 
 @pytest.mark.parametrize("propagation", ["ts1", "expectation"])
-def test_an_ended_episode_gets_no_terminal_value(files: PolicyFiles, propagation: str) -> None:
+def test_an_ended_episode_gets_no_terminal_value(
+    policy_files: PolicyFiles, propagation: str
+) -> None:
     """Inverted pendulum, pole at 0.1 rad: holding it (u = 1) or pushing it back gently
     survives the horizon, pushing too little or too much ends the episode (|theta| > 0.2)."""
-    evaluator = RolloutEvaluator(files.ip_model, INVERTED, policy_path=files.ip_policy)
+    evaluator = RolloutEvaluator(
+        policy_files.ip_model, INVERTED, policy_path=policy_files.ip_policy
+    )
     obs = np.array([0.0, 0.1, 0.0, 0.0], np.float32)
     h, w, discount = 15, 4.0, 0.97
     actions = np.repeat(np.linspace(-3, 3, 13, dtype=np.float32), h).reshape(13, h, 1)
@@ -274,7 +275,7 @@ def test_an_ended_episode_gets_no_terminal_value(files: PolicyFiles, propagation
     base, valued = score(0.0), score(w)
     np.testing.assert_allclose(base, [sum(discount**t for t in range(int(r))) for r in ret],
                                rtol=1e-5)  # fmt: skip
-    value = w * discount**h * critic_value(files.ip_agent, final)
+    value = w * discount**h * critic_value(policy_files.ip_agent, final)
     assert np.abs(value[~alive]).min() > 0.05, "an ended candidate's value would show"
     np.testing.assert_allclose(valued - base, np.where(alive, value, 0.0), rtol=1e-4, atol=1e-5)
 
@@ -311,8 +312,10 @@ def test_policy_settings_outside_their_range_are_refused(name: str, value: float
         assert getattr(current.changed({name: edge}).rollout, name) == edge
 
 
-def test_proposals_need_a_policy_and_room(files: PolicyFiles, evaluator: RolloutEvaluator) -> None:
-    plain = RolloutEvaluator(files.pendulum, PENDULUM)
+def test_proposals_need_a_policy_and_room(
+    policy_files: PolicyFiles, policy_evaluator: RolloutEvaluator
+) -> None:
+    plain = RolloutEvaluator(policy_files.pendulum, PENDULUM)
     settings = RolloutSettings(policy_share=1.0, value_weight=1.0)
     actions = np.zeros((3, 4, 1), np.float32)
     rng = np.random.default_rng(0)
@@ -324,52 +327,52 @@ def test_proposals_need_a_policy_and_room(files: PolicyFiles, evaluator: Rollout
         plain.policy_rollout(OBS, 4, settings)
     for bad in (-1, 4):
         with pytest.raises(ValueError, match=r"proposals must be in \[0, 3\]"):
-            evaluator.evaluate(OBS, actions, settings, rng, proposals=bad)
-    assert evaluator.proposals(10, settings.__class__(policy_share=0.26)) == 3
+            policy_evaluator.evaluate(OBS, actions, settings, rng, proposals=bad)
+    assert policy_evaluator.proposals(10, settings.__class__(policy_share=0.26)) == 3
     # Without a policy, settings asking for one plan as plain settings do.
     a = plain.evaluate(OBS, actions, settings, np.random.default_rng(1))
     b = plain.evaluate(OBS, actions, RolloutSettings(), np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
 
 
-def test_policy_files_that_do_not_fit_the_task_are_refused(files: PolicyFiles) -> None:
+def test_policy_files_that_do_not_fit_the_task_are_refused(policy_files: PolicyFiles) -> None:
     with pytest.raises(ModelFileError, match=r"policy dims \(obs 4, act 1\)"):
-        RolloutEvaluator(files.pendulum, PENDULUM, policy_path=files.ip_policy)
+        RolloutEvaluator(policy_files.pendulum, PENDULUM, policy_path=policy_files.ip_policy)
     # The pendulum policy's graph under metadata that says it acts within [-1, 1].
-    data, meta = read_policy(files.policy)
-    path = files.root / "narrow.onnx"
+    data, meta = read_policy(policy_files.policy)
+    path = policy_files.root / "narrow.onnx"
     narrow = dataclasses.replace(meta, low=(-1.0,), high=(1.0,))
     write_with_metadata(onnx.load_from_string(data), narrow.to_props(), path)
     assert read_policy(path)[1].high == (1.0,)
     with pytest.raises(ModelFileError, match="bounds"):
-        RolloutEvaluator(files.pendulum, PENDULUM, policy_path=path)
+        RolloutEvaluator(policy_files.pendulum, PENDULUM, policy_path=path)
     with pytest.raises(ModelFileError, match="not a tickmpc policy"):
-        RolloutEvaluator(files.pendulum, PENDULUM, policy_path=files.pendulum)
+        RolloutEvaluator(policy_files.pendulum, PENDULUM, policy_path=policy_files.pendulum)
 
 
 # --- 5. the plain path is unchanged by a loaded policy -----------------------------------
 
 
 @pytest.fixture(scope="module")
-def learned(files: PolicyFiles) -> Path:
+def learned(policy_files: PolicyFiles) -> Path:
     """A random (not exact) pendulum ensemble, so sampling and routing matter."""
     torch.manual_seed(0)
     cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=5, hidden_layers=2, hidden_units=32)
     model = GaussianEnsemble(cfg).eval()
     with torch.no_grad():
         model.out_std.mul_(0.05)
-    path = files.root / "learned.onnx"
+    path = policy_files.root / "learned.onnx"
     export_ensemble(model, path, member_batched=True)
     return path
 
 
 @pytest.mark.parametrize("propagation", ["ts1", "tsinf", "expectation"])
 def test_the_plain_path_is_unchanged_by_a_loaded_policy(
-    files: PolicyFiles, learned: Path, propagation: str
+    policy_files: PolicyFiles, learned: Path, propagation: str
 ) -> None:
     options = RuntimeOptions(rollout_slices=2)
     plain = RolloutEvaluator(learned, PENDULUM, options=options)
-    loaded = RolloutEvaluator(learned, PENDULUM, options=options, policy_path=files.policy)
+    loaded = RolloutEvaluator(learned, PENDULUM, options=options, policy_path=policy_files.policy)
     settings = RolloutSettings(particles=4, propagation=propagation, policy_noise=0.7)
     actions = np.random.default_rng(8).uniform(-2, 2, (10, 9, 1)).astype(np.float32)
     a = plain.evaluate(OBS, actions, settings, np.random.default_rng(9))
@@ -386,12 +389,14 @@ def test_the_plain_path_is_unchanged_by_a_loaded_policy(
 
 
 @pytest.mark.parametrize("mode", ["routed", "mixed"])
-def test_the_unrolled_graph_with_a_policy_equals_the_loop(files: PolicyFiles, mode: str) -> None:
+def test_the_unrolled_graph_with_a_policy_equals_the_loop(
+    policy_files: PolicyFiles, mode: str
+) -> None:
     """The straight-line graph (the benchmark's) inlines the policy once per step: valid, and
     the same returns and actions as the Loop for the same draws."""
-    model = onnx.load(files.pendulum)
+    model = onnx.load(policy_files.pendulum)
     graph = ModelGraph(model, 5, 3, 1, member_batched=True)
-    data, _ = read_policy(files.policy)
+    data, _ = read_policy(policy_files.policy)
     bounds = np.array(PENDULUM.action_low), np.array(PENDULUM.action_high)
     policy = PolicyParts(onnx.load_from_string(data), *bounds)
     reward = task_reward_graph(PENDULUM)
