@@ -35,8 +35,9 @@ from controller.rollout.graph import Mode, ModelGraph, PolicyParts, build_rollou
 from controller.rollout.reward_graph import task_reward_graph
 from controller.tasks import Task
 from models.export import ModelFileError, ModelMetadata
-from models.policy.export import read_policy
+from models.policy.export import PolicyMetadata, read_policy
 from models.runtime import RuntimeOptions, create_session, read_model, select_providers
+from sim_bridge.protocol import BOUNDS_ATOL, BOUNDS_RTOL
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 MIN_SLICE_ROWS = 16
@@ -205,6 +206,8 @@ class RolloutEvaluator:
             self._inputs[key] = frozenset(i.name for i in proto.graph.input)
         self.inv_scale2 = _inverse_scale2(self.metadata)
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
+        self.center = (np.asarray(task.action_low) + np.asarray(task.action_high)) / 2.0
+        """The middle of the action bounds [A]."""
         self._layout_key: tuple[object, ...] | None = None
         self._slices: list[_Slice] = []
 
@@ -311,9 +314,8 @@ class RolloutEvaluator:
             # averaged over its particles; a rollout that blew up (NaN states) leaves the
             # middle of the bounds, never a NaN an optimizer could refit on and send
             per_candidate = taken.reshape(h, proposals, p, -1).mean(axis=2).transpose(1, 0, 2)
-            center = (np.asarray(self.task.action_low) + np.asarray(self.task.action_high)) / 2
             finite = np.isfinite(per_candidate).all(axis=(1, 2))
-            actions[:proposals] = np.where(finite[:, None, None], per_candidate, center)
+            actions[:proposals] = np.where(finite[:, None, None], per_candidate, self.center)
         per_particle = returns.reshape(n, p)
         score = per_particle.mean(axis=1)
         if p > 1 and settings.risk > 0:
@@ -341,8 +343,7 @@ class RolloutEvaluator:
             disagreement_penalty=0.0,
             reward_pessimism=0.0,
         )
-        center = (np.asarray(self.task.action_low) + np.asarray(self.task.action_high)) / 2.0
-        actions = np.broadcast_to(center, (1, horizon, self.task.act_dim)).astype(np.float32)
+        actions = np.broadcast_to(self.center, (1, horizon, self.task.act_dim)).astype(np.float32)
         self.evaluate(obs, actions, mean, np.random.default_rng(0), weights, proposals=1)
         return actions[0].astype(np.float64)
 
@@ -391,7 +392,8 @@ class RolloutEvaluator:
             if len(out) > 1:
                 if taken is None:
                     h, _, a = out[1].shape
-                    taken = np.empty((h, self._policy_rows, a), np.float32)
+                    driven = sum(len(s.policy_particle) for s in self._slices)
+                    taken = np.empty((h, driven, a), np.float32)
                 taken[:, part.index[: len(part.policy_particle)]] = out[1]
         return returns, taken
 
@@ -420,12 +422,11 @@ class RolloutEvaluator:
             feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
         else:
             feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
-        if "policy_noise" in shared:
+        if "policy_noise" in shared:  # a graph with the policy
             feeds["policy_particle"] = part.policy_particle
-        if part.policy_eps is not None and "policy_noise" in shared:
-            if settings.policy_noise > 0:
+            if part.policy_eps is not None and settings.policy_noise > 0:
                 feeds["policy_eps"] = rng.standard_normal(dtype=np.float32, out=part.policy_eps)
-            else:
+            elif part.policy_eps is not None:
                 part.policy_eps.fill(0.0)
                 feeds["policy_eps"] = part.policy_eps
         return feeds
@@ -477,7 +478,6 @@ class RolloutEvaluator:
                 if policy_rows is not None:
                     part.policy_eps = np.zeros((h, len(driven), self.task.act_dim), np.float32)
             self._slices.append(part)
-        self._policy_rows = first
         self._layout_key = key
 
 
@@ -514,11 +514,22 @@ def _policy_parts(path: Path, task: Task) -> PolicyParts:
             f"{path}: policy dims (obs {meta.obs_dim}, act {meta.act_dim}) do not match task "
             f"{task.name} (obs {task.obs_dim}, act {task.act_dim})"
         )
+    if why := policy_bounds_error(meta, task):
+        raise ModelFileError(f"{path}: policy {why}")
     low, high = np.asarray(task.action_low, np.float64), np.asarray(task.action_high, np.float64)
-    if not (np.allclose(meta.low, low, rtol=1e-5) and np.allclose(meta.high, high, rtol=1e-5)):
-        raise ModelFileError(f"{path}: policy action bounds {meta.low}, {meta.high} are not "
-                             f"task {task.name}'s {low.tolist()}, {high.tolist()}")  # fmt: skip
     return PolicyParts(onnx.load_from_string(data), low, high)
+
+
+def policy_bounds_error(meta: PolicyMetadata, task: Task) -> str | None:
+    """Why a policy's action bounds do not fit ``task`` (None where they do, within the
+    tolerances a HELLO is held to). A policy squashes its actions into its own bounds: other
+    bounds would scale every one of them wrong."""
+    low, high = np.asarray(task.action_low, np.float64), np.asarray(task.action_high, np.float64)
+    bounds = ((meta.low, low), (meta.high, high))
+    if all(np.allclose(a, b, BOUNDS_RTOL, BOUNDS_ATOL) for a, b in bounds):
+        return None
+    return (f"action bounds {list(meta.low)}, {list(meta.high)} are not task {task.name}'s "
+            f"{low.tolist()}, {high.tolist()}")  # fmt: skip
 
 
 def _device(options: RuntimeOptions) -> str:

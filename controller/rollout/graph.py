@@ -530,7 +530,8 @@ def build_rollout_graph(
         outputs,
         initializer=b.initializers,
     )
-    parts = [model.proto, *(p for p in (reward,) if p is not None)]
+    parts = [model.proto]
+    parts += [reward] if reward is not None else []
     parts += [policy.proto] if policy is not None else []
     opset = max(
         (o.version for p in parts for o in p.opset_import if o.domain == ""),

@@ -25,12 +25,11 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from controller.planners.policy import PolicyActor
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings, policy_bounds_error
 from controller.tasks import Task
 from models.policy.export import PolicyDirectory, PolicyRuntime
 from models.registry import ModelDirectory, ModelVersion, VersionedDirectory
 from models.runtime import RuntimeOptions
-from sim_bridge.protocol import BOUNDS_ATOL, BOUNDS_RTOL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -233,13 +232,9 @@ class PolicyWatcher(VersionWatcher[PolicyActor]):
         runtime = PolicyRuntime(
             latest.path, obs_dim=t.obs_dim, act_dim=t.act_dim, options=self.options
         )
+        if why := policy_bounds_error(runtime.metadata, t):
+            raise ValueError(f"its {why}")
         low, high = np.asarray(t.action_low, np.float64), np.asarray(t.action_high, np.float64)
-        meta = runtime.metadata
-        # Its actions are squashed into its own bounds: other bounds would scale every one wrong.
-        bounds = ((meta.low, low), (meta.high, high))
-        if not all(np.allclose(a, b, BOUNDS_RTOL, BOUNDS_ATOL) for a, b in bounds):
-            raise ValueError(f"its action bounds {meta.low}, {meta.high} are not the task's "
-                             f"{low.tolist()}, {high.tolist()}")  # fmt: skip
         mean, std, value = runtime.predict(np.zeros(t.obs_dim))
         if mean.shape != (t.act_dim,) or std.shape != (t.act_dim,) or np.shape(value) != ():
             raise ValueError(f"from the zero state it answers action {list(mean.shape)}, std "
