@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import tomllib
 from dataclasses import dataclass
@@ -152,8 +151,9 @@ def summary(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
                                   if r["planner"] == kind and r["rows_per_plan"] == n]))
                 for n in levels
             }  # fmt: skip
-        default_rows = max(table.get("plain") or table[min(table)])
-        reference = (table.get("plain") or table[min(table)])[default_rows]
+        baseline = table.get("plain") or table[min(table)]  # without plain: the first kind
+        default_rows = max(baseline)
+        reference = baseline[default_rows]
         bar = reference - tolerance * abs(reference)
         fewest = {
             kind: min((n for n, ret in t.items() if ret >= bar), default=None)
@@ -217,13 +217,7 @@ def main() -> None:
         print(f"{task}: plain default {s['plain_default_return']}, bar {s['bar']}; fewest rows "
               f"keeping it: {s['fewest_rows']}; reduction with the policy "
               f"{s['reduction_with_policy']}")  # fmt: skip
-    print(json.dumps(result, allow_nan=False, default=_finite))
-
-
-def _finite(x: object) -> object:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(f"not JSON serializable: {x!r}")
+    print(json.dumps(result, allow_nan=False))
 
 
 if __name__ == "__main__":
