@@ -308,7 +308,7 @@ def horizon_design(tmp: Path, threads: int, reps: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     perms = np.stack([rng.permutation(n) for _ in range(h)])
     feeds = {
-        "obs": start_state(task).astype(np.float32),
+        "obs": np.tile(start_state(task).astype(np.float32), (n, 1)),
         "actions": rng.uniform(-1, 1, (n, h, 1)).astype(np.float32),
         "particle_candidate": np.arange(n, dtype=np.int64),
         "noise": rng.standard_normal((h, n, task.obs_dim)).astype(np.float32),

@@ -155,10 +155,15 @@ def bridge(
 def tune(
     changes: Annotated[list[str], typer.Argument(help="NAME=VALUE ..., weight.TERM=VALUE.")],
     control: ControlOption = DEFAULT_CONTROL,
+    robot: Annotated[
+        str | None, typer.Option(help="Change this robot's settings only (default: every robot's).")
+    ] = None,
 ) -> None:
-    """Change live settings (applied at every robot's next tick), e.g. horizon=30 planner=icem;
-    seed=N reseeds every robot's planner."""
-    reply = control_request(control, "set", changes=assignments(changes))
+    """Change live settings (applied at the next tick), e.g. horizon=30 planner=icem: every
+    robot's and the ones new robots start with, or with --robot one robot's; seed=N reseeds
+    the planners it changes."""
+    fields = {"robot": robot} if robot is not None else {}
+    reply = control_request(control, "set", changes=assignments(changes), **fields)
     console.print_json(data=reply["settings"])
 
 
@@ -173,7 +178,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
     """Per robot: tick rate, plan time p50/p99, deadline misses, fallbacks, non-finite
-    candidates, dropped states, errors, model."""
+    candidates, dropped states, errors, model, and the settings tuned for it alone (--json:
+    every robot's settings whole)."""
     reply = control_request(control, "status")
     if as_json:
         print(json.dumps(reply, indent=2))
@@ -189,6 +195,14 @@ def status(
     table.add_column("robot")
     for name in STATUS_COLUMNS:
         table.add_column(name, justify="right")
+    table.add_column("own settings")
     for robot, row in reply["robots"].items():
-        table.add_row(robot, *(str(row[c]) for c in STATUS_COLUMNS))
+        table.add_row(robot, *(str(row[c]) for c in STATUS_COLUMNS),
+                      own_settings(row["settings"], reply["settings"]))  # fmt: skip
     console.print(table)
+
+
+def own_settings(mine: dict[str, object], default: dict[str, object]) -> str:
+    """The settings a robot was tuned to apart from the others, as NAME=VALUE (or "-")."""
+    own = [f"{k}={json.dumps(v)}" for k, v in mine.items() if default.get(k) != v]
+    return " ".join(own) or "-"

@@ -42,6 +42,7 @@ from controller.planners.base import (
     shift,
     shift_warm_start,
 )
+from controller.planners.batch import PlanRequest, plan_together
 from controller.planners.policy import POLICY
 from controller.planners.registry import make_optimizer
 from controller.planners.settings import PlannerSettings
@@ -65,7 +66,7 @@ class Planner:
         self._fresh = False
         self._cost = IterationCost()
         self._install(settings or PlannerSettings())
-        self.rng = np.random.default_rng(self.settings.seed)
+        self._seed(self.settings.seed)
         self.reset()
 
     @property
@@ -102,7 +103,7 @@ class Planner:
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode: forget the warm start; reseed if ``seed`` is given."""
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self._seed(seed)
         h = self.settings.horizon
         self._warm = WarmStart(np.broadcast_to(self.fill, (h, len(self.fill))).copy())
         self._previous = self._warm.mean.copy()
@@ -110,79 +111,41 @@ class Planner:
 
     def plan(self, obs: np.ndarray, budget_s: float | None = None) -> Plan:
         """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations)."""
-        start = time.perf_counter()
+        (plan,) = plan_together([PlanRequest(self, obs, budget_s)], self._cost)
+        return plan
+
+    def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> PlanRun:
+        """Start one plan from ``obs`` (settings and evaluator swapped in, warm start made);
+        :func:`~controller.planners.batch.plan_together` drives it. RuntimeError under the
+        planner setting "policy"."""
         self._apply_pending()
         opt = self._optimizer
         if opt is None:
             raise RuntimeError(
                 'planner "policy" does not plan: the service acts with the learned policy'
             )
-        s = self.settings
-        rollout = s.rollout
-        h = s.horizon
-        if self._cold and self._evaluator.uses_policy(rollout):  # nothing executed to shift
-            previous = self._evaluator.policy_rollout(obs, h, rollout, self._weights)
+        h = self.settings.horizon
+        if self._cold and self._evaluator.uses_policy(self.settings.rollout):  # nothing to shift
+            previous = self._evaluator.policy_rollout(obs, h, self.settings.rollout, self._weights)
             warm = WarmStart(previous)
         else:
             warm = shift_warm_start(self._warm, self.fill, h)
             previous = shift(self._previous, self.fill, h)
         self._cold = False
         opt.begin(warm, self.rng)
-        done = candidates = rows = nonfinite = 0
-        for it in range(s.iterations):
-            it_rows = self._evaluator.rows(opt.population(it), h, rollout)
-            predicted = self._cost.predict(it_rows)
-            if budget_s is not None and predicted is not None:
-                if time.perf_counter() - start + predicted > budget_s:
-                    break
-            t0 = time.perf_counter()
-            batch = opt.ask(it)
-            proposals = self._evaluator.proposals(len(batch), rollout)
-            scores = self._evaluator.evaluate(
-                obs, batch, rollout, self.rng, self._weights, proposals
-            )
-            bad = ~np.isfinite(scores)
-            if bad.any():
-                nonfinite += int(bad.sum())
-                scores = np.where(bad, -math.inf, scores)
-            opt.tell(batch, scores)
-            self._cost.update(it_rows, time.perf_counter() - t0)
-            done += 1
-            candidates += len(batch)
-            rows += it_rows
-        if done:
-            actions, predicted_return = opt.solution()
-            self._warm = opt.carry()
-        else:
-            actions, predicted_return = previous, math.nan
-            self._warm = warm
-            self._cost.skipped()
-        actions = np.array(actions, np.float64)
-        actions.setflags(write=False)
-        self._previous = actions
-        elapsed = time.perf_counter() - start
-        return Plan(
-            actions=actions,
-            predicted_return=float(predicted_return),
-            iterations=done,
-            candidates=candidates,
-            rows=rows,
-            elapsed_s=elapsed,
-            budget_s=budget_s,
-            deadline_miss=done == 0 or (budget_s is not None and elapsed > budget_s),
-            fallback=done == 0,
-            nonfinite=nonfinite,
-            planner=s.planner,
-            horizon=h,
-        )
+        return PlanRun(self, opt, np.asarray(obs), budget_s, start, warm, previous)
+
+    def _finished(self, actions: np.ndarray, warm: WarmStart) -> None:
+        """What the next plan starts from: ``actions`` sent, ``warm`` the optimizer's carry."""
+        self._previous, self._warm = actions, warm
 
     def warmup(self, obs: np.ndarray | None = None) -> None:
         """Run one full plan off the hot path (first-run allocations, cost estimate), then
         restore the warm start and random state."""
-        state = self.rng.bit_generator.state
+        state = self.rng.bit_generator.state, self.rollout_rng.bit_generator.state
         warm, previous, cold = self._warm, self._previous, self._cold
         self.plan(np.zeros(self.task.obs_dim) if obs is None else obs)
-        self.rng.bit_generator.state = state
+        self.rng.bit_generator.state, self.rollout_rng.bit_generator.state = state
         self._warm, self._previous, self._cold = warm, previous, cold
 
     def _apply_pending(self) -> None:
@@ -192,12 +155,20 @@ class Planner:
         settings, self._pending = self._pending, None
         if settings is not None:
             if self._reseed:
-                self.rng = np.random.default_rng(settings.seed)
+                self._seed(settings.seed)
                 self._reseed = False
             self._install(settings)
             if self._fresh and settings.planner != POLICY:
                 self._fresh = False
                 self.reset()
+
+    def _seed(self, seed: int) -> None:
+        """Two streams from ``seed``: ``rng`` for the optimizer's candidates and
+        ``rollout_rng`` for the rollouts' sampling noise and member orders. Kept apart so that
+        a robot's candidates are the same whether it plans alone or beside other robots (whose
+        batch draws its rollout randomness from one robot's stream)."""
+        self.rng, self.rollout_rng = (np.random.default_rng(s) for s in
+                                      np.random.SeedSequence(seed).spawn(2))  # fmt: skip
 
     def _install(self, settings: PlannerSettings) -> None:
         self._weights = self._weights_array(settings.weights)
@@ -209,3 +180,101 @@ class Planner:
     def _weights_array(self, changes: Mapping[str, float]) -> np.ndarray:
         weights = self.task.validated_weights(changes)
         return np.asarray(list(weights.values()), np.float32)
+
+
+class PlanRun:
+    """One plan in progress: the optimizer's iterations for one robot's state, driven by
+    :func:`~controller.planners.batch.plan_together` alone or beside other robots' plans."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        optimizer: Optimizer,
+        obs: np.ndarray,
+        budget_s: float | None,
+        start: float,
+        warm: WarmStart,
+        previous: np.ndarray,
+    ) -> None:
+        self.planner = planner
+        self.optimizer = optimizer
+        self.obs = obs
+        self.budget_s = budget_s
+        self.start = start
+        """perf_counter() the budget counts from."""
+        self.settings = planner.settings
+        self.evaluator = planner.evaluator
+        self.weights = planner._weights
+        self._warm, self._previous = warm, previous
+        self.done = self.candidates = self.rows = self.nonfinite = 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Every iteration the settings ask for has run."""
+        return self.done >= self.settings.iterations
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Plans with equal keys can be scored in one rollout run: one evaluator (model
+        version), horizon, rollout settings and reward weights."""
+        s = self.settings
+        return (id(self.evaluator), s.horizon, s.rollout, self.weights.tobytes())
+
+    def population(self) -> int:
+        """Candidates the next iteration asks for."""
+        return self.optimizer.population(self.done)
+
+    def used(self, now: float) -> float:
+        """The share of its budget used by ``now`` (0 without a budget)."""
+        return 0.0 if self.budget_s is None else (now - self.start) / max(self.budget_s, 1e-9)
+
+    def late(self, now: float, seconds: float) -> bool:
+        """Whether an iteration of ``seconds`` from ``now`` would end past the budget."""
+        return self.budget_s is not None and now - self.start + seconds > self.budget_s
+
+    def ask(self) -> tuple[np.ndarray, int]:
+        """The next iteration's candidates ``[N, H, A]`` and how many of the first are policy
+        proposals."""
+        batch = self.optimizer.ask(self.done)
+        return batch, self.evaluator.proposals(len(batch), self.settings.rollout)
+
+    def tell(self, batch: np.ndarray, scores: np.ndarray, rows: int) -> None:
+        """Refit on the scores of ``batch`` (non-finite ones counted and ranked last);
+        ``rows``: the member-rows that scoring it cost."""
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            scores = np.where(bad, -math.inf, scores)
+        self.optimizer.tell(batch, scores)
+        self.done += 1
+        self.candidates += len(batch)
+        self.rows += rows
+
+    def finish(self) -> Plan:
+        """The plan: the optimizer's solution, or the previous plan shifted when no iteration
+        ran (a fallback)."""
+        if self.done:
+            actions, predicted_return = self.optimizer.solution()
+            warm = self.optimizer.carry()
+        else:
+            actions, predicted_return = self._previous, math.nan
+            warm = self._warm
+        actions = np.array(actions, np.float64)
+        actions.setflags(write=False)
+        self.planner._finished(actions, warm)
+        elapsed = time.perf_counter() - self.start
+        budget = self.budget_s
+        return Plan(
+            actions=actions,
+            predicted_return=float(predicted_return),
+            iterations=self.done,
+            candidates=self.candidates,
+            rows=self.rows,
+            elapsed_s=elapsed,
+            budget_s=budget,
+            deadline_miss=self.done == 0 or (budget is not None and elapsed > budget),
+            fallback=self.done == 0,
+            nonfinite=self.nonfinite,
+            planner=self.settings.planner,
+            horizon=self.settings.horizon,
+        )

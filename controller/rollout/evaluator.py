@@ -260,7 +260,8 @@ class RolloutEvaluator:
         weights: np.ndarray | None = None,
         proposals: int = 0,
     ) -> np.ndarray:
-        """Score each candidate: ``obs [S]``, ``actions [N, H, A]`` -> ``returns [N]``.
+        """Score each candidate: ``obs [S]`` (or ``[N, S]``, the state each candidate starts
+        from: several robots' candidates in one run), ``actions [N, H, A]`` -> ``returns [N]``.
 
         ``weights [T]``: the task's term weights (None: its defaults); unused when the reward
         is learned.
@@ -273,15 +274,11 @@ class RolloutEvaluator:
         A candidate whose rollout produced a non-finite return keeps it (NaN or inf): the
         planner decides what to do with it and counts it; nothing is replaced silently.
         """
-        obs = np.asarray(obs, np.float32).reshape(-1)
-        if obs.shape != (self.task.obs_dim,):
-            raise ValueError(f"obs must have {self.task.obs_dim} values, got {obs.size}")
-        if not np.isfinite(obs).all():
-            raise ValueError("obs contains non-finite values")
         if actions.ndim != 3 or actions.shape[2] != self.task.act_dim or 0 in actions.shape:
             raise ValueError(f"actions must have shape [N, H, {self.task.act_dim}], "
                              f"got {list(actions.shape)}")  # fmt: skip
         n, h, _ = actions.shape
+        starts = self._starts(obs, n)
         p = settings.particles
         if not 0 <= proposals <= n:
             raise ValueError(f"proposals must be in [0, {n}] (the candidates), got {proposals}")
@@ -295,7 +292,7 @@ class RolloutEvaluator:
         key = (mode, bool(proposals) or self.uses_policy(settings))
         self._layout(n, h, p, mode, proposals * p if key[1] else None)
         shared: dict[str, np.ndarray] = {
-            "obs": obs,
+            "obs": starts,
             "actions": np.ascontiguousarray(actions, np.float32),
             "weights": self.default_weights if weights is None else weights,
             "discount": np.array(settings.discount, np.float32),
@@ -321,6 +318,18 @@ class RolloutEvaluator:
         if p > 1 and settings.risk > 0:
             score = score - settings.risk * per_particle.std(axis=1)
         return np.asarray(score, np.float64)
+
+    def _starts(self, obs: np.ndarray, n: int) -> np.ndarray:
+        """``obs [S]`` or ``[N, S]`` checked, as the ``[N, S]`` float32 the graph takes."""
+        s = self.task.obs_dim
+        obs = np.asarray(obs, np.float32)
+        if obs.ndim <= 1 and obs.size == s:
+            obs = np.broadcast_to(obs.reshape(s), (n, s))
+        elif obs.shape != (n, s):
+            raise ValueError(f"obs must have shape [{s}] or [N={n}, {s}], got {list(obs.shape)}")
+        if not np.isfinite(obs).all():
+            raise ValueError("obs contains non-finite values")
+        return np.ascontiguousarray(obs)
 
     def policy_rollout(
         self,

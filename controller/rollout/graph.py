@@ -14,8 +14,10 @@ is the horizon of the ``actions`` input, and the reward's after it. So:
 Shapes: N candidates, H horizon, A action, S observation, E members, M particle rows (N x P,
 padded to a multiple of E in routed mode), T reward terms.
 
-Inputs (both modes): ``obs [S]`` the current state; ``actions [N, H, A]``; ``particle_candidate
-[M]`` int64, which candidate each particle row follows; ``noise [H, M, S]`` standard normal
+Inputs (both modes): ``obs [N, S]`` the state each candidate starts from (the robot's current
+state; candidates of several robots planned together start from their own robot's);
+``actions [N, H, A]``; ``particle_candidate [M]`` int64, which candidate each particle row
+follows; ``noise [H, M, S]`` standard normal
 draws for sampling the next state (zeros for mean propagation; the draws are i.i.d., so which
 row takes which draw does not matter and routed mode takes them in member order);
 ``weights [T]`` when the task has reward terms; ``discount []``.
@@ -223,7 +225,7 @@ def _inputs(
     e, s, a = model.members, model.obs_dim, model.act_dim
     info = helper.make_tensor_value_info
     inputs = [
-        info("obs", FLOAT, [s]),
+        info("obs", FLOAT, ["N", s]),
         info("actions", FLOAT, ["N", "H", a]),
         info("particle_candidate", INT64, ["M"]),
     ]
@@ -285,8 +287,10 @@ def _routing(b: Builder, a: int, h: str, m: str) -> str:
     rows = b.op("Add", ["gather_idx", offsets])
     b.nodes.append(helper.make_node("Gather", [flat_act, rows], ["act_routed"], axis=0))
     # Step t-1 leaves particle p in row scatter_idx[t-1][p], so step t takes rows
-    # scatter_idx[t-1][gather_idx[t]]. Step 0 starts from identical rows: any order will do.
-    first = b.op("Slice", ["scatter_idx", b.ints(0), b.ints(1)])
+    # scatter_idx[t-1][gather_idx[t]]. Step 0 takes them from state0, in particle order (the
+    # rows differ where candidates start from different robots' states).
+    identity = b.op("Range", [b.const(np.int64(0)), m, b.const(np.int64(1))])
+    first = b.op("Unsqueeze", [identity, b.ints(0)])
     before = b.op("Concat", [first, b.op("Slice", ["scatter_idx", b.ints(0), b.ints(-1)])], axis=0)
     b.nodes.append(helper.make_node("GatherElements", [before, "gather_idx"], ["reorder"], axis=1))
     return offsets
@@ -486,8 +490,7 @@ def build_rollout_graph(
     m_1d = b.op("Shape", ["particle_candidate"], "m")  # [1]
     h_1d = b.op("Slice", [b.op("Shape", ["actions"]), b.ints(1), b.ints(2)], "h")  # [1]
     m, h = b.op("Reshape", [m_1d, b.ints()], "m"), b.op("Reshape", [h_1d, b.ints()], "h")
-    row0 = b.op("Unsqueeze", ["obs", b.ints(0)])
-    state0 = b.op("Expand", [row0, b.op("Concat", [m_1d, b.ints(s)], axis=0)], "state0")
+    state0 = b.op("Gather", ["obs", "particle_candidate"], "state0", axis=0)  # [M, S]
     hm = b.op("Concat", [h_1d, m_1d], axis=0)
     graph_seed = float(seed) if device_random else None
     if graph_seed is not None and mode == "routed":

@@ -3,8 +3,10 @@
 Requests and replies are versioned JSON frames defined in ``sim_bridge.protocol`` and described
 in docs/protocol.md ("Control socket"). A request that does not parse is answered with its
 protocol error code; a setting refused by validation with ``bad_setting`` and the reason; a
-request for one robot's settings with ``bad_field`` (this service keeps one set of settings for
-every robot); a failure of the service itself with ``internal``. Nothing a client sends stops
+request naming a ``robot`` that is not connected with ``bad_field``; a failure of the service
+itself with ``internal``. ``get``, ``set`` and ``status`` take an optional ``robot``: that
+robot's settings (``set``: that robot's alone); without it, ``set`` changes every robot's and
+the ones new robots start with, and ``get`` returns the latter. Nothing a client sends stops
 the service.
 """
 
@@ -38,19 +40,23 @@ class ControlHandler:
             return p.control_error("internal", repr(exc)[:500])
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        service, cmd = self.service, request["cmd"]
-        if "robot" in request:
-            raise p.ProtocolError("bad_field", "this service keeps one set of settings for "
-                                  "every robot: leave out 'robot'")  # fmt: skip
+        service, cmd, robot = self.service, request["cmd"], request.get("robot")
         if cmd == "model":  # a learner announces a new model or policy version
             for watcher in service.watchers:
                 watcher.poke()
             return {"model_version": service.model_version}
+        known = sorted(session.robot for session in service.sessions.values())
+        if robot is not None and robot not in known:
+            raise p.ProtocolError("bad_field", f"robot {robot!r} is not connected "
+                                  f"(robots: {known})")  # fmt: skip
         if cmd == "status":
-            return service.status()
+            status = service.status()
+            if robot is not None:
+                status["robots"] = {robot: status["robots"][robot]}
+            return status
         if cmd == "set":
             try:
-                service.apply(request["changes"])
+                return {"settings": service.apply(request["changes"], robot).to_dict()}
             except ValueError as exc:
                 raise p.ProtocolError("bad_setting", str(exc)) from None
-        return {"settings": service.planner_settings.to_dict()}
+        return {"settings": service.settings_of(robot).to_dict()}

@@ -7,9 +7,15 @@ the transitions those STATEs completed to the store in one write, then plans for
 that has a new state (or acts with the learned policy: controller.planners.policy), sends its
 ACTION, and publishes one telemetry record per ACTION. The write
 comes before the ACTIONs, so every transition an ACTION answers is in the store (in the OS's
-cache: a killed service loses none; ``durable`` adds an fsync for power loss). Planning is
-sequential across robots: a state's wait is taken off its realtime budget. A malformed or
-unexpected message is answered with ERROR and logged; nothing a robot sends can stop the loop.
+cache: a killed service loses none; ``durable`` adds an fsync for power loss).
+
+The robots with a new state are planned together (controller.planners.batch): each keeps its
+own planner, settings and random stream, and every optimizer iteration scores all their
+candidates in one rollout run. A realtime robot leaves the batch at its deadline and its
+ACTION goes out at once; a state's wait is taken off its budget. Each robot has its own
+settings: ``apply(changes)`` changes every robot's and the default new robots start from,
+``apply(changes, robot)`` one robot's. A malformed or unexpected message is answered with
+ERROR and logged; nothing a robot sends can stop the loop.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controller.planners import POLICY, Planner, PlannerSettings, PolicyActor, kernels
+from controller.planners import POLICY, Plan, Planner, PlannerSettings, PolicyActor, kernels
+from controller.planners.base import IterationCost
+from controller.planners.batch import PlanRequest, plan_together
 from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
@@ -54,7 +62,10 @@ class MPCService:
         """The served task; None until the first HELLO when the task is ``auto``."""
         self.settings = settings
         self.planner_settings = planner or PlannerSettings()
-        """What every robot's planner runs with; changed whole by ``apply``."""
+        """The settings a robot starts with (``apply`` without a robot changes these and
+        every robot's)."""
+        self.cost = IterationCost()
+        """Seconds per model row of a planning round, shared by every robot's budget."""
         self.sessions: dict[bytes, RobotSession] = {}
         self.model_version = 0
         self.evaluator: Any = None
@@ -175,9 +186,7 @@ class MPCService:
         self._swap_model()
         self._swap_policy()
         self.recorder.record()
-        for session in list(self.sessions.values()):
-            if session.pending is not None:
-                self._tick(session)
+        self._answer_pending()
         self.recorder.publish(self.telemetry)
         now = time.monotonic()
         if now - self._housekeeping > HOUSEKEEPING_S:
@@ -259,7 +268,7 @@ class MPCService:
         if session is None or session.robot != msg.robot:
             session = self._session_for(identity, msg)
         session.last_heard = time.monotonic()
-        settings = self.planner_settings
+        settings = session.settings
         self._send(
             identity,
             p.make(
@@ -328,6 +337,7 @@ class MPCService:
                 hello=hello,
                 lockstep=hello["mode"] == "lockstep",
                 control_period=float(hello["control_period"]),
+                settings=self.planner_settings,
                 planner=planner,
                 rng=np.random.default_rng(self.planner_settings.seed),
             )
@@ -364,34 +374,59 @@ class MPCService:
         over = msg["terminated"] or msg["truncated"]
         session.pending = None if over else Pending(msg, time.perf_counter())
 
-    def _tick(self, session: RobotSession) -> None:
-        pending, session.pending = session.pending, None
-        assert pending is not None
-        msg = pending.msg
-        start = time.perf_counter()
-        settings = self.planner_settings
-        fallback, nonfinite, acted = False, 0, None
-        if settings.planner == POLICY:
-            acted = self._act(session, msg["obs"], settings.options.explore)
-        if acted is not None:
-            action, predicted = acted
-            planner, horizon, iterations, miss = POLICY, 0, 0, False
-        elif session.planner is None or settings.planner == POLICY:
-            action = session.rng.uniform(self.low, self.high)
-            planner, horizon, iterations, predicted, miss = "explore", 0, 0, None, False
-        else:
-            budget = None
-            if not session.lockstep:
-                budget = settings.budget_s(session.control_period, start - pending.received)
-            plan = session.planner.plan(msg["obs"], budget)
-            action, planner, horizon = plan.action, plan.planner, plan.horizon
-            iterations, miss = plan.iterations, plan.deadline_miss
-            fallback, nonfinite = plan.fallback, plan.nonfinite
-            predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
-            # No iteration fitted: the shifted plan answers an older state, while the policy's
-            # mean answers this one in tens of microseconds.
-            if fallback and (acted := self._act(session, msg["obs"], False)) is not None:
-                (action, predicted), planner, horizon = acted, POLICY, 0
+    def _answer_pending(self) -> None:
+        """Answer every robot with a new state: the ones acting with the policy or exploring
+        at once, then the ones that plan, together (each answered as its plan is done)."""
+        requests: list[PlanRequest] = []
+        planned: list[tuple[RobotSession, p.Message, float]] = []
+        for session in list(self.sessions.values()):
+            pending, session.pending = session.pending, None
+            if pending is None:
+                continue
+            msg, start, settings = pending.msg, time.perf_counter(), session.settings
+            acted = None
+            if settings.planner == POLICY:
+                acted = self._act(session, msg["obs"], settings.options.explore)
+            if acted is not None:
+                self._answer(session, msg, start, acted[0], POLICY, 0, 0, acted[1])
+            elif session.planner is None or settings.planner == POLICY:
+                action = session.rng.uniform(self.low, self.high)
+                self._answer(session, msg, start, action, "explore", 0, 0, None)
+            else:
+                budget = None
+                if not session.lockstep:
+                    budget = settings.budget_s(session.control_period, start - pending.received)
+                requests.append(PlanRequest(session.planner, msg["obs"], budget, start))
+                planned.append((session, msg, start))
+        if requests:
+            plan_together(requests, self.cost, lambda i, plan: self._planned(*planned[i], plan))
+
+    def _planned(self, session: RobotSession, msg: p.Message, start: float, plan: Plan) -> None:
+        """Answer a robot with its plan (or, where no iteration fitted, the policy's mean: the
+        shifted plan answers an older state, while the policy answers this one in tens of
+        microseconds)."""
+        action, planner, horizon = plan.action, plan.planner, plan.horizon
+        predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
+        if plan.fallback and (acted := self._act(session, msg["obs"], False)) is not None:
+            (action, predicted), planner, horizon = acted, POLICY, 0
+        self._answer(session, msg, start, action, planner, horizon, plan.iterations, predicted,
+                     plan.deadline_miss, plan.fallback, plan.nonfinite)  # fmt: skip
+
+    def _answer(
+        self,
+        session: RobotSession,
+        msg: p.Message,
+        start: float,
+        action: np.ndarray,
+        planner: str,
+        horizon: int,
+        iterations: int,
+        predicted: float | None,
+        miss: bool = False,
+        fallback: bool = False,
+        nonfinite: int = 0,
+    ) -> None:
+        """Send the ACTION for ``msg`` and queue its telemetry record."""
         plan_ms = 1000.0 * (time.perf_counter() - start)
         reply = p.make(
             p.ACTION, session.robot, seq=msg.seq, time=time.time(), episode=msg.episode,
@@ -400,8 +435,8 @@ class MPCService:
             deadline_miss=miss, fallback=fallback, nonfinite=nonfinite,
             action=np.asarray(action, np.float64),
         )  # fmt: skip
-        self._send(session.identity, reply)
         session.stats.tick(time.monotonic(), plan_ms, miss, fallback, nonfinite)
+        self._send(session.identity, reply)
         if not self.recorder.listening:
             return
         record = {
@@ -456,7 +491,7 @@ class MPCService:
         self.model_version, self.evaluator = ready
         for session in self.sessions.values():
             if session.planner is None:
-                session.planner = Planner(self.evaluator, self.planner_settings)
+                session.planner = Planner(self.evaluator, session.settings)
             else:
                 session.planner.set_evaluator(self.evaluator)
         log.info("serving model v%d", self.model_version)
@@ -477,11 +512,39 @@ class MPCService:
             *route, body = frames
             self.control.send_multipart([*route, self.commands.answer(body)])
 
-    def apply(self, changes: dict[str, Any]) -> PlannerSettings:
-        """Validate ``changes`` (flat planner settings) and swap the new settings in at every
-        robot's next tick; ValueError and nothing changes. A ``seed`` in the changes reseeds every
-        robot's planner and exploration, even to the seed it had."""
-        new = self.planner_settings.changed(changes)
+    def apply(self, changes: dict[str, Any], robot: str | None = None) -> PlannerSettings:
+        """Validate ``changes`` (flat planner settings) and swap them in at the next tick of
+        ``robot``, or of every robot (and into the settings new robots start with) when
+        ``robot`` is None; returns the new settings (the default ones when ``robot`` is None).
+        ValueError, and nothing changes, when one robot's changed settings are invalid, or
+        ``robot`` is not connected. A ``seed`` in the changes reseeds those robots' planners
+        and exploration, even to the seed they had. Without a robot, each robot's settings
+        change only in the names given: what was tuned for one robot alone stays."""
+        if robot is None:
+            targets = list(self.sessions.values())
+        else:
+            targets = [s for s in self.sessions.values() if s.robot == robot]
+            if not targets:
+                known = sorted(s.robot for s in self.sessions.values())
+                raise KeyError(f"robot {robot!r} is not connected (robots: {known})")
+        new = {id(s): self._checked(s.settings, changes) for s in targets}
+        default = self._checked(self.planner_settings, changes) if robot is None else None
+        reseed = "seed" in changes
+        for session in targets:
+            session.settings = new[id(session)]
+            if session.planner is not None:
+                session.planner.use(session.settings, reseed)
+            if reseed:
+                session.rng = np.random.default_rng(session.settings.seed)
+        log.info("settings changed for %s: %s", robot or "every robot", changes)
+        if default is None:
+            return new[id(targets[0])]
+        self.planner_settings = default
+        return default
+
+    def _checked(self, settings: PlannerSettings, changes: dict[str, Any]) -> PlannerSettings:
+        """``settings`` with ``changes``, validated against the served task (ValueError)."""
+        new = settings.changed(changes)
         if self.task is not None:
             self.task.validated_weights(new.weights)
         elif new.weights:  # task auto learns its reward: there will be no terms to weigh
@@ -489,15 +552,18 @@ class MPCService:
                 "this controller takes its task from the first robot's HELLO and "
                 "learns its reward: there are no reward terms to weigh"
             )
-        reseed = "seed" in changes
-        for session in self.sessions.values():
-            if session.planner is not None:
-                session.planner.use(new, reseed)
-            if reseed:
-                session.rng = np.random.default_rng(new.seed)
-        self.planner_settings = new
-        log.info("settings changed: %s", changes)
         return new
+
+    def settings_of(self, robot: str | None) -> PlannerSettings:
+        """``robot``'s settings, or the ones new robots start with (KeyError: no such
+        robot)."""
+        if robot is None:
+            return self.planner_settings
+        for session in self.sessions.values():
+            if session.robot == robot:
+                return session.settings
+        known = sorted(s.robot for s in self.sessions.values())
+        raise KeyError(f"robot {robot!r} is not connected (robots: {known})")
 
     def status(self) -> dict[str, Any]:
         robots = {}
@@ -507,6 +573,7 @@ class MPCService:
                 "mode": "lockstep" if s.lockstep else "realtime",
                 "episode": s.episode,
                 "model_version": self.model_version if s.planner is not None else 0,
+                "settings": s.settings.to_dict(),
             }
         return {
             "task": self.task.name if self.task is not None else "auto (no robot yet)",

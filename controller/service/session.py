@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller.planners import Planner
+from controller.planners import Planner, PlannerSettings
 from controller.service.stats import RobotStats
 from sim_bridge import protocol as p
 
@@ -47,6 +47,8 @@ class RobotSession:
     hello: p.Message
     lockstep: bool
     control_period: float
+    settings: PlannerSettings
+    """This robot's planner settings (the service's for every robot until tuned for it)."""
     planner: Planner | None
     """None until the first model version is loaded (actions are then random)."""
     rng: np.random.Generator

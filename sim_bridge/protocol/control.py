@@ -39,7 +39,7 @@ STATUS_FIELDS = (
 ROBOT_STATUS_FIELDS = (
     "ticks", "tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "fallbacks",
     "nonfinite", "dropped_stale", "errors", "transitions", "episodes", "last_return", "mode",
-    "episode", "model_version",
+    "episode", "model_version", "settings",
 )  # fmt: skip
 """The keys of each robot's entry in a ``status`` reply's ``robots``."""
 

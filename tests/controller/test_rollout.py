@@ -96,7 +96,7 @@ def test_routed_rows_follow_their_member(tmp_path: Path) -> None:
 
     member, gather, scatter = rotating_routing(n, h, e)
     feeds = {
-        "obs": obs,
+        "obs": np.tile(obs, (n, 1)),
         "actions": actions,
         "particle_candidate": np.arange(n, dtype=np.int64),
         "noise": np.zeros((h, n, 4), np.float32),
@@ -189,8 +189,13 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     good_obs = np.zeros(3, np.float32)
     good_actions = np.zeros((2, 4, 1), np.float32)
-    with pytest.raises(ValueError, match="obs must have 3 values"):
+    with pytest.raises(ValueError, match=r"obs must have shape \[3\] or \[N=2, 3\]"):
         evaluator.evaluate(np.zeros(4), good_actions, RolloutSettings(), rng)
+    with pytest.raises(ValueError, match=r"got \[3, 3\]"):  # one start per candidate, or one
+        evaluator.evaluate(np.zeros((3, 3)), good_actions, RolloutSettings(), rng)
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluator.evaluate(np.array([[0, 0, 0], [np.inf, 0, 0]]), good_actions,
+                           RolloutSettings(), rng)  # fmt: skip
     with pytest.raises(ValueError, match="non-finite"):
         evaluator.evaluate(np.array([np.nan, 0, 0]), good_actions, RolloutSettings(), rng)
     with pytest.raises(ValueError, match=r"actions must have shape \[N, H, 1\]"):

@@ -138,7 +138,7 @@ def test_routed_learned_reward_is_the_rows_own_members(
 
     member, gather, scatter = rotating_routing(n, h, E)
     feeds = {
-        "obs": obs,
+        "obs": np.tile(obs, (n, 1)),
         "actions": actions,
         "particle_candidate": np.arange(n, dtype=np.int64),
         "noise": np.zeros((h, n, S), np.float32),

@@ -402,7 +402,7 @@ def test_the_unrolled_graph_with_a_policy_equals_the_loop(
     reward = task_reward_graph(PENDULUM)
     n, h, rng = 10, 4, np.random.default_rng(0)
     feeds = {
-        "obs": OBS,
+        "obs": np.tile(OBS, (n, 1)),
         "actions": rng.uniform(-2, 2, (n, h, 1)).astype(np.float32),
         "particle_candidate": np.arange(n, dtype=np.int64),
         "weights": WEIGHTS,

@@ -139,8 +139,8 @@ def test_a_seed_setting_reseeds_every_robot_even_to_the_same_seed(tmp_path: Path
         send_state(link, step, np.zeros(4), None if step == 0 else 0.0)
         actions.append(float(reply_to(link)["action"][0]))
     assert actions[1] == actions[2] != actions[0]  # both drawn first from a fresh seed-5 stream
-    with pytest.raises(p.ProtocolError, match=r"bad_field: .*one set of settings"):
-        request(running.control, "set", changes={"horizon": 5}, robot="probe")
+    with pytest.raises(p.ProtocolError, match=r"bad_field: robot 'nobody' is not connected"):
+        request(running.control, "set", changes={"horizon": 5}, robot="nobody")
     link.close()
     stop_service(running)
 

@@ -310,6 +310,6 @@ def test_a_planner_does_not_plan_for_the_policy_and_starts_afresh_after_it(
     with pytest.raises(RuntimeError, match='planner "policy" does not plan'):
         planner.plan(obs)
     planner.configure(planner="cem")
-    planner.rng = np.random.default_rng(FAST.seed)
+    planner._seed(FAST.seed)
     again = planner.plan(obs).actions  # from no warm start, as the first plan was
     np.testing.assert_array_equal(again, before)

@@ -1,0 +1,140 @@
+"""Plan for several robots at once: each optimizer iteration scores every robot's candidates in
+one rollout run.
+
+Each robot keeps its own planner: optimizer state, warm start, settings and random stream (its
+candidates are drawn from its own generator). Per round, the plans still running are grouped by
+what a rollout run shares (:attr:`PlanRun.batch_key`: the model version, horizon, rollout
+settings and reward weights; robots tuned differently form separate groups), and each group's
+candidates are scored in one :meth:`~controller.rollout.evaluator.RolloutEvaluator.evaluate`,
+every particle row starting from its own robot's state. Policy proposals go first in that run
+(the evaluator drives the first rows), and the actions the policy took go back to each robot's
+candidates. The model's sampling noise and member orders of a group's run are drawn from the
+first robot's rollout stream (``Planner.rollout_rng``), never from a robot's candidate stream:
+a robot's candidates are the same alone or in a batch, and a robot planning alone draws
+exactly what ``Planner.plan`` draws.
+
+Budgets: a plan with a budget (a realtime robot) leaves the batch with its best plan so far
+before a round that is predicted to end past its budget; the prediction is the round's rows
+times the shared :class:`~controller.planners.base.IterationCost`. When a round would be late
+for some robots, the one to leave first is the late one that already has a plan (then the one
+that used the most of its budget), and the round is predicted again without it, so that a robot
+without any plan yet gets the room. Plans without a budget (lockstep robots) run all their
+iterations. ``answered`` is called the moment a robot's plan is done, so no robot's ACTION
+waits for the other robots' extra iterations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from controller.planners.base import IterationCost, Plan
+
+if TYPE_CHECKING:
+    from controller.planners.planner import Planner, PlanRun
+
+
+@dataclass
+class PlanRequest:
+    """One robot's plan to make: its planner, current state and budget."""
+
+    planner: Planner
+    obs: np.ndarray
+    budget_s: float | None = None
+    """Seconds from ``start`` (None: every iteration, as for a lockstep robot)."""
+    start: float = field(default_factory=time.perf_counter)
+
+
+def plan_together(
+    requests: Sequence[PlanRequest],
+    cost: IterationCost,
+    answered: Callable[[int, Plan], None] | None = None,
+) -> list[Plan]:
+    """Plan for every request, the compatible ones batched into shared rollout runs; returns
+    the plans in request order and calls ``answered(i, plan)`` as each one is done. ``cost``
+    is the per-row time estimate the budgets are held to (updated by every round)."""
+    runs = [r.planner.begin(r.obs, r.budget_s, r.start) for r in requests]
+    plans: list[Plan | None] = [None] * len(runs)
+    active = list(range(len(runs)))
+
+    def finish(i: int) -> None:
+        active.remove(i)
+        plan = plans[i] = runs[i].finish()
+        if plan.fallback:
+            cost.skipped()
+        if answered is not None:
+            answered(i, plan)
+
+    while True:
+        for i in [i for i in active if runs[i].exhausted]:
+            finish(i)
+        while active:
+            predicted = cost.predict(_rows([runs[i] for i in active]))
+            now = time.perf_counter()
+            late = [i for i in active if predicted is not None and runs[i].late(now, predicted)]
+            if not late:
+                break
+            finish(max(late, key=lambda i: (runs[i].done > 0, runs[i].used(now))))
+        if not active:
+            break
+        t0 = time.perf_counter()
+        rows = sum(_score(group) for group in _groups([runs[i] for i in active]))
+        cost.update(rows, time.perf_counter() - t0)
+    return [plan for plan in plans if plan is not None]
+
+
+def _groups(runs: list[PlanRun]) -> list[list[PlanRun]]:
+    """The runs that can share a rollout run, in first-seen order."""
+    groups: dict[tuple[object, ...], list[PlanRun]] = {}
+    for run in runs:
+        groups.setdefault(run.batch_key, []).append(run)
+    return list(groups.values())
+
+
+def _rows(runs: list[PlanRun]) -> int:
+    """Member-rows of a round over ``runs``: each group's candidates in one run."""
+    total = 0
+    for group in _groups(runs):
+        first = group[0]
+        candidates = sum(run.population() for run in group)
+        total += first.evaluator.rows(candidates, first.settings.horizon, first.settings.rollout)
+    return total
+
+
+def _score(group: list[PlanRun]) -> int:
+    """One optimizer iteration of every run in ``group`` with one rollout run; returns its
+    member-rows."""
+    first = group[0]
+    settings, evaluator = first.settings.rollout, first.evaluator
+    asked = [run.ask() for run in group]
+    if len(group) == 1:  # exactly what a lone planner does
+        ((batch, proposals),) = asked
+        scores = evaluator.evaluate(
+            first.obs, batch, settings, first.planner.rollout_rng, first.weights, proposals
+        )
+        rows = evaluator.rows(len(batch), first.settings.horizon, settings)
+        first.tell(batch, scores, rows)
+        return rows
+    # Proposals first: the evaluator's policy drives the first rows of a run.
+    parts = [batch[:k] for batch, k in asked] + [batch[k:] for batch, k in asked]
+    owners = group * 2
+    actions = np.concatenate(parts)
+    starts = np.concatenate([np.repeat(run.obs[None], len(part), axis=0)
+                             for run, part in zip(owners, parts, strict=True)])  # fmt: skip
+    proposals = sum(k for _, k in asked)
+    scores = evaluator.evaluate(
+        starts, actions, settings, first.planner.rollout_rng, first.weights, proposals
+    )
+    rows = evaluator.rows(len(actions), first.settings.horizon, settings)
+    offsets = np.cumsum([0, *(len(part) for part in parts)])
+    n = len(group)
+    for j, (run, (batch, k)) in enumerate(zip(group, asked, strict=True)):
+        head, tail = slice(offsets[j], offsets[j + 1]), slice(offsets[n + j], offsets[n + j + 1])
+        batch[:k] = actions[head]  # the actions the policy took
+        mine = np.concatenate([scores[head], scores[tail]])
+        run.tell(batch, mine, rows * len(batch) // len(actions))
+    return rows
