@@ -104,10 +104,21 @@ def bridge(
     connect: Annotated[str, typer.Option(help="The service's robot endpoint.")] = (
         DEFAULT_ENDPOINT
     ),
-    robot: Annotated[str, typer.Option(help="Robot id (unique per service).")] = "sim-0",
+    robot: Annotated[
+        str,
+        typer.Option(
+            help="Robot id (unique per service); with --robots N the first of N "
+            "counted up (sim-0, sim-1, ...)."
+        ),
+    ] = "sim-0",
+    robots: Annotated[
+        int, typer.Option(min=1, help="Simulated robots in this process, one thread each.")
+    ] = 1,
     mode: Annotated[str, typer.Option(help="lockstep or realtime.")] = "realtime",
-    episodes: Annotated[int, typer.Option(help="Episodes to run (0: until Ctrl-C).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the episode resets.")] = 0,
+    episodes: Annotated[
+        int, typer.Option(help="Episodes to run, per robot (0: until Ctrl-C).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the episode resets (robot i: seed + i).")] = 0,
     obs_noise: Annotated[float, typer.Option(help="Emulated observation noise std.")] = 0.0,
     action_delay: Annotated[int, typer.Option(help="Emulated action delay, ticks.")] = 0,
     jitter: Annotated[float, typer.Option(help="Emulated timing jitter, seconds.")] = 0.0,
@@ -118,37 +129,50 @@ def bridge(
         float, typer.Option(help="Reconnect after this silence, s.")
     ] = BridgeSettings.reconnect_s,
 ) -> None:
-    """Run one simulated robot (MuJoCo / gymnasium) against a service."""
+    """Run simulated robots (MuJoCo / gymnasium) against a service: one, or with --robots N a
+    fleet of N in this process, each with its own connection, robot id, seed and pacing.
+    Prints one JSON summary line per robot."""
     from controller.tasks import load_task
-    from sim_bridge.link import Refused
+    from sim_bridge.fleet import Fleet, fleet_ids
     from sim_bridge.mujoco_bridge import Emulation, MujocoBridge
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    emulation = Emulation(obs_noise, action_delay, jitter)
+    settings = BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect)
     try:
-        sim = MujocoBridge.for_task(
-            load_task(task), robot, seed=seed,
-            emulation=Emulation(obs_noise, action_delay, jitter),
-            settings=BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect),
-        )  # fmt: skip
+        simulated = load_task(task)
+        sims = [
+            MujocoBridge.for_task(
+                simulated, name, seed=seed + i, emulation=emulation, settings=settings
+            )
+            for i, name in enumerate(fleet_ids(robot, robots))
+        ]
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    signal.signal(signal.SIGTERM, lambda *_: sim.stop_event.set())
+    fleet = Fleet(sims)
+    signal.signal(signal.SIGTERM, lambda *_: fleet.stop_event.set())
     try:
-        stats = sim.run(connect, mode=mode, episodes=episodes or None)
-    except (Refused, TimeoutError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        fleet.run(connect, mode=mode, episodes=episodes or None)
     except KeyboardInterrupt:
-        stats = sim.stats
-    link = stats.link
-    summary = {
-        "episodes": stats.episodes, "returns": [round(r, 3) for r in stats.returns],
-        "ticks": stats.ticks, "actions": stats.actions, "safe_actions": stats.safe_actions,
-        "late_actions": stats.late_actions, "reconnects": link.reconnects,
-        "dropped_sends": link.dropped_sends, "bad_actions": link.bad_actions,
-    }  # fmt: skip
-    print(json.dumps(summary))
+        pass
+    finally:
+        for sim in sims:
+            sim.close()
+    for sim in sims:
+        stats, link = sim.stats, sim.stats.link
+        summary = {
+            "robot": sim.spec.robot, "episodes": stats.episodes,
+            "returns": [round(r, 3) for r in stats.returns], "ticks": stats.ticks,
+            "actions": stats.actions, "safe_actions": stats.safe_actions,
+            "late_actions": stats.late_actions, "reconnects": link.reconnects,
+            "dropped_sends": link.dropped_sends, "bad_actions": link.bad_actions,
+        }  # fmt: skip
+        print(json.dumps(summary))
+    if fleet.errors:
+        for name, exc in fleet.errors.items():
+            typer.echo(f"error: {name}: {exc}", err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command("tune")

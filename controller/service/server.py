@@ -399,9 +399,13 @@ class MPCService:
                 requests.append(PlanRequest(session.planner, msg["obs"], budget, start))
                 planned.append((session, msg, start))
         if requests:
-            plan_together(requests, self.cost, lambda i, plan: self._planned(*planned[i], plan))
+            batch = len(requests)
+            plan_together(requests, self.cost,
+                          lambda i, plan: self._planned(*planned[i], plan, batch))  # fmt: skip
 
-    def _planned(self, session: RobotSession, msg: p.Message, start: float, plan: Plan) -> None:
+    def _planned(
+        self, session: RobotSession, msg: p.Message, start: float, plan: Plan, batch: int
+    ) -> None:
         """Answer a robot with its plan (or, where no iteration fitted, the policy's mean: the
         shifted plan answers an older state, while the policy answers this one in tens of
         microseconds)."""
@@ -410,7 +414,8 @@ class MPCService:
         if plan.fallback and (acted := self._act(session, msg["obs"], False)) is not None:
             (action, predicted), planner, horizon = acted, POLICY, 0
         self._answer(session, msg, start, action, planner, horizon, plan.iterations, predicted,
-                     plan.deadline_miss, plan.fallback, plan.nonfinite)  # fmt: skip
+                     plan.deadline_miss, plan.fallback, plan.nonfinite, plan.rows,
+                     batch)  # fmt: skip
 
     def _answer(
         self,
@@ -425,6 +430,8 @@ class MPCService:
         miss: bool = False,
         fallback: bool = False,
         nonfinite: int = 0,
+        rows: int = 0,
+        batch: int = 0,
     ) -> None:
         """Send the ACTION for ``msg`` and queue its telemetry record."""
         plan_ms = 1000.0 * (time.perf_counter() - start)
@@ -442,7 +449,8 @@ class MPCService:
         record = {
             "robot": session.robot, "seq": msg.seq, "episode": session.episode,
             "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,
-            "iterations": iterations, "plan_ms": plan_ms, "predicted_return": predicted,
+            "iterations": iterations, "rows": rows, "batch": batch, "plan_ms": plan_ms,
+            "predicted_return": predicted,
             "deadline_miss": miss, "fallback": fallback, "nonfinite": nonfinite,
             "model_version": self.model_version, "policy_version": self.policy_version,
             "dropped_stale": session.stats.dropped_stale, "action": reply["action"].tolist(),

@@ -21,6 +21,8 @@ TELEMETRY_FIELDS: dict[str, Any] = {
     "planner": "str",
     "horizon": "uint",
     "iterations": "uint",
+    "rows": "uint",
+    "batch": "uint",
     "plan_ms": "float",
     "predicted_return": "float?",
     "deadline_miss": "bool",

@@ -16,7 +16,7 @@ from tests.sim_bridge.test_protocol import VALUES
 
 TICK: dict[str, Any] = {
     "robot": "sim-0", "seq": 42, "episode": 3, "step": 17, "time": 1700000000.25,
-    "planner": "icem", "horizon": 30, "iterations": 4, "plan_ms": 12.5,
+    "planner": "icem", "horizon": 30, "iterations": 4, "rows": 90000, "batch": 3, "plan_ms": 12.5,
     "predicted_return": 61.0, "deadline_miss": False, "fallback": False, "nonfinite": 0,
     "model_version": 2, "policy_version": 1, "dropped_stale": 1, "action": [0.25, -1.0],
     "reward": 0.5, "reward_terms": {"reward_tip": 0.51, "reward_ctrl": -0.01},
