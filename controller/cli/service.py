@@ -170,8 +170,8 @@ def bridge(
         }  # fmt: skip
         print(json.dumps(summary))
     if fleet.errors:
-        for name, exc in fleet.errors.items():
-            typer.echo(f"error: {name}: {exc}", err=True)
+        for name, error in fleet.errors.items():
+            typer.echo(f"error: {name}: {error}", err=True)
         raise typer.Exit(code=1)
 
 
