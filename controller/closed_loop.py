@@ -3,7 +3,8 @@ this machine, learning a task from scratch.
 
 The service (``tickmpc serve``) and the learner (``tickmpc learn``) run as their own processes,
 reading the run's ``config.toml`` (the whole config tree, with ipc:// sockets and data paths
-inside the run directory); the bridge runs here, one episode at a time, so the
+inside the run directory); the bridge runs here, one episode at a time (with ``run.robots`` N,
+N robots at a time, one episode each, in one fleet: :mod:`sim_bridge.fleet`), so the
 progress is known per episode. Until the learner's first model the service acts randomly within
 the bounds (PETS-style random first episode). In lockstep mode (the default, reproducible) each
 episode waits for the retrain on everything stored so far and for the service to serve its
@@ -39,6 +40,7 @@ from models.policy.export import PolicyDirectory
 from models.registry import ModelDirectory
 from models.store import TransitionReader, follow
 from sim_bridge import protocol as p
+from sim_bridge.fleet import Fleet, fleet_ids
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
 
@@ -117,8 +119,8 @@ class ClosedLoop:
         self.config.save(run_dir / "config.toml")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_event = threading.Event()
-        self._misses = 0
-        """The robot's deadline misses so far (the service counts them cumulatively)."""
+        self._misses: dict[str, int] = {}
+        """Each robot's deadline misses so far (the service counts them cumulatively)."""
         self._telemetry: threading.Thread | None = None
         self.models = ModelDirectory(run_dir / "models")
         self.policies = PolicyDirectory(run_dir / "models")
@@ -158,45 +160,61 @@ class ClosedLoop:
         self._telemetry = threading.Thread(target=self._record_telemetry, daemon=True)
         self._telemetry.start()
 
-    def episode(self, index: int) -> dict[str, Any]:
-        """Run episode ``index`` (0-based) and return its metrics line."""
+    def episodes(self, index: int, robots: int = 1) -> list[dict[str, Any]]:
+        """Run episodes ``index..index+robots-1`` (0-based) at once, one per robot (robot r's
+        resets seeded with ``run.seed + 1000 (index + r)``), and return their metrics lines
+        in robot order."""
         c = self.config
         settings = BridgeSettings(episode_steps=c.run.episode_steps or None, connect_timeout_s=60.0)
         task = c.resolved_task()
         assert task is not None
-        bridge = MujocoBridge.for_task(task, ROBOT, seed=c.run.seed + 1000 * index,
-                                       settings=settings)  # fmt: skip
-        before = self._robot().get("episodes", 0)
-        watch = threading.Thread(target=self._watch_children, args=(bridge.stop_event,),
+        names = fleet_ids(ROBOT, robots)
+        bridges = [MujocoBridge.for_task(task, name, seed=c.run.seed + 1000 * (index + r),
+                                         settings=settings)
+                   for r, name in enumerate(names)]  # fmt: skip
+        fleet = Fleet(bridges)
+        robots_before = self._status()["robots"]
+        before = {name: robots_before.get(name, {}).get("episodes", 0) for name in names}
+        watch = threading.Thread(target=self._watch_children, args=(fleet.stop_event,),
                                  daemon=True)  # fmt: skip
         started = time.perf_counter()
         try:
             watch.start()
-            stats = bridge.run(c.service.endpoint, mode="realtime" if c.run.realtime else
-                               "lockstep", episodes=1)  # fmt: skip
+            stats = fleet.run(c.service.endpoint, mode="realtime" if c.run.realtime else
+                              "lockstep", episodes=1)  # fmt: skip
         finally:
-            bridge.stop_event.set()  # also ends the watch thread
-            bridge.close()
+            fleet.stop_event.set()  # also ends the watch thread
+            for bridge in bridges:
+                bridge.close()
         wall = time.perf_counter() - started
         self._check_alive()
-        robot = self._robot()
+        if fleet.errors:
+            raise RuntimeError(f"robots stopped: {fleet.errors}")
+        status = self._status()["robots"]
         deadline = time.monotonic() + 10.0
-        while robot.get("episodes", 0) <= before and time.monotonic() < deadline:
-            time.sleep(0.05)  # the service has not read the episode's end yet
-            robot = self._robot()
-        misses = robot.get("deadline_misses", self._misses)
-        line = {
-            "episode": index + 1, "return": stats.returns[0] if stats.returns else None,
-            "steps": stats.ticks - 1, "ticks_per_s": round(stats.ticks / wall, 1),
-            "plan_ms_p99": robot.get("plan_ms_p99"),
-            "deadline_misses": misses - self._misses,
-            "safe_actions": stats.safe_actions, "model_version": robot.get("model_version", 0),
-            "wall_time": time.time(), "seconds": round(wall, 2),
-        }  # fmt: skip
-        self._misses = misses
+        while (any(status.get(n, {}).get("episodes", 0) <= before[n] for n in names)
+               and time.monotonic() < deadline):  # fmt: skip
+            time.sleep(0.05)  # the service has not read every episode's end yet
+            status = self._status()["robots"]
+        lines = []
+        for r, (name, run) in enumerate(zip(names, stats, strict=True)):
+            robot = status.get(name, {})
+            misses = robot.get("deadline_misses", self._misses.get(name, 0))
+            line = {
+                "episode": index + r + 1, "return": run.returns[0] if run.returns else None,
+                "steps": run.ticks - 1, "ticks_per_s": round(run.ticks / wall, 1),
+                "plan_ms_p99": robot.get("plan_ms_p99"),
+                "deadline_misses": misses - self._misses.get(name, 0),
+                "safe_actions": run.safe_actions, "model_version": robot.get("model_version", 0),
+                "wall_time": time.time(), "seconds": round(wall, 2),
+            }  # fmt: skip
+            if robots > 1:
+                line["robot"] = name
+            self._misses[name] = misses
+            lines.append(line)
         with open(self.dir / "metrics" / "episodes.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        return line
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+        return lines
 
     def stored_steps(self) -> int:
         """Real steps of the episodes already completed (a resumed run counts them too)."""
@@ -204,9 +222,6 @@ class ClosedLoop:
         if not path.exists():
             return 0
         return sum(int(json.loads(x)["steps"]) for x in path.read_text().splitlines())
-
-    def _robot(self) -> dict[str, Any]:
-        return dict(self._status()["robots"].get(ROBOT, {}))
 
     def _status(self) -> dict[str, Any]:
         """The service's status; a service that died meanwhile is reported as such."""
@@ -346,22 +361,25 @@ def run_closed_loop(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
     """Run episodes ``first_episode..config.episodes-1`` (fewer when ``run.max_steps`` is
-    reached); returns their lines and exit codes."""
+    reached), ``run.robots`` at a time; returns their lines and exit codes. In lockstep the
+    wait for the retrain comes after each round of episodes."""
     loop = ClosedLoop(config, run_dir)
     lines = []
     codes: dict[str, int | None] = {}
     steps = loop.stored_steps()
+    total = config.run.episodes
     try:
         loop.start()
-        for index in range(first_episode, config.run.episodes):
-            line = loop.episode(index)
-            steps += line["steps"]
-            last = index + 1 == config.run.episodes or 0 < config.run.max_steps <= steps
+        for index in range(first_episode, total, config.run.robots):
+            done = loop.episodes(index, min(config.run.robots, total - index))
+            steps += sum(line["steps"] for line in done)
+            last = index + len(done) == total or 0 < config.run.max_steps <= steps
             if not config.run.realtime and not last:
-                line["next_model_version"] = loop.wait_for_model()
-            lines.append(line)
+                done[-1]["next_model_version"] = loop.wait_for_model()
+            lines += done
             if on_episode is not None:
-                on_episode(line)
+                for line in done:
+                    on_episode(line)
             if last:
                 break
     finally:

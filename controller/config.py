@@ -44,7 +44,11 @@ class RunSettings:
     """What only ``tickmpc run`` reads: the episodes of the simulated robot."""
 
     episodes: int = 10
-    """Episodes in all, the first one random (until the learner's first model)."""
+    """Episodes in all (of every robot together), the first ones random (until the learner's
+    first model)."""
+    robots: int = 1
+    """Simulated robots feeding the one store and learner, each running its own episodes at
+    the same time (a fleet of ``tickmpc bridge --robots``); 1..64."""
     realtime: bool = False
     """Run the robot on the wall clock (False: lockstep, each step waits for its ACTION and
     each episode for the retrain on everything stored so far; reproducible)."""
@@ -53,13 +57,14 @@ class RunSettings:
     model_timeout_s: float = 600.0
     """Lockstep: how long to wait for the retrain after an episode."""
     seed: int = 0
-    """Seed of the simulated robot's episode resets (episode i uses seed + 1000 i)."""
+    """Seed of the simulated robots' episode resets (episode i uses seed + 1000 i)."""
     max_steps: int = 0
     """Stop after the episode in which the run's real steps reach this many (0: no limit): a
     budget of real steps, for comparing learners whose episodes differ in length."""
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1, 1_000_000)
+        check_int("robots", self.robots, 1, 64)
         check_int("max_steps", self.max_steps, 0, 10**12)
         if not isinstance(self.realtime, bool):
             raise ValueError(f"realtime must be true or false, got {self.realtime!r}")

@@ -197,6 +197,16 @@ def run(
     realtime: Annotated[
         bool | None, typer.Option("--realtime", help="Wall-clock robot (default: lockstep).")
     ] = None,
+    robots: Annotated[
+        int | None,
+        typer.Option(
+            help=help_text(
+                "Simulated robots feeding one store and learner, each "
+                "running its own episodes at once.",
+                "run.robots",
+            )
+        ),
+    ] = None,
     hidden_units: Annotated[
         int | None,
         typer.Option(help=help_text("Model units per hidden layer.", "learner.hidden_units")),
@@ -214,8 +224,9 @@ def run(
         typer.Option(help="Continue the run in this directory (its config.toml, then flags)."),
     ] = None,
 ) -> None:
-    """The embedded default: a simulated robot, the MPC service and the learner, learning from
-    scratch. Prints a line per episode and a summary; writes everything to the run directory."""
+    """The embedded default: a simulated robot (or --robots N), the MPC service and the learner,
+    learning from scratch. Prints a line per episode and a summary; writes everything to the run
+    directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from controller.closed_loop import (
@@ -230,7 +241,7 @@ def run(
         "task": task, "reward": reward, "termination": termination,
         "run.episodes": episodes, "planner.planner": planner,
         "planner.horizon": horizon, "planner.population": population,
-        "planner.iterations": iterations, "run.realtime": realtime,
+        "planner.iterations": iterations, "run.realtime": realtime, "run.robots": robots,
         "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
         "run.seed": seed, "planner.seed": seed, "learner.seed": seed, "policy.seed": seed,
         "policy.optimizer": policy,
@@ -286,8 +297,9 @@ def run(
         bar = progress.add_task("episodes", total=config.run.episodes, completed=first, info="")
 
         def show(line: dict[str, Any]) -> None:
+            who = f"{line['robot']}  " if "robot" in line else ""
             progress.update(bar, advance=1, info=(
-                f"return {line['return']:.1f}  {line['ticks_per_s']:.0f} ticks/s  plan p99 "
+                f"{who}return {line['return']:.1f}  {line['ticks_per_s']:.0f} ticks/s  plan p99 "
                 f"{line['plan_ms_p99']} ms  model v{line['model_version']}  "
                 f"misses {line['deadline_misses']}"))  # fmt: skip
 
@@ -300,13 +312,13 @@ def run(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from exc
     table = Table(title=f"{config.task}: {len(lines)} episodes")
-    for name in ("episode", "return", "ticks_per_s", "plan_ms_p99", "deadline_misses",
-                 "model_version"):  # fmt: skip
+    shown = ("episode", *(("robot",) if config.run.robots > 1 else ()), "return",
+             "ticks_per_s", "plan_ms_p99", "deadline_misses", "model_version")  # fmt: skip
+    for name in shown:
         table.add_column(name, justify="right")
     for line in lines:
         table.add_row(*(str(round(line[k], 1) if isinstance(line[k], float) else line[k])
-                        for k in ("episode", "return", "ticks_per_s", "plan_ms_p99",
-                                  "deadline_misses", "model_version")))  # fmt: skip
+                        for k in shown))  # fmt: skip
     console.print(table)
     console.print(f"processes exited: {codes}")
     console.print(f"learning curve: {plot_learning_curve(run_dir, config.task)}")

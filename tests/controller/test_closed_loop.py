@@ -319,3 +319,31 @@ def test_run_with_a_policy_trains_it_beside_the_model_and_acts_with_it(tmp_path:
     assert by_episode[1] == {"explore"}  # no model, no policy: random
     assert by_episode[2] == by_episode[3] == {"policy"}  # lockstep waited for each policy
     assert {t["policy_version"] for t in ticks if t["episode"] == 3} == {2}
+
+
+def test_run_with_a_fleet_feeds_one_store_and_learner(tmp_path: Path) -> None:
+    """`tickmpc run --robots 2`: two robots run their episodes at once into one store; in
+    lockstep the retrain on both comes after each round, and both robots plan with it."""
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "run", "--episodes", "4", "--robots", "2",
+         "--run-dir", str(run_dir), *TINY],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [
+        json.loads(x) for x in (run_dir / "metrics" / "episodes.jsonl").read_text().splitlines()
+    ]
+    assert [(x["episode"], x["robot"]) for x in lines] == [
+        (1, "sim-0"), (2, "sim-1"), (3, "sim-0"), (4, "sim-1")
+    ]  # fmt: skip
+    assert [x["model_version"] for x in lines] == [0, 0, 1, 1]  # round 2 on the first model
+    assert lines[0]["return"] != lines[1]["return"]  # their own resets
+    data = TransitionReader(run_dir / "store").read_all()
+    assert len(data.obs) == 4 * 60 and len(set(data.episode.tolist())) == 4
+    ticks = [json.loads(x) for x in (run_dir / "metrics" / "ticks.jsonl").read_text().split("\n")
+             if x]  # fmt: skip
+    planned = [t for t in ticks if t["planner"] == "cem"]
+    assert {t["robot"] for t in planned} == {"sim-0", "sim-1"}
+    assert any(t["batch"] == 2 for t in planned)  # planned together
+    assert "sim-1" in out.stdout  # the summary names each line's robot
