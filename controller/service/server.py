@@ -398,10 +398,16 @@ class MPCService:
                     budget = settings.budget_s(session.control_period, start - pending.received)
                 requests.append(PlanRequest(session.planner, msg["obs"], budget, start))
                 planned.append((session, msg, start))
-        if requests:
-            batch = len(requests)
-            plan_together(requests, self.cost,
-                          lambda i, plan: self._planned(*planned[i], plan, batch))  # fmt: skip
+        if not requests:
+            return
+        if not self.settings.batched:  # one robot after another: the earlier robots' plans
+            for request, args in zip(requests, planned, strict=True):  # count on its budget
+                (plan,) = plan_together([request], self.cost)
+                self._planned(*args, plan, 1)
+            return
+        batch = len(requests)
+        plan_together(requests, self.cost,
+                      lambda i, plan: self._planned(*planned[i], plan, batch))  # fmt: skip
 
     def _planned(
         self, session: RobotSession, msg: p.Message, start: float, plan: Plan, batch: int

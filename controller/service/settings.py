@@ -51,13 +51,18 @@ class ServiceSettings:
     """A robot silent this long is forgotten (it must say HELLO again)."""
     model_poll_s: float = 0.5
     """How often to look for a newer model version."""
+    batched: bool = True
+    """Plan the robots waiting in a pass together, each optimizer iteration one rollout run
+    for all of them (False: one robot after another, each plan a run of its own; kept to
+    measure what batching gains, benchmarks/fleet_scaling.py)."""
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     """ONNX Runtime options of the rollout sessions (device, threads, spinning, slices)."""
 
     def __post_init__(self) -> None:
         for name in ("endpoint", "control", "telemetry"):
             check_endpoint(name, getattr(self, name), self.allow_remote)
-        if not isinstance(self.durable, bool):
-            raise ValueError(f"durable must be true or false, got {self.durable!r}")
+        for name in ("durable", "batched"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_number("stale_after_s", self.stale_after_s, 0.0, 3600.0, low_open=True)
         check_number("model_poll_s", self.model_poll_s, 0.0, 3600.0, low_open=True)
