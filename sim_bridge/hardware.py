@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sim_bridge import protocol as p
+from sim_bridge.curve import CurveClient
 from sim_bridge.link import BridgeLink, LinkStats, RobotSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class BridgeSettings:
     """How long ``run`` waits for the first WELCOME before giving up."""
     episode_steps: int | None = None
     """Truncate episodes after this many steps (None: when the robot says so)."""
+    curve: CurveClient | None = None
+    """The keys for a controller that requires CurveZMQ (one reached beyond loopback):
+    ``CurveClient.load("robot.key_secret", "controller.key")``; see sim_bridge.curve."""
 
     def __post_init__(self) -> None:
         if not 0 < self.watchdog_s <= self.reconnect_s:
@@ -145,7 +149,7 @@ class HardwareBridge:
         """Serve ``episodes`` episodes (None: until ``stop_event`` is set) against the
         controller at ``endpoint``; returns the stats. Raises ``Refused`` when the controller
         serves another task (a HELLO mismatch, or a WELCOME to another spec)."""
-        link = BridgeLink(endpoint, self.spec, mode)
+        link = BridgeLink(endpoint, self.spec, mode, self.settings.curve)
         self.stats.link = link.stats
         try:
             if link.connect(self.settings.connect_timeout_s, stop=self.stop_event) is None:

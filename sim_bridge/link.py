@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from sim_bridge import protocol as p
+from sim_bridge.curve import CurveClient
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,16 @@ class Refused(RuntimeError):
 class BridgeLink:
     """One robot's connection to the controller at ``endpoint`` (e.g. ``tcp://127.0.0.1:5555``)."""
 
-    def __init__(self, endpoint: str, spec: RobotSpec, mode: str) -> None:
+    def __init__(
+        self, endpoint: str, spec: RobotSpec, mode: str, curve: CurveClient | None = None
+    ) -> None:
+        """``curve``: the keys for a controller that requires CurveZMQ (sim_bridge.curve)."""
         if mode not in ("lockstep", "realtime"):
             raise ValueError(f"mode must be lockstep or realtime, got {mode!r}")
-        self.endpoint, self.spec, self.mode = endpoint, spec, mode
+        self.endpoint, self.spec, self.mode, self.curve = endpoint, spec, mode, curve
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self.welcome: p.Message | None = None
         self.served_spec: dict[str, Any] | None = None
         """The spec of the served task from the last WELCOME (see ``p.spec_of``)."""
@@ -230,12 +236,14 @@ class BridgeLink:
                 self.receive(left)
                 if self.welcome is not None:
                     return self.welcome
+            if why := self._handshake_failure():
+                raise Refused(f"{self.endpoint}: {why}")
             if time.monotonic() >= end:
                 raise TimeoutError(f"no WELCOME from {self.endpoint} within {timeout_s} s")
 
     def describe(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The spec of the task the controller serves; see :func:`describe`."""
-        return describe(self.endpoint, self.spec.robot, timeout_s)
+        return describe(self.endpoint, self.spec.robot, timeout_s, curve=self.curve)
 
     def reconnect(self) -> None:
         """Drop the socket (and whatever it queued) and say HELLO on a fresh one (if it is not
@@ -253,23 +261,47 @@ class BridgeLink:
 
     def close(self, linger_s: float = 0.0) -> None:
         """Close the socket, giving queued messages up to ``linger_s`` to leave."""
-        if self.socket is not None:
-            self.socket.close(linger=int(linger_s * 1000))
-            self.socket = None
+        self._close_socket(int(linger_s * 1000))
 
     def _open(self) -> None:
-        self.socket = _dealer(self.context, self.endpoint)
+        self.socket = _dealer(self.context, self.curve)
+        # Watched from before it connects: a refused handshake is over within milliseconds.
+        self._monitor = self.socket.get_monitor_socket(HANDSHAKE_FAILURES)
+        self.socket.connect(self.endpoint)
         self.welcome = None
         self._sent_at = {}
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, linger_ms: int = 0) -> None:
         if self.socket is not None:
-            self.socket.close(linger=0)
+            self.socket.disable_monitor()
+            self.socket.close(linger=linger_ms)
             self.socket = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _handshake_failure(self) -> str | None:
+        """Why the controller refused the connection's security handshake, if it did: a
+        controller that requires CurveZMQ and a bridge without keys, or with keys it does
+        not accept (retrying cannot help)."""
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return "the controller does not accept this bridge's CurveZMQ key"
+            if self.curve is None:
+                return ("the security handshake failed: the controller requires CurveZMQ "
+                        "keys (see docs/protocol.md, Authentication)")  # fmt: skip
+            return ("the security handshake failed: is the controller's public key "
+                    "(--server-key) the right one?")  # fmt: skip
+        return None
 
 
 def describe(
-    endpoint: str, robot: str, timeout_s: float = 5.0, retry_s: float = 0.5
+    endpoint: str,
+    robot: str,
+    timeout_s: float = 5.0,
+    retry_s: float = 0.5,
+    curve: CurveClient | None = None,
 ) -> dict[str, Any]:
     """The spec of the task the controller at ``endpoint`` serves: ``task``, ``obs_dim``,
     ``act_dim``, ``control_period``, ``episode_steps``, ``action_low``, ``action_high``.
@@ -279,7 +311,8 @@ def describe(
     one. Raises TimeoutError, or Refused when the controller answers with an ERROR.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    sock = _dealer(context, endpoint)
+    sock = _dealer(context, curve)
+    sock.connect(endpoint)
     end = time.monotonic() + timeout_s
     try:
         sock.poll(int(min(timeout_s, retry_s) * 1000), zmq.POLLOUT)  # see BridgeLink.connect
@@ -305,10 +338,21 @@ def describe(
         sock.close(linger=0)
 
 
-def _dealer(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _dealer(
+    context: zmq.Context[zmq.Socket[bytes]], curve: CurveClient | None
+) -> zmq.Socket[bytes]:
+    """A DEALER set up as a bridge's, not connected yet."""
     sock = context.socket(zmq.DEALER)
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.LINGER, 0)
     # Queue nothing for a controller that is not there: stale states must not pile up.
     sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.connect(endpoint)
     return sock

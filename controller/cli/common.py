@@ -4,12 +4,15 @@ the defaults the flags show (read from the config's dataclasses), and the contro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from controller.config import Config, as_dict, merged, nested, parse_overrides, updated
+
+if TYPE_CHECKING:
+    from sim_bridge.curve import CurveClient
 
 app = typer.Typer(
     help="tickmpc: real-time MPC with a learned probabilistic ensemble in ONNX Runtime.",
@@ -88,6 +91,32 @@ DEFAULT_DEVICE = default_of("service.runtime.device")
 
 
 ControlOption = Annotated[str, typer.Option(help="The service's control socket.")]
+KeysOption = Annotated[
+    Path | None,
+    typer.Option("--keys", help="This client's CurveZMQ key pair (a .key_secret file of "
+                 "tickmpc keys), for a service that requires CurveZMQ."),
+]  # fmt: skip
+ServerKeyOption = Annotated[
+    Path | None,
+    typer.Option("--server-key", help="The service's public key (its .key file); default: "
+                 "--keys is the service's own pair."),
+]  # fmt: skip
+
+
+def client_keys(keys: Path | None, server_key: Path | None) -> CurveClient | None:
+    """The CurveZMQ client of ``--keys`` and ``--server-key`` (None without ``--keys``); a
+    file that is not a key ends the command with the reason."""
+    from sim_bridge.curve import CurveClient
+
+    if keys is None:
+        if server_key is not None:
+            raise typer.BadParameter("--server-key goes with --keys (this client's key pair)")
+        return None
+    try:
+        return CurveClient.load(keys, server_key)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def assignments(items: list[str] | None) -> dict[str, Any]:
@@ -100,12 +129,14 @@ def assignments(items: list[str] | None) -> dict[str, Any]:
         raise typer.BadParameter(str(exc)) from None
 
 
-def control_request(endpoint: str, cmd: str, **fields: Any) -> dict[str, Any]:
+def control_request(
+    endpoint: str, cmd: str, curve: CurveClient | None = None, **fields: Any
+) -> dict[str, Any]:
     """One control request; a refusal or no answer ends the command with the reason."""
     from controller.service.control import request
 
     try:
-        return request(endpoint, cmd, **fields)
+        return request(endpoint, cmd, curve=curve, **fields)
     except (TimeoutError, ValueError) as exc:  # a refusal is a ProtocolError: "code: reason"
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

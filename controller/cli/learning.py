@@ -95,8 +95,14 @@ def learn(
                    "service.store and service.models in --config)", err=True)  # fmt: skip
         raise typer.Exit(code=1)
 
+    curve = None  # a service with CurveZMQ accepts its own key pair, which its config names
+    if config.service.keys is not None:
+        from sim_bridge.curve import CurveClient
+
+        curve = CurveClient.load(config.service.keys)
+
     def tell_service(version: ModelVersion) -> None:
-        request(config.service.control, "model", timeout_s=2.0)
+        request(config.service.control, "model", timeout_s=2.0, curve=curve)
 
     served = config.resolved_task()  # None: auto, a task nobody wrote (all learned)
     learner = Learner(

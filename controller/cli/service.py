@@ -19,11 +19,14 @@ from controller.cli.common import (
     TASK_HELP,
     ConfigOption,
     ControlOption,
+    KeysOption,
     RewardOption,
+    ServerKeyOption,
     SetOption,
     TerminationOption,
     app,
     assignments,
+    client_keys,
     compose,
     console,
     control_request,
@@ -58,7 +61,29 @@ def serve(
         str | None, typer.Option(help=help_text("Telemetry PUB socket.", "service.telemetry"))
     ] = None,
     allow_remote: Annotated[
-        bool | None, typer.Option("--allow-remote", help="Allow binding non-loopback addresses.")
+        bool | None,
+        typer.Option(
+            "--allow-remote",
+            help="Allow binding non-loopback addresses (needs --keys and --clients: CurveZMQ).",
+        ),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help=help_text(
+                "The service's CurveZMQ key pair (.key_secret of tickmpc keys).", "service.keys"
+            ),
+        ),
+    ] = None,
+    clients: Annotated[
+        Path | None,
+        typer.Option(
+            "--clients",
+            help=help_text(
+                "Directory of the client public keys (.key) it accepts.", "service.clients"
+            ),
+        ),
     ] = None,
     durable: Annotated[
         bool | None, typer.Option("--durable", help="fsync the store after every pass.")
@@ -75,6 +100,7 @@ def serve(
         "service.models": models, "service.store": store,
         "service.endpoint": endpoint, "service.control": control,
         "service.telemetry": telemetry, "service.allow_remote": allow_remote,
+        "service.keys": keys, "service.clients": clients,
         "service.durable": durable, "service.runtime.device": device,
     })  # fmt: skip
     from controller.service import MPCService
@@ -128,6 +154,8 @@ def bridge(
     reconnect: Annotated[
         float, typer.Option(help="Reconnect after this silence, s.")
     ] = BridgeSettings.reconnect_s,
+    keys: KeysOption = None,
+    server_key: ServerKeyOption = None,
 ) -> None:
     """Run simulated robots (MuJoCo / gymnasium) against a service: one, or with --robots N a
     fleet of N in this process, each with its own connection, robot id, seed and pacing.
@@ -138,7 +166,8 @@ def bridge(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     emulation = Emulation(obs_noise, action_delay, jitter)
-    settings = BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect)
+    settings = BridgeSettings(watchdog_s=watchdog, reconnect_s=reconnect,
+                              curve=client_keys(keys, server_key))  # fmt: skip
     try:
         simulated = load_task(task)
         sims = [
@@ -182,12 +211,15 @@ def tune(
     robot: Annotated[
         str | None, typer.Option(help="Change this robot's settings only (default: every robot's).")
     ] = None,
+    keys: KeysOption = None,
+    server_key: ServerKeyOption = None,
 ) -> None:
     """Change live settings (applied at the next tick), e.g. horizon=30 planner=icem: every
     robot's and the ones new robots start with, or with --robot one robot's; seed=N reseeds
     the planners it changes."""
     fields = {"robot": robot} if robot is not None else {}
-    reply = control_request(control, "set", changes=assignments(changes), **fields)
+    reply = control_request(control, "set", client_keys(keys, server_key),
+                            changes=assignments(changes), **fields)  # fmt: skip
     console.print_json(data=reply["settings"])
 
 
@@ -200,11 +232,13 @@ STATUS_COLUMNS = ("tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "f
 def status(
     control: ControlOption = DEFAULT_CONTROL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    keys: KeysOption = None,
+    server_key: ServerKeyOption = None,
 ) -> None:
     """Per robot: tick rate, plan time p50/p99, deadline misses, fallbacks, non-finite
     candidates, dropped states, errors, model, and the settings tuned for it alone (--json:
     every robot's settings whole)."""
-    reply = control_request(control, "status")
+    reply = control_request(control, "status", client_keys(keys, server_key))
     if as_json:
         print(json.dumps(reply, indent=2))
         return
@@ -230,3 +264,24 @@ def own_settings(mine: dict[str, object], default: dict[str, object]) -> str:
     """The settings a robot was tuned to apart from the others, as NAME=VALUE (or "-")."""
     own = [f"{k}={json.dumps(v)}" for k, v in mine.items() if default.get(k) != v]
     return " ".join(own) or "-"
+
+
+@app.command("keys")
+def keys_command(
+    name: Annotated[str, typer.Argument(help="The key pair's name, e.g. the robot's id.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")] = Path(
+        "keys"
+    ),
+) -> None:
+    """Make a CurveZMQ key pair: NAME.key (public: give it to the other side) and
+    NAME.key_secret (keep it). A service's clients directory holds the .key files of the
+    clients it accepts; a client needs its own .key_secret and the service's .key."""
+    from sim_bridge.curve import make_key_pair
+
+    try:
+        public, secret = make_key_pair(directory, name)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    console.print(f"public key: {public}\nsecret key: {secret} (keep it private)",
+                  highlight=False)  # fmt: skip

@@ -16,6 +16,7 @@ import zmq
 
 from controller.checks import parse_value
 from sim_bridge import protocol as p
+from sim_bridge.curve import CurveClient
 
 WEIGHT_PREFIX = "weight."
 
@@ -39,17 +40,27 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
-def request(endpoint: str, cmd: str, timeout_s: float = 5.0, **fields: Any) -> dict[str, Any]:
+def request(
+    endpoint: str,
+    cmd: str,
+    timeout_s: float = 5.0,
+    curve: CurveClient | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """Send one request to the service's control socket and return its reply.
 
-    Raises TimeoutError when no reply comes within ``timeout_s`` (no service there) and
+    ``curve``: the keys for a service that requires CurveZMQ. Raises TimeoutError when no
+    reply comes within ``timeout_s`` (no service there, or one that refused the keys) and
     ``ProtocolError`` (a ValueError) when the reply is not a control reply of this version.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     with context.socket(zmq.REQ) as sock:
+        if curve is not None:
+            curve.apply(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         sock.send(p.control_request(cmd, **fields))
         if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no reply from the control socket {endpoint} in {timeout_s} s")
+            why = " (with CurveZMQ keys: are they accepted?)" if curve is not None else ""
+            raise TimeoutError(f"no reply from the control socket {endpoint} in {timeout_s} s{why}")
         return p.parse_control_reply(sock.recv())

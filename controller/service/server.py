@@ -32,6 +32,7 @@ import zmq
 from controller.planners import POLICY, Plan, Planner, PlannerSettings, PolicyActor, kernels
 from controller.planners.base import IterationCost
 from controller.planners.batch import PlanRequest, plan_together
+from controller.service.auth import CurveServer
 from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
@@ -86,7 +87,12 @@ class MPCService:
         self.policy_watcher: PolicyWatcher | None = None
         self.writer: TransitionWriter | None = None
         self.recorder = Recorder(task, None, settings.durable)
+        self.curve: CurveServer | None = None
+        """CurveZMQ on every socket, with ``settings.keys`` (controller.service.auth)."""
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        if settings.keys is not None and settings.clients is not None:
+            self.curve = CurveServer(settings.keys, settings.clients)
+            self.context = zmq.Context()  # its own: one ZAP handler per context
         self.low = self.high = np.zeros(0)
         if task is not None:
             self._take_task(task)
@@ -123,6 +129,8 @@ class MPCService:
             log.exception("numba kernels failed to compile; the planners use numpy")
         if self.task is not None:
             self._open_store(self.task)
+        if self.curve is not None:
+            self.curve.start(self.context)
         self.router = self._bind(zmq.ROUTER, "endpoint")
         self.control = self._bind(zmq.ROUTER, "control")
         self.telemetry = self._bind(zmq.XPUB, "telemetry")  # XPUB: it hears who subscribes
@@ -172,6 +180,9 @@ class MPCService:
         for name in ("router", "control", "telemetry"):
             if hasattr(self, name):
                 getattr(self, name).close(linger=0)
+        if self.curve is not None:
+            self.curve.stop()
+            self.context.term()
 
     def step(self, timeout_ms: int = 20) -> None:
         """One pass: read, answer control, swap model and policy, record, plan and answer,
@@ -604,6 +615,7 @@ class MPCService:
                 },
             },
             "refused_messages": self.refused,
+            "refused_clients": self.curve.clients.refused if self.curve is not None else 0,
             "forgotten_robots": self.forgotten,
             "transitions": len(self.writer) if self.writer is not None else 0,
             "store_errors": self.recorder.store_errors,
@@ -615,6 +627,8 @@ class MPCService:
 
     def _bind(self, kind: int, name: str) -> zmq.Socket[bytes]:
         sock = self.context.socket(kind)
+        if self.curve is not None:
+            self.curve.apply(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(getattr(self.settings, name))
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -13,11 +13,12 @@ from models.runtime import RuntimeOptions
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def check_endpoint(name: str, endpoint: str, allow_remote: bool) -> None:
-    """Refuse a non-loopback TCP bind unless ``allow_remote`` says so explicitly."""
+def check_endpoint(name: str, endpoint: str, allow_remote: bool) -> bool:
+    """Refuse a non-loopback TCP bind unless ``allow_remote`` says so explicitly; returns
+    whether ``endpoint`` is reachable beyond this machine."""
     scheme = endpoint.split("://", 1)[0]
     if scheme in ("ipc", "inproc"):
-        return
+        return False
     if scheme != "tcp":
         raise ValueError(f"{name}: endpoint {endpoint!r} must be tcp://, ipc:// or inproc://")
     host = urlsplit(endpoint).hostname or ""
@@ -25,6 +26,7 @@ def check_endpoint(name: str, endpoint: str, allow_remote: bool) -> None:
         raise ValueError(
             f"{name}: {endpoint!r} is not loopback; pass allow_remote (--allow-remote) to bind it"
         )
+    return host not in LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,14 @@ class ServiceSettings:
     telemetry: str = "tcp://127.0.0.1:5557"
     """PUB with one record per tick (see docs/protocol.md, "Telemetry")."""
     allow_remote: bool = False
-    """Allow binding non-loopback TCP addresses."""
+    """Allow binding non-loopback TCP addresses (which needs ``keys`` and ``clients``)."""
+    keys: Path | None = None
+    """The service's CurveZMQ key pair, a ``.key_secret`` file of ``tickmpc keys``: with it
+    every socket is encrypted and only accepted clients are served. Required for a
+    non-loopback bind."""
+    clients: Path | None = None
+    """The directory of the client public keys (``.key`` files) the service accepts, read
+    again when it changes; with ``keys``."""
     models: Path | None = None
     """Model directory to follow (None: no model; actions are random within bounds)."""
     store: Path | None = None
@@ -59,8 +68,17 @@ class ServiceSettings:
     """ONNX Runtime options of the rollout sessions (device, threads, spinning, slices)."""
 
     def __post_init__(self) -> None:
-        for name in ("endpoint", "control", "telemetry"):
-            check_endpoint(name, getattr(self, name), self.allow_remote)
+        remote = [name for name in ("endpoint", "control", "telemetry")
+                  if check_endpoint(name, getattr(self, name), self.allow_remote)]  # fmt: skip
+        if (self.keys is None) != (self.clients is None):
+            raise ValueError("keys and clients go together: the service's key pair and the "
+                             "directory of the client keys it accepts")  # fmt: skip
+        if remote and self.keys is None:
+            raise ValueError(
+                f"{', '.join(remote)}: binding beyond loopback needs CurveZMQ: keys (the "
+                "service's .key_secret) and clients (a directory of the accepted clients' .key "
+                "files); make key pairs with tickmpc keys"
+            )
         for name in ("durable", "batched"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -32,7 +32,8 @@ CONTROL_ERROR_CODES = (
 """The ERROR_CODES a control reply may refuse a request with."""
 STATUS_FIELDS = (
     "task", "uptime_s", "model_version", "rejected_models", "policy_version",
-    "rollout_policy_version", "rejected_policies", "refused_messages", "forgotten_robots",
+    "rollout_policy_version", "rejected_policies", "refused_messages", "refused_clients",
+    "forgotten_robots",
     "transitions", "store_errors", "durable", "endpoints", "settings", "robots",
 )  # fmt: skip
 """The keys of a ``status`` reply besides ``v`` and ``ok``."""

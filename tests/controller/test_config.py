@@ -48,7 +48,8 @@ def test_no_field_is_declared_twice() -> None:
 
 def test_a_file_and_flags_are_checked_as_one_tree(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text('[service]\nendpoint = "tcp://0.0.0.0:5555"\n[planner]\nnoise_beta = 2.5\n')
+    path.write_text('[service]\nendpoint = "tcp://0.0.0.0:5555"\nkeys = "k.key_secret"\n'
+                    'clients = "clients"\n[planner]\nnoise_beta = 2.5\n')  # fmt: skip
     both = Config.load(path, {"service": {"allow_remote": True}, "planner": {"planner": "icem"}})
     assert both.service.allow_remote and both.planner.options.noise_beta == 2.5
     with pytest.raises(ValueError, match="allow_remote"):
