@@ -110,7 +110,7 @@ def measure(
     reader.start()
     time.sleep(0.3)  # the subscription reaches the service
     settings = BridgeSettings(episode_steps=steps, connect_timeout_s=60.0)
-    fleet = Fleet([MujocoBridge.for_task(TASK, name, seed=1000 + i, settings=settings)
+    fleet = Fleet([MujocoBridge.for_task(TASK, name, seed=1000 * (i + 1), settings=settings)
                    for i, name in enumerate(fleet_ids("robot-0", count))])  # fmt: skip
     try:
         stats = fleet.run(endpoint, mode="realtime", episodes=episodes)

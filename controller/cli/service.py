@@ -144,7 +144,9 @@ def bridge(
     episodes: Annotated[
         int, typer.Option(help="Episodes to run, per robot (0: until Ctrl-C).")
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the episode resets (robot i: seed + i).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the episode resets: robot i, episode k seed + 1000 i + k.")
+    ] = 0,
     obs_noise: Annotated[float, typer.Option(help="Emulated observation noise std.")] = 0.0,
     action_delay: Annotated[int, typer.Option(help="Emulated action delay, ticks.")] = 0,
     jitter: Annotated[float, typer.Option(help="Emulated timing jitter, seconds.")] = 0.0,
@@ -172,7 +174,7 @@ def bridge(
         simulated = load_task(task)
         sims = [
             MujocoBridge.for_task(
-                simulated, name, seed=seed + i, emulation=emulation, settings=settings
+                simulated, name, seed=seed + 1000 * i, emulation=emulation, settings=settings
             )
             for i, name in enumerate(fleet_ids(robot, robots))
         ]
