@@ -124,6 +124,9 @@ HALF_CHEETAH_CEM_VALUE = (
     "policy.updates_per_step=10",
 )  # fmt: skip
 VARIANTS |= {
+    # A fleet (issue 16): 4 robots feed one store and learner, their episodes at once, the
+    # service planning them together; lockstep retrains after each round of 4 episodes.
+    "cartpole-fleet4": variant("task=cartpole-swingup", "run.episodes=20", "run.robots=4"),
     "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
     "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
     "cartpole-policy-realtime": variant(
@@ -232,7 +235,7 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
     if run_dir.exists():  # a run directory is resumed, not restarted: its store would mix in
         raise SystemExit(f"{run_dir} exists: give another --out")
     cpu = _cpu_seconds()
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     lines, codes = run_closed_loop(config, run_dir)
     wall = time.perf_counter() - started
     cpu = _cpu_seconds() - cpu
@@ -248,6 +251,9 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
         "seed": config.run.seed,
         "returns": [round(r, 1) for r in returns],
         "episodes_to_170": reached,
+        "minutes_to_170": None
+        if reached is None
+        else round((lines[reached - 1]["wall_time"] - began) / 60, 2),
         "final_return": round(returns[-1], 1),
         "last3_mean": round(float(np.mean(returns[-3:])), 1),
         "best_at": {str(k): round(max(returns[:k]), 1) for k in CHECKPOINTS if len(returns) >= k},
@@ -305,9 +311,10 @@ def _cpu_seconds() -> float:
 
 
 def row(run: dict[str, Any]) -> dict[str, Any]:
-    keys = ("episodes_to_170", "final_return", "best_at", "steps", "steps_to_1000_held3",
-            "return_at_steps", "policy", "plan_ms_p99", "deadline_misses", "planned_ticks",
-            "swap_plan_ms_max", "minutes", "cpu_minutes", "returns")  # fmt: skip
+    keys = ("episodes_to_170", "minutes_to_170", "final_return", "best_at", "steps",
+            "steps_to_1000_held3", "return_at_steps", "policy", "plan_ms_p99",
+            "deadline_misses", "planned_ticks", "swap_plan_ms_max", "minutes", "cpu_minutes",
+            "returns")  # fmt: skip
     return {k: run[k] for k in keys}
 
 
@@ -327,6 +334,7 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     if name.startswith("cartpole"):
         hits = [r["episodes_to_170"] for r in runs]
         summary["episodes_to_170"] = hits
+        summary["minutes_to_170"] = [r["minutes_to_170"] for r in runs]
         summary["seeds_reaching_170_in_10"] = sum(h is not None and h <= 10 for h in hits)
         summary["seeds_reaching_170_in_20"] = sum(h is not None and h <= 20 for h in hits)
     elif name.startswith("ip-"):
