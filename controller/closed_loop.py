@@ -185,14 +185,17 @@ class ClosedLoop:
         finally:
             fleet.stop_event.set()  # also ends the watch thread
             for bridge in bridges:
-                bridge.close()
+                if bridge not in fleet.running:  # one still stepping keeps its simulation
+                    bridge.close()
         wall = time.perf_counter() - started
         self._check_alive()
         if fleet.errors:
             raise RuntimeError(f"robots stopped: {fleet.errors}")
         status = self._status()["robots"]
         deadline = time.monotonic() + 10.0
-        while (any(status.get(n, {}).get("episodes", 0) <= before[n] for n in names)
+        # A robot the service forgot meanwhile (idle past stale_after_s while the others ran)
+        # is not waited for.
+        while (any(n in status and status[n]["episodes"] <= before[n] for n in names)
                and time.monotonic() < deadline):  # fmt: skip
             time.sleep(0.05)  # the service has not read every episode's end yet
             status = self._status()["robots"]
@@ -200,11 +203,14 @@ class ClosedLoop:
         for r, (name, run) in enumerate(zip(names, stats, strict=True)):
             robot = status.get(name, {})
             misses = robot.get("deadline_misses", self._misses.get(name, 0))
+            earlier = self._misses.get(name, 0)
+            if misses < earlier:  # forgotten and back: the service counts from 0 again
+                earlier = 0
             line = {
                 "episode": index + r + 1, "return": run.returns[0] if run.returns else None,
                 "steps": run.ticks - 1, "ticks_per_s": round(run.ticks / wall, 1),
                 "plan_ms_p99": robot.get("plan_ms_p99"),
-                "deadline_misses": misses - self._misses.get(name, 0),
+                "deadline_misses": misses - earlier,
                 "safe_actions": run.safe_actions, "model_version": robot.get("model_version", 0),
                 "wall_time": time.time(), "seconds": round(wall, 2),
             }  # fmt: skip

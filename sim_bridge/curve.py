@@ -35,8 +35,12 @@ def make_key_pair(directory: str | os.PathLike[str], name: str) -> tuple[Path, P
     if public.exists() or secret.exists():
         raise ValueError(f"{public} or {secret} exists already: pick another name")
     where.mkdir(parents=True, exist_ok=True)
-    made_public, made_secret = zmq.auth.create_certificates(where, name)
-    os.chmod(made_secret, 0o600)
+    umask = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+    try:
+        made_public, made_secret = zmq.auth.create_certificates(where, name)
+    finally:
+        os.umask(umask)
+    os.chmod(made_public, 0o644)
     return Path(made_public), Path(made_secret)
 
 

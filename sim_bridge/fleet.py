@@ -44,6 +44,9 @@ class Fleet:
         self.stop_event = threading.Event()
         self.errors: dict[str, BaseException] = {}
         """Robot id -> what ended its run early (a refusal, no controller)."""
+        self.running: list[HardwareBridge] = []
+        """After ``run``: the bridges whose thread had not ended (stopped by Ctrl-C and
+        still stopping); do not close their robots."""
 
     def run(
         self, endpoint: str, *, mode: str = "realtime", episodes: int | None = None
@@ -67,6 +70,7 @@ class Fleet:
             self.stop_event.set()  # also ends the relay
             for thread in threads:  # on Ctrl-C: let each robot stop safely
                 thread.join(2.0)
+            self.running = [b for b, t in zip(self.bridges, threads, strict=True) if t.is_alive()]
         return [b.stats for b in self.bridges]
 
     def _one(self, bridge: HardwareBridge, endpoint: str, mode: str, episodes: int | None) -> None:

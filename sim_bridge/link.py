@@ -283,7 +283,8 @@ class BridgeLink:
     def _handshake_failure(self) -> str | None:
         """Why the controller refused the connection's security handshake, if it did: a
         controller that requires CurveZMQ and a bridge without keys, or with keys it does
-        not accept (retrying cannot help)."""
+        not accept (retrying cannot help). Checked while connecting only: a link that loses
+        its controller later goes on reconnecting as before."""
         while self._monitor is not None and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -338,11 +339,9 @@ def describe(
         sock.close(linger=0)
 
 
-HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
+HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+"""The refusals retrying cannot mend (a connection dropped mid-handshake, as a restarting
+controller's, is EVENT_HANDSHAKE_FAILED_NO_DETAIL and is retried)."""
 
 
 def _dealer(

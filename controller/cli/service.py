@@ -189,7 +189,8 @@ def bridge(
         pass
     finally:
         for sim in sims:
-            sim.close()
+            if sim not in fleet.running:  # one still stepping keeps its simulation
+                sim.close()
     for sim in sims:
         stats, link = sim.stats, sim.stats.link
         summary = {

@@ -16,10 +16,11 @@ exactly what ``Planner.plan`` draws.
 Budgets: a plan with a budget (a realtime robot) leaves the batch with its best plan so far
 before a round that is predicted to end past its budget; the prediction is the round's rows
 times the shared :class:`~controller.planners.base.IterationCost`. When a round would be late
-for some robots, the one to leave first is the late one that already has a plan (then the one
-that used the most of its budget), and the round is predicted again without it, so that a robot
-without any plan yet gets the room. Plans without a budget (lockstep robots) run all their
-iterations. ``answered`` is called the moment a robot's plan is done, so no robot's ACTION
+for some robots, the late one that used the most of its budget leaves first, and the round is
+predicted again without it (smaller, it may now fit the others). Plans without a budget
+(lockstep robots) run all their iterations. Where a plan of a call fell back (no iteration
+fitted), the estimate is relaxed once (``IterationCost.skipped``), so that it is measured
+again soon. ``answered`` is called the moment a robot's plan is done, so no robot's ACTION
 waits for the other robots' extra iterations.
 """
 
@@ -64,8 +65,6 @@ def plan_together(
     def finish(i: int) -> None:
         active.remove(i)
         plan = plans[i] = runs[i].finish()
-        if plan.fallback:
-            cost.skipped()
         if answered is not None:
             answered(i, plan)
 
@@ -78,12 +77,14 @@ def plan_together(
             late = [i for i in active if predicted is not None and runs[i].late(now, predicted)]
             if not late:
                 break
-            finish(max(late, key=lambda i: (runs[i].done > 0, runs[i].used(now))))
+            finish(max(late, key=lambda i: runs[i].used(now)))
         if not active:
             break
         t0 = time.perf_counter()
         rows = sum(_score(group) for group in _groups([runs[i] for i in active]))
         cost.update(rows, time.perf_counter() - t0)
+    if any(plan is not None and plan.fallback for plan in plans):
+        cost.skipped()  # once per call: an estimate no plan could measure is retried soon
     return [plan for plan in plans if plan is not None]
 
 

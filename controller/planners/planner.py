@@ -53,8 +53,15 @@ class Planner:
     """Model-predictive planning for one robot over a learned model."""
 
     def __init__(
-        self, evaluator: RolloutEvaluator, settings: PlannerSettings | None = None
+        self,
+        evaluator: RolloutEvaluator,
+        settings: PlannerSettings | None = None,
+        stream: int | None = None,
     ) -> None:
+        """``stream``: which of a seed's independent random streams this planner draws from
+        (the service gives each robot its own, so robots with one seed do not sample alike;
+        None: the seed's first)."""
+        self.stream = stream
         self.task = evaluator.task
         self.low = np.asarray(self.task.action_low, np.float64)
         self.high = np.asarray(self.task.action_high, np.float64)
@@ -109,9 +116,16 @@ class Planner:
         self._previous = self._warm.mean.copy()
         self._cold = True
 
-    def plan(self, obs: np.ndarray, budget_s: float | None = None) -> Plan:
-        """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations)."""
-        (plan,) = plan_together([PlanRequest(self, obs, budget_s)], self._cost)
+    def plan(
+        self, obs: np.ndarray, budget_s: float | None = None, start: float | None = None
+    ) -> Plan:
+        """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations) counted
+        from ``start`` (a ``perf_counter()``; None: now), with this planner's own cost
+        estimate."""
+        request = PlanRequest(self, obs, budget_s)
+        if start is not None:
+            request.start = start
+        (plan,) = plan_together([request], self._cost)
         return plan
 
     def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> PlanRun:
@@ -167,8 +181,9 @@ class Planner:
         ``rollout_rng`` for the rollouts' sampling noise and member orders. Kept apart so that
         a robot's candidates are the same whether it plans alone or beside other robots (whose
         batch draws its rollout randomness from one robot's stream)."""
-        self.rng, self.rollout_rng = (np.random.default_rng(s) for s in
-                                      np.random.SeedSequence(seed).spawn(2))  # fmt: skip
+        keys = () if self.stream is None else (self.stream,)
+        sequence = np.random.SeedSequence(seed, spawn_key=keys)
+        self.rng, self.rollout_rng = (np.random.default_rng(s) for s in sequence.spawn(2))
 
     def _install(self, settings: PlannerSettings) -> None:
         self._weights = self._weights_array(settings.weights)

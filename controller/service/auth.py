@@ -34,31 +34,53 @@ class ClientKeys:
         self.directory, self.own = directory, own
         self.refused = 0
         self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: frozenset[tuple[str, int, int]] | None = None
         self._keys: frozenset[bytes] = frozenset()
         self._logged: dict[bytes, float] = {}
-        self.keys()  # a broken directory fails now, not at the first robot
+        self._stamp = self._files()  # a broken directory fails now, not at the first robot
+        self._keys = self._read()
 
     def keys(self) -> frozenset[bytes]:
-        """The accepted public keys (Z85), read again if the directory changed."""
-        stat = self.directory.stat()
-        files = sorted(self.directory.glob(f"*{PUBLIC_SUFFIX}"))
-        stamp = (stat.st_mtime, len(files))
+        """The accepted public keys (Z85), read again when a key file was added, removed or
+        rewritten. Never raises (it runs in ZAP's thread): while the directory cannot be read,
+        the keys read last stay accepted, and it is logged."""
         with self._lock:
-            if stamp != self._stamp:
-                keys = set()
-                for path in files:
-                    try:
-                        keys.add(read_public_key(path))
-                    except ValueError as exc:
-                        log.warning("ignoring a client key file: %s", exc)
-                self._keys, self._stamp = frozenset(keys), stamp
+            try:
+                stamp = self._files()
+                if stamp != self._stamp:
+                    self._keys, self._stamp = self._read(), stamp
+            except OSError as exc:
+                log.warning("cannot read the clients directory (%s); the keys read last stay "
+                            "accepted", exc)  # fmt: skip
             return self._keys | {self.own}
 
+    def _files(self) -> frozenset[tuple[str, int, int]]:
+        """(name, mtime_ns, size) of every key file: what a change would change. OSError when
+        the directory is gone (a glob would just find nothing, and refuse everyone)."""
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"{self.directory} is not a directory any more")
+        return frozenset(
+            (path.name, (st := path.stat()).st_mtime_ns, st.st_size)
+            for path in self.directory.glob(f"*{PUBLIC_SUFFIX}")
+        )
+
+    def _read(self) -> frozenset[bytes]:
+        keys = set()
+        for path in self.directory.glob(f"*{PUBLIC_SUFFIX}"):
+            try:
+                keys.add(read_public_key(path))
+            except ValueError as exc:
+                log.warning("ignoring a client key file: %s", exc)
+        return frozenset(keys)
+
     def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP's question for one handshake: is ``key`` (Z85) accepted?"""
-        if key in self.keys():
-            return True
+        """ZAP's question for one handshake: is ``key`` (Z85) accepted? Never raises: an
+        exception would end the handler's thread, and every later handshake would stall."""
+        try:
+            if key in self.keys():
+                return True
+        except Exception:  # a bug must refuse one client, not stop authenticating
+            log.exception("checking a client key failed; refused")
         self.refused += 1
         now = time.monotonic()
         if now - self._logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:

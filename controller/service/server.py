@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from sim_bridge.link import RobotSpec
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.2
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_DRAIN = 1000
 """Messages read per pass before planning, so a flood cannot starve the robots."""
 
@@ -339,9 +341,9 @@ class MPCService:
             session.lockstep = hello["mode"] == "lockstep"
             session.pending, session.last_state, session.bridge_episode = None, None, -1
         else:
-            planner = None
+            planner, stream = None, zlib.crc32(hello.robot.encode())
             if self.evaluator is not None:
-                planner = Planner(self.evaluator, self.planner_settings)
+                planner = Planner(self.evaluator, self.planner_settings, stream)
             session = RobotSession(
                 identity=identity,
                 robot=hello.robot,
@@ -350,7 +352,8 @@ class MPCService:
                 control_period=float(hello["control_period"]),
                 settings=self.planner_settings,
                 planner=planner,
-                rng=np.random.default_rng(self.planner_settings.seed),
+                rng=np.random.default_rng([self.planner_settings.seed, stream]),
+                stream=stream,
             )
             log.info("robot %s connected (%s)", hello.robot, hello["mode"])
         self.sessions[identity] = session
@@ -371,6 +374,9 @@ class MPCService:
         if len(obs) != t.obs_dim or (applied is not None and len(applied) != t.act_dim):
             raise p.ProtocolError("bad_array", f"STATE needs obs [{t.obs_dim}] and applied "
                                   f"[{t.act_dim}]", seq=msg.seq, robot=msg.robot)  # fmt: skip
+        if np.abs(obs).max(initial=0.0) > FLOAT32_MAX:
+            raise p.ProtocolError("bad_array", "obs exceeds the float32 range the model "
+                                  "computes in", seq=msg.seq, robot=msg.robot)  # fmt: skip
         if t.reward_learned and msg["step"] > 0 and msg["reward"] is None:
             raise p.ProtocolError("bad_field", "this controller learns the reward: a STATE "
                                   "after an episode's first needs its reward",
@@ -411,14 +417,27 @@ class MPCService:
                 planned.append((session, msg, start))
         if not requests:
             return
-        if not self.settings.batched:  # one robot after another: the earlier robots' plans
-            for request, args in zip(requests, planned, strict=True):  # count on its budget
-                (plan,) = plan_together([request], self.cost)
-                self._planned(*args, plan, 1)
-            return
-        batch = len(requests)
-        plan_together(requests, self.cost,
-                      lambda i, plan: self._planned(*planned[i], plan, batch))  # fmt: skip
+        answered: set[int] = set()
+
+        def answer(i: int, plan: Plan, batch: int) -> None:
+            answered.add(i)
+            self._planned(*planned[i], plan, batch)
+
+        try:
+            if self.settings.batched:
+                plan_together(requests, self.cost, lambda i, plan: answer(i, plan, len(requests)))
+            else:  # one robot after another: the earlier robots' plans count on its budget
+                for i, r in enumerate(requests):
+                    answer(i, r.planner.plan(r.obs, r.budget_s, r.start), 1)
+        except Exception as exc:  # a bug must cost these ticks, not the service
+            log.exception("planning failed")
+            for i, (session, msg, _) in enumerate(planned):
+                if i not in answered:
+                    assert session.planner is not None
+                    session.planner.reset()  # no half-made plan to warm-start from
+                    self._refuse(session.identity, p.ProtocolError(
+                        "internal", f"planning failed: {exc!r}"[:500], seq=msg.seq,
+                        robot=msg.robot))  # fmt: skip
 
     def _planned(
         self, session: RobotSession, msg: p.Message, start: float, plan: Plan, batch: int
@@ -516,7 +535,7 @@ class MPCService:
         self.model_version, self.evaluator = ready
         for session in self.sessions.values():
             if session.planner is None:
-                session.planner = Planner(self.evaluator, session.settings)
+                session.planner = Planner(self.evaluator, session.settings, session.stream)
             else:
                 session.planner.set_evaluator(self.evaluator)
         log.info("serving model v%d", self.model_version)
@@ -541,10 +560,12 @@ class MPCService:
         """Validate ``changes`` (flat planner settings) and swap them in at the next tick of
         ``robot``, or of every robot (and into the settings new robots start with) when
         ``robot`` is None; returns the new settings (the default ones when ``robot`` is None).
-        ValueError, and nothing changes, when one robot's changed settings are invalid, or
-        ``robot`` is not connected. A ``seed`` in the changes reseeds those robots' planners
-        and exploration, even to the seed they had. Without a robot, each robot's settings
-        change only in the names given: what was tuned for one robot alone stays."""
+        ValueError (naming the robot), and nothing changes, when one robot's changed settings
+        are invalid; KeyError when ``robot`` is not connected. A ``seed`` in the changes
+        reseeds those robots' planners and exploration, even to the seed they had. Without a
+        robot, each robot's settings change only in the names given: what was tuned for one
+        robot alone stays. A robot that is forgotten (silent past ``stale_after_s``) and comes
+        back starts again from the settings new robots start with."""
         if robot is None:
             targets = list(self.sessions.values())
         else:
@@ -552,15 +573,23 @@ class MPCService:
             if not targets:
                 known = sorted(s.robot for s in self.sessions.values())
                 raise KeyError(f"robot {robot!r} is not connected (robots: {known})")
-        new = {id(s): self._checked(s.settings, changes) for s in targets}
+        # The settings new robots start with first: an invalid change is refused as such.
         default = self._checked(self.planner_settings, changes) if robot is None else None
+        new = {}
+        for session in targets:
+            try:
+                new[id(session)] = self._checked(session.settings, changes)
+            except ValueError as exc:  # fine for the others, not for a robot's own settings
+                if robot is not None:
+                    raise
+                raise ValueError(f"robot {session.robot}: {exc}") from None
         reseed = "seed" in changes
         for session in targets:
             session.settings = new[id(session)]
             if session.planner is not None:
                 session.planner.use(session.settings, reseed)
             if reseed:
-                session.rng = np.random.default_rng(session.settings.seed)
+                session.rng = np.random.default_rng([session.settings.seed, session.stream])
         log.info("settings changed for %s: %s", robot or "every robot", changes)
         if default is None:
             return new[id(targets[0])]

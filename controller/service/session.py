@@ -53,6 +53,8 @@ class RobotSession:
     """None until the first model version is loaded (actions are then random)."""
     rng: np.random.Generator
     """For exploration actions while there is no model."""
+    stream: int = 0
+    """This robot's random streams of a seed (from its id): robots with one seed draw apart."""
     episode: int = 0
     """The store's episode number of the robot's current episode (service-wide counter)."""
     bridge_episode: int = -1

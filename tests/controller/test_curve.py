@@ -164,3 +164,15 @@ def test_tickmpc_keys_makes_a_pair_and_keeps_the_secret_private(tmp_path: Path) 
     again = subprocess.run([*TICKMPC, "keys", "robot-7", "--dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert again.returncode == 1 and "exists already" in again.stderr
+
+
+def test_an_unreadable_clients_directory_keeps_the_keys_read_last(secured: Secured) -> None:
+    good = secured.client("robot-1")
+    first = BridgeLink(secured.endpoint, SPEC, "lockstep", good)
+    first.connect(10.0)  # its key read and accepted
+    first.close()
+    secured.clients.rename(secured.clients.with_name("moved"))  # the check cannot read it now
+    link = BridgeLink(secured.endpoint, SPEC, "lockstep", good)
+    link.connect(10.0)  # ZAP still answers, with the keys it had
+    assert _tick(link, 0).type == p.ACTION
+    link.close()

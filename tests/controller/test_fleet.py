@@ -170,19 +170,23 @@ def test_a_realtime_robot_leaves_at_its_deadline_and_is_answered_first(
     assert cost.predict(rows) is not None and cost.predict(rows) < 0.05
 
 
-def test_a_robot_with_a_plan_leaves_before_one_without(evaluator: RolloutEvaluator) -> None:
-    """A round that fits neither of two realtime robots: the one that already has a plan
-    leaves, and the round is predicted again for the other one alone, which then fits."""
+def test_the_robot_with_the_least_time_left_leaves_and_the_other_fits(
+    evaluator: RolloutEvaluator,
+) -> None:
+    """A round that fits neither of two realtime robots: the one whose state came first (the
+    most of its budget used) leaves, and the round is predicted again for the other one alone,
+    which then fits."""
     settings = PlannerSettings(planner="cem", horizon=10, population=20, iterations=2, rollout=MEAN)
     fleet = _planners(evaluator, [settings, settings])
     rows = evaluator.rows(20, 10, settings.rollout)
     cost = IterationCost(spread=0.0)
     cost.update(rows, 0.03)  # one robot's round 30 ms, two robots' 60 ms
-    first = plan_together([PlanRequest(fleet[0], STATES[0])], IterationCost())[0]
-    assert first.iterations == 2
-    requests = [PlanRequest(fleet[0], STATES[0], 0.045), PlanRequest(fleet[1], STATES[1], 0.045)]
-    a, b = plan_together(requests, cost)
-    assert a.fallback and not b.fallback and b.iterations >= 1
+    now = time.perf_counter()
+    requests = [PlanRequest(fleet[0], STATES[0], 0.045, start=now - 0.01),
+                PlanRequest(fleet[1], STATES[1], 0.045, start=now)]  # fmt: skip
+    order: list[int] = []
+    a, b = plan_together(requests, cost, lambda i, _: order.append(i))
+    assert a.fallback and not b.fallback and b.iterations >= 1 and order == [0, 1]
 
 
 def test_policy_proposals_of_several_robots_follow_each_robots_state(
@@ -293,3 +297,30 @@ def test_one_bridge_process_runs_a_fleet_planned_together(served: Running) -> No
     data = TransitionReader(served.root / "store").read_all()
     starts = {tuple(data.obs[data.episode == e][0]) for e in set(data.episode.tolist())}
     assert len(starts) == 3  # own seeds: own resets
+
+
+def test_robots_with_one_seed_draw_their_own_streams(tmp_path: Path) -> None:
+    """No model yet: every robot explores with uniform draws, each from its own stream of the
+    one seed (the same seed for every robot would make a fleet collect one data set N times)."""
+    running = start_service(tmp_path)
+    links = [BridgeLink(running.endpoint, replace(SPEC, robot=name), "lockstep")
+             for name in ("cart-a", "cart-b")]  # fmt: skip
+    try:
+        for link in links:
+            link.connect(10.0)
+        first = [float(_tick(link, 0)["action"][0]) for link in links]
+        assert first[0] != first[1]
+    finally:
+        for link in links:
+            link.close()
+        stop_service(running)
+
+
+def test_a_state_beyond_float32_is_refused_and_the_others_are_served(
+    two_robots: tuple[Running, BridgeLink, BridgeLink],
+) -> None:
+    _, a, b = two_robots
+    send_state(a, 0, np.array([0.0, 1e300, 0.0, 0.0]))
+    error = reply_to(a)
+    assert error.type == p.ERROR and error["code"] == "bad_array" and "float32" in error["reason"]
+    assert _tick(b, 0).type == p.ACTION and _tick(a, 0).type == p.ACTION
