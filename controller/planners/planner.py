@@ -139,9 +139,10 @@ class Planner:
                 'planner "policy" does not plan: the service acts with the learned policy'
             )
         h = self.settings.horizon
-        if self._cold and self._evaluator.uses_policy(self.settings.rollout):  # nothing to shift
-            previous = self._evaluator.policy_rollout(obs, h, self.settings.rollout, self._weights)
-            warm = WarmStart(previous)
+        rollout = self.settings.rollout
+        if self._cold and rollout.policy_start and self._evaluator.uses_policy(rollout):
+            previous = self._evaluator.policy_rollout(obs, h, rollout, self._weights)
+            warm = WarmStart(previous)  # nothing executed to shift: the policy's plan
         else:
             warm = shift_warm_start(self._warm, self.fill, h)
             previous = shift(self._previous, self.fill, h)

@@ -50,3 +50,7 @@ def test_a_cold_plan_starts_from_the_policys_rollout(
         OBS
     )  # no policy in use: the middle of the bounds
     np.testing.assert_array_equal(cold.actions, 0.0)
+    untrusted = Planner(policy_evaluator, settings.changed(value_weight=1.0, policy_start=False))
+    np.testing.assert_array_equal(untrusted.plan(OBS).actions, 0.0)  # policy in use, not trusted
+    with pytest.raises(ValueError, match="policy_start must be true or false"):
+        settings.changed(policy_start=1)
