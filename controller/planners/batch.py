@@ -54,10 +54,13 @@ def plan_together(
     requests: Sequence[PlanRequest],
     cost: IterationCost,
     answered: Callable[[int, Plan], None] | None = None,
+    admit: Callable[[], Sequence[PlanRequest]] | None = None,
 ) -> list[Plan]:
     """Plan for every request, the compatible ones batched into shared rollout runs; returns
     the plans in request order and calls ``answered(i, plan)`` as each one is done. ``cost``
-    is the per-row time estimate the budgets are held to (updated by every round)."""
+    is the per-row time estimate the budgets are held to (updated by every round).
+    ``admit``: called before every round after the first, returns requests that arrived
+    meanwhile; they join the batch (numbered after the ones before them)."""
     runs = [r.planner.begin(r.obs, r.budget_s, r.start) for r in requests]
     plans: list[Plan | None] = [None] * len(runs)
     active = list(range(len(runs)))
@@ -68,7 +71,14 @@ def plan_together(
         if answered is not None:
             answered(i, plan)
 
+    first = True
     while True:
+        if admit is not None and not first:
+            for r in admit():
+                runs.append(r.planner.begin(r.obs, r.budget_s, r.start))
+                plans.append(None)
+                active.append(len(runs) - 1)
+        first = False
         for i in [i for i in active if runs[i].exhausted]:
             finish(i)
         while active:

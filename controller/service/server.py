@@ -393,13 +393,57 @@ class MPCService:
 
     def _answer_pending(self) -> None:
         """Answer every robot with a new state: the ones acting with the policy or exploring
-        at once, then the ones that plan, together (each answered as its plan is done)."""
+        at once, then the ones that plan, together (each answered as its plan is done). A
+        robot whose state arrives while the others plan joins them at the next round (the
+        store written first, as for every ACTION), instead of waiting for the pass to end."""
         requests: list[PlanRequest] = []
         planned: list[tuple[RobotSession, p.Message, float]] = []
+        self._take_pending(requests, planned)
+        if not requests:
+            return
+        answered: set[int] = set()
+
+        def answer(i: int, plan: Plan, batch: int) -> None:
+            answered.add(i)
+            self._planned(*planned[i], plan, batch)
+
+        def admit() -> list[PlanRequest]:
+            if not self.router.poll(0):
+                return []
+            self._drain_robots()
+            self.recorder.record()
+            known = len(requests)
+            self._take_pending(requests, planned)
+            return requests[known:]
+
+        try:
+            if self.settings.batched:
+                plan_together(requests, self.cost, lambda i, plan: answer(i, plan, len(requests)),
+                              admit)  # fmt: skip
+            else:  # one robot after another: the earlier robots' plans count on its budget
+                for i, r in enumerate(requests):
+                    answer(i, r.planner.plan(r.obs, r.budget_s, r.start), 1)
+        except Exception as exc:  # a bug must cost these ticks, not the service
+            log.exception("planning failed")
+            for i, (session, msg, _) in enumerate(planned):
+                if i not in answered:
+                    assert session.planner is not None
+                    session.planner.reset()  # no half-made plan to warm-start from
+                    self._refuse(session.identity, p.ProtocolError(
+                        "internal", f"planning failed: {exc!r}"[:500], seq=msg.seq,
+                        robot=msg.robot))  # fmt: skip
+
+    def _take_pending(
+        self, requests: list[PlanRequest], planned: list[tuple[RobotSession, p.Message, float]]
+    ) -> None:
+        """Take every robot's pending state: answer the ones acting with the policy or
+        exploring now, and append a plan request for each of the others (a robot already
+        planning in this pass keeps its newer state for the next pass)."""
+        busy = {id(session) for session, _, _ in planned}
         for session in list(self.sessions.values()):
-            pending, session.pending = session.pending, None
-            if pending is None:
+            if session.pending is None or id(session) in busy:
                 continue
+            pending, session.pending = session.pending, None
             msg, start, settings = pending.msg, time.perf_counter(), session.settings
             acted = None
             if settings.planner == POLICY:
@@ -415,29 +459,6 @@ class MPCService:
                     budget = settings.budget_s(session.control_period, start - pending.received)
                 requests.append(PlanRequest(session.planner, msg["obs"], budget, start))
                 planned.append((session, msg, start))
-        if not requests:
-            return
-        answered: set[int] = set()
-
-        def answer(i: int, plan: Plan, batch: int) -> None:
-            answered.add(i)
-            self._planned(*planned[i], plan, batch)
-
-        try:
-            if self.settings.batched:
-                plan_together(requests, self.cost, lambda i, plan: answer(i, plan, len(requests)))
-            else:  # one robot after another: the earlier robots' plans count on its budget
-                for i, r in enumerate(requests):
-                    answer(i, r.planner.plan(r.obs, r.budget_s, r.start), 1)
-        except Exception as exc:  # a bug must cost these ticks, not the service
-            log.exception("planning failed")
-            for i, (session, msg, _) in enumerate(planned):
-                if i not in answered:
-                    assert session.planner is not None
-                    session.planner.reset()  # no half-made plan to warm-start from
-                    self._refuse(session.identity, p.ProtocolError(
-                        "internal", f"planning failed: {exc!r}"[:500], seq=msg.seq,
-                        robot=msg.robot))  # fmt: skip
 
     def _planned(
         self, session: RobotSession, msg: p.Message, start: float, plan: Plan, batch: int

@@ -189,6 +189,26 @@ def test_the_robot_with_the_least_time_left_leaves_and_the_other_fits(
     assert a.fallback and not b.fallback and b.iterations >= 1 and order == [0, 1]
 
 
+def test_a_robot_arriving_mid_pass_joins_the_batch(
+    evaluator: RolloutEvaluator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state that arrives while the others plan joins at the next round: it is planned as
+    it would be alone, sharing the later rounds' runs, and answered after its own iterations."""
+    settings = PlannerSettings(planner="cem", horizon=10, population=20, iterations=3, rollout=MEAN)
+    late_settings = settings.changed(seed=7)
+    want = Planner(evaluator, late_settings).plan(STATES[1]).actions
+    fleet = _planners(evaluator, [settings, late_settings])
+    arrivals = [[], [PlanRequest(fleet[1], STATES[1])]]  # nothing before round 2, then one
+    counted = Counted(evaluator, monkeypatch)
+    order: list[int] = []
+    plans = plan_together([PlanRequest(fleet[0], STATES[0])], IterationCost(),
+                          lambda i, _: order.append(i),
+                          lambda: arrivals.pop(0) if arrivals else [])  # fmt: skip
+    assert order == [0, 1] and [p.iterations for p in plans] == [3, 3]
+    np.testing.assert_allclose(plans[1].actions, want, atol=1e-5)
+    assert counted.calls == [20, 20, 40, 20, 20]  # alone, alone, together, then the late one
+
+
 def test_policy_proposals_of_several_robots_follow_each_robots_state(
     policy_evaluator: RolloutEvaluator, policy_files: PolicyFiles
 ) -> None:
