@@ -21,7 +21,8 @@ predicted again without it (smaller, it may now fit the others). Plans without a
 (lockstep robots) run all their iterations. Where a plan of a call fell back (no iteration
 fitted), the estimate is relaxed once (``IterationCost.skipped``), so that it is measured
 again soon. ``answered`` is called the moment a robot's plan is done, so no robot's ACTION
-waits for the other robots' extra iterations.
+waits for the other robots' extra iterations; and ``admit`` lets a robot whose state arrives
+while the others plan join the batch at the next round, so it does not wait for the pass.
 """
 
 from __future__ import annotations
