@@ -127,6 +127,15 @@ VARIANTS |= {
     # A fleet (issue 16): 4 robots feed one store and learner, their episodes at once, the
     # service planning them together; lockstep retrains after each round of 4 episodes.
     "cartpole-fleet4": variant("task=cartpole-swingup", "run.episodes=20", "run.robots=4"),
+    # The same on the wall clock, the learner beside: 100 candidates per robot, as served
+    # 4 robots at 25 Hz in benchmarks/fleet_scaling.py.
+    "cartpole-fleet4-realtime": variant(
+        "task=cartpole-swingup",
+        "run.episodes=20",
+        "run.robots=4",
+        "run.realtime=true",
+        "planner.population=100",
+    ),
     "cartpole-policy": variant("task=cartpole-swingup", "run.episodes=20", *POLICY),
     "cartpole-cem-20": variant("task=cartpole-swingup", "run.episodes=20"),
     "cartpole-policy-realtime": variant(
