@@ -337,7 +337,8 @@ def test_run_with_a_fleet_feeds_one_store_and_learner(tmp_path: Path) -> None:
     assert [(x["episode"], x["robot"]) for x in lines] == [
         (1, "sim-0"), (2, "sim-1"), (3, "sim-0"), (4, "sim-1")
     ]  # fmt: skip
-    assert [x["model_version"] for x in lines] == [0, 0, 1, 1]  # round 2 on the first model
+    versions = [x["model_version"] for x in lines]  # round 2 on a model of round 1's data
+    assert versions[:2] == [0, 0] and versions[2] == versions[3] >= 1
     assert lines[0]["return"] != lines[1]["return"]  # their own resets
     data = TransitionReader(run_dir / "store").read_all()
     assert len(data.obs) == 4 * 60 and len(set(data.episode.tolist())) == 4
