@@ -9,13 +9,10 @@ ACTION, and publishes one telemetry record per ACTION. The write
 comes before the ACTIONs, so every transition an ACTION answers is in the store (in the OS's
 cache: a killed service loses none; ``durable`` adds an fsync for power loss).
 
-The robots with a new state are planned together (controller.planners.batch): each keeps its
-own planner, settings and random stream, and every optimizer iteration scores all their
-candidates in one rollout run. A realtime robot leaves the batch at its deadline and its
-ACTION goes out at once; a state's wait is taken off its budget. Each robot has its own
-settings: ``apply(changes)`` changes every robot's and the default new robots start from,
-``apply(changes, robot)`` one robot's. A malformed or unexpected message is answered with
-ERROR and logged; nothing a robot sends can stop the loop.
+How the robots with a new state are planned together and answered is
+:mod:`controller.service.answering`; each robot's live settings, :mod:`controller.service.tuning`
+(both mixins of :class:`MPCService`). A malformed or unexpected message is answered with ERROR
+and logged; nothing a robot sends can stop the loop.
 """
 
 from __future__ import annotations
@@ -30,15 +27,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from controller.planners import POLICY, Plan, Planner, PlannerSettings, PolicyActor, kernels
+from controller.planners import Planner, PlannerSettings, PolicyActor, kernels
 from controller.planners.base import IterationCost
-from controller.planners.batch import PlanRequest, plan_together
+from controller.service.answering import Answering
 from controller.service.auth import CurveServer
 from controller.service.commands import ControlHandler
 from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
 from controller.service.session import Pending, RobotSession, Transition
 from controller.service.settings import ServiceSettings
+from controller.service.tuning import Tuning
 from controller.tasks import Task
 from controller.tasks.generic import robot_task
 from models.store import TransitionReader, TransitionWriter
@@ -52,7 +50,7 @@ MAX_DRAIN = 1000
 """Messages read per pass before planning, so a flood cannot starve the robots."""
 
 
-class MPCService:
+class MPCService(Answering, Tuning):
     """Serves robot bridges; ``start()`` binds, ``serve()`` loops until ``stop_event``."""
 
     def __init__(
@@ -391,143 +389,6 @@ class MPCService:
         over = msg["terminated"] or msg["truncated"]
         session.pending = None if over else Pending(msg, time.perf_counter())
 
-    def _answer_pending(self) -> None:
-        """Answer every robot with a new state: the ones acting with the policy or exploring
-        at once, then the ones that plan, together (each answered as its plan is done). A
-        robot whose state arrives while the others plan joins them at the next round (the
-        store written first, as for every ACTION), instead of waiting for the pass to end."""
-        requests: list[PlanRequest] = []
-        planned: list[tuple[RobotSession, p.Message, float]] = []
-        self._take_pending(requests, planned)
-        if not requests:
-            return
-        answered: set[int] = set()
-
-        def answer(i: int, plan: Plan, batch: int) -> None:
-            answered.add(i)
-            self._planned(*planned[i], plan, batch)
-
-        def admit() -> list[PlanRequest]:
-            if not self.router.poll(0):
-                return []
-            self._drain_robots()
-            self.recorder.record()
-            known = len(requests)
-            self._take_pending(requests, planned)
-            return requests[known:]
-
-        try:
-            if self.settings.batched:
-                plan_together(requests, self.cost, lambda i, plan: answer(i, plan, len(requests)),
-                              admit)  # fmt: skip
-            else:  # one robot after another: the earlier robots' plans count on its budget
-                for i, r in enumerate(requests):
-                    answer(i, r.planner.plan(r.obs, r.budget_s, r.start), 1)
-        except Exception as exc:  # a bug must cost these ticks, not the service
-            log.exception("planning failed")
-            for i, (session, msg, _) in enumerate(planned):
-                if i not in answered:
-                    assert session.planner is not None
-                    session.planner.reset()  # no half-made plan to warm-start from
-                    self._refuse(session.identity, p.ProtocolError(
-                        "internal", f"planning failed: {exc!r}"[:500], seq=msg.seq,
-                        robot=msg.robot))  # fmt: skip
-
-    def _take_pending(
-        self, requests: list[PlanRequest], planned: list[tuple[RobotSession, p.Message, float]]
-    ) -> None:
-        """Take every robot's pending state: answer the ones acting with the policy or
-        exploring now, and append a plan request for each of the others (a robot already
-        planning in this pass keeps its newer state for the next pass)."""
-        busy = {id(session) for session, _, _ in planned}
-        for session in list(self.sessions.values()):
-            if session.pending is None or id(session) in busy:
-                continue
-            pending, session.pending = session.pending, None
-            msg, start, settings = pending.msg, time.perf_counter(), session.settings
-            acted = None
-            if settings.planner == POLICY:
-                acted = self._act(session, msg["obs"], settings.options.explore)
-            if acted is not None:
-                self._answer(session, msg, start, acted[0], POLICY, 0, 0, acted[1])
-            elif session.planner is None or settings.planner == POLICY:
-                action = session.rng.uniform(self.low, self.high)
-                self._answer(session, msg, start, action, "explore", 0, 0, None)
-            else:
-                budget = None
-                if not session.lockstep:
-                    budget = settings.budget_s(session.control_period, start - pending.received)
-                requests.append(PlanRequest(session.planner, msg["obs"], budget, start))
-                planned.append((session, msg, start))
-
-    def _planned(
-        self, session: RobotSession, msg: p.Message, start: float, plan: Plan, batch: int
-    ) -> None:
-        """Answer a robot with its plan (or, where no iteration fitted, the policy's mean: the
-        shifted plan answers an older state, while the policy answers this one in tens of
-        microseconds)."""
-        action, planner, horizon = plan.action, plan.planner, plan.horizon
-        predicted = plan.predicted_return if math.isfinite(plan.predicted_return) else None
-        if plan.fallback and (acted := self._act(session, msg["obs"], False)) is not None:
-            (action, predicted), planner, horizon = acted, POLICY, 0
-        self._answer(session, msg, start, action, planner, horizon, plan.iterations, predicted,
-                     plan.deadline_miss, plan.fallback, plan.nonfinite, plan.rows,
-                     batch)  # fmt: skip
-
-    def _answer(
-        self,
-        session: RobotSession,
-        msg: p.Message,
-        start: float,
-        action: np.ndarray,
-        planner: str,
-        horizon: int,
-        iterations: int,
-        predicted: float | None,
-        miss: bool = False,
-        fallback: bool = False,
-        nonfinite: int = 0,
-        rows: int = 0,
-        batch: int = 0,
-    ) -> None:
-        """Send the ACTION for ``msg`` and queue its telemetry record."""
-        plan_ms = 1000.0 * (time.perf_counter() - start)
-        reply = p.make(
-            p.ACTION, session.robot, seq=msg.seq, time=time.time(), episode=msg.episode,
-            answers=msg.seq, planner=planner, horizon=horizon, iterations=iterations,
-            predicted_return=predicted, plan_ms=plan_ms, model_version=self.model_version,
-            deadline_miss=miss, fallback=fallback, nonfinite=nonfinite,
-            action=np.asarray(action, np.float64),
-        )  # fmt: skip
-        session.stats.tick(time.monotonic(), plan_ms, miss, fallback, nonfinite)
-        self._send(session.identity, reply)
-        if not self.recorder.listening:
-            return
-        record = {
-            "robot": session.robot, "seq": msg.seq, "episode": session.episode,
-            "step": msg["step"], "time": reply.time, "planner": planner, "horizon": horizon,
-            "iterations": iterations, "rows": rows, "batch": batch, "plan_ms": plan_ms,
-            "predicted_return": predicted,
-            "deadline_miss": miss, "fallback": fallback, "nonfinite": nonfinite,
-            "model_version": self.model_version, "policy_version": self.policy_version,
-            "dropped_stale": session.stats.dropped_stale, "action": reply["action"].tolist(),
-        }  # fmt: skip
-        self.recorder.answered.append((session, record))
-
-    def _act(
-        self, session: RobotSession, obs: np.ndarray, explore: bool
-    ) -> tuple[np.ndarray, float | None] | None:
-        """The policy's (action [A], value) for ``obs``: a draw with the robot's generator when
-        ``explore``, else the mean. None when no policy is loaded, or when its action is not
-        finite (logged; the caller acts as if there were no policy)."""
-        if self.policy is None:
-            return None
-        try:
-            return self.policy.act(obs, session.rng if explore else None)
-        except FloatingPointError as exc:
-            log.warning("robot %s: policy p%d: %s", session.robot, self.policy_version, exc)
-            return None
-
     def _forget_silent(self, now: float) -> None:
         for identity, session in list(self.sessions.items()):
             if now - session.last_heard > self.settings.stale_after_s:
@@ -576,69 +437,6 @@ class MPCService:
                 return
             *route, body = frames
             self.control.send_multipart([*route, self.commands.answer(body)])
-
-    def apply(self, changes: dict[str, Any], robot: str | None = None) -> PlannerSettings:
-        """Validate ``changes`` (flat planner settings) and swap them in at the next tick of
-        ``robot``, or of every robot (and into the settings new robots start with) when
-        ``robot`` is None; returns the new settings (the default ones when ``robot`` is None).
-        ValueError (naming the robot), and nothing changes, when one robot's changed settings
-        are invalid; KeyError when ``robot`` is not connected. A ``seed`` in the changes
-        reseeds those robots' planners and exploration, even to the seed they had. Without a
-        robot, each robot's settings change only in the names given: what was tuned for one
-        robot alone stays. A robot that is forgotten (silent past ``stale_after_s``) and comes
-        back starts again from the settings new robots start with."""
-        if robot is None:
-            targets = list(self.sessions.values())
-        else:
-            targets = [s for s in self.sessions.values() if s.robot == robot]
-            if not targets:
-                known = sorted(s.robot for s in self.sessions.values())
-                raise KeyError(f"robot {robot!r} is not connected (robots: {known})")
-        # The settings new robots start with first: an invalid change is refused as such.
-        default = self._checked(self.planner_settings, changes) if robot is None else None
-        new = {}
-        for session in targets:
-            try:
-                new[id(session)] = self._checked(session.settings, changes)
-            except ValueError as exc:  # fine for the others, not for a robot's own settings
-                if robot is not None:
-                    raise
-                raise ValueError(f"robot {session.robot}: {exc}") from None
-        reseed = "seed" in changes
-        for session in targets:
-            session.settings = new[id(session)]
-            if session.planner is not None:
-                session.planner.use(session.settings, reseed)
-            if reseed:
-                session.rng = np.random.default_rng([session.settings.seed, session.stream])
-        log.info("settings changed for %s: %s", robot or "every robot", changes)
-        if default is None:
-            return new[id(targets[0])]
-        self.planner_settings = default
-        return default
-
-    def _checked(self, settings: PlannerSettings, changes: dict[str, Any]) -> PlannerSettings:
-        """``settings`` with ``changes``, validated against the served task (ValueError)."""
-        new = settings.changed(changes)
-        if self.task is not None:
-            self.task.validated_weights(new.weights)
-        elif new.weights:  # task auto learns its reward: there will be no terms to weigh
-            raise ValueError(
-                "this controller takes its task from the first robot's HELLO and "
-                "learns its reward: there are no reward terms to weigh"
-            )
-        return new
-
-    def settings_of(self, robot: str | None) -> PlannerSettings:
-        """``robot``'s settings, or the ones new robots start with (KeyError: no such
-        robot)."""
-        if robot is None:
-            return self.planner_settings
-        for session in self.sessions.values():
-            if session.robot == robot:
-                return session.settings
-        known = sorted(s.robot for s in self.sessions.values())
-        raise KeyError(f"robot {robot!r} is not connected (robots: {known})")
 
     def status(self) -> dict[str, Any]:
         robots = {}
