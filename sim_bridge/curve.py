@@ -44,13 +44,17 @@ def make_key_pair(directory: str | os.PathLike[str], name: str) -> tuple[Path, P
     return Path(made_public), Path(made_secret)
 
 
+def _load(path: str | os.PathLike[str], what: str) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a CurveZMQ {what} file ({exc})") from None
+
+
 def read_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(public, secret) Z85 keys from a ``.key_secret`` file; ValueError naming the file when it
     is missing, unreadable or holds no secret key."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a CurveZMQ key pair file ({exc})") from None
+    public, secret = _load(path, "key pair")
     if not secret:
         raise ValueError(f"{path}: holds no secret key (give the {SECRET_SUFFIX} file)")
     return public, secret
@@ -58,10 +62,7 @@ def read_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 def read_public_key(path: str | os.PathLike[str]) -> bytes:
     """The Z85 public key of a ``.key`` (or ``.key_secret``) file; ValueError naming it."""
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a CurveZMQ key file ({exc})") from None
+    public, _ = _load(path, "key")
     if not public:
         raise ValueError(f"{path}: holds no public key")
     return public
