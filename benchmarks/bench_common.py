@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+import zmq
 
 from controller.tasks.base import Task
 from models.ensemble import EnsembleConfig, GaussianEnsemble
+from sim_bridge import protocol as p
 
 
 def time_call(fn: Callable[[], object], *, min_seconds: float, min_calls: int = 3) -> np.ndarray:
@@ -51,3 +55,23 @@ def make_model(task: Task, layers: int) -> GaussianEnsemble:
     with torch.no_grad():  # small predicted steps keep rollouts in a realistic range
         model.out_std.mul_(0.05)
     return model
+
+
+def read_telemetry(
+    telemetry: str, stop: threading.Event, on_record: Callable[[dict[str, Any]], None]
+) -> threading.Thread:
+    """A started thread that parses every telemetry record of the service at ``telemetry``
+    and hands it to ``on_record``, until ``stop``."""
+
+    def run() -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        with context.socket(zmq.SUB) as sub:
+            sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
+            sub.connect(telemetry)
+            while not stop.is_set():
+                if sub.poll(100):
+                    on_record(p.parse_telemetry(sub.recv_multipart()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

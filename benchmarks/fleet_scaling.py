@@ -38,13 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from bench_common import make_model
+from bench_common import make_model, read_telemetry
 from controller.service.control import request
 from controller.tasks import get_task
 from models.registry import ModelDirectory
-from sim_bridge import protocol as p
 from sim_bridge.fleet import Fleet, fleet_ids
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
@@ -91,23 +89,12 @@ def serve(root: Path, mode: str, population: int) -> tuple[subprocess.Popen[byte
     raise RuntimeError("the service did not load its model within 120 s")
 
 
-def subscribe(telemetry: str, stop: threading.Event, records: list[dict[str, Any]]) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    with context.socket(zmq.SUB) as sub:
-        sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
-        sub.connect(telemetry)
-        while not stop.is_set():
-            if sub.poll(100):
-                records.append(p.parse_telemetry(sub.recv_multipart()))
-
-
 def measure(
     root: Path, count: int, mode: str, population: int, episodes: int, steps: int | None
 ) -> dict[str, Any]:
     proc, endpoint, telemetry = serve(root, mode, population)
     stop, records = threading.Event(), list[dict[str, Any]]()
-    reader = threading.Thread(target=subscribe, args=(telemetry, stop, records), daemon=True)
-    reader.start()
+    reader = read_telemetry(telemetry, stop, records.append)
     time.sleep(0.3)  # the subscription reaches the service
     settings = BridgeSettings(episode_steps=steps, connect_timeout_s=60.0)
     fleet = Fleet([MujocoBridge.for_task(TASK, name, seed=1000 * (i + 1), settings=settings)

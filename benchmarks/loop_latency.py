@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
+from bench_common import read_telemetry
 from controller.service.control import request
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.policy.export import PolicyDirectory
@@ -99,27 +99,9 @@ def _serve(root: Path, ph: Phase, transport: str) -> tuple[subprocess.Popen[byte
     return proc, endpoint, control, telemetry
 
 
-def _subscribe(telemetry: str, stop: threading.Event, received: list[int]) -> threading.Thread:
-    """A thread that reads every telemetry record until ``stop`` (counting them)."""
-
-    def run() -> None:
-        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        with context.socket(zmq.SUB) as sub:
-            sub.setsockopt(zmq.SUBSCRIBE, p.TELEMETRY_TOPIC)
-            sub.connect(telemetry)
-            while not stop.is_set():
-                if sub.poll(100):
-                    p.parse_telemetry(sub.recv_multipart())
-                    received[0] += 1
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
     ph = PHASES[name]
-    stop, received = threading.Event(), [0]
+    stop, received = threading.Event(), list[dict[str, Any]]()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if ph.model:
@@ -135,7 +117,7 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         proc, endpoint, control, telemetry = _serve(root, ph, transport)
         link = BridgeLink(endpoint, SPEC, "lockstep")
         if ph.telemetry:
-            _subscribe(telemetry, stop, received)
+            read_telemetry(telemetry, stop, received.append)
         try:
             link.connect(120.0)
             rng = np.random.default_rng(0)
@@ -182,7 +164,7 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         "plan_p99_us": round(float(np.percentile(plan, 99)), 1),
         "dropped": int(robot["dropped_stale"]),
         "recorded": int(status["transitions"]),
-        "telemetry_records": received[0],
+        "telemetry_records": len(received),
         "model_version": int(robot["model_version"]),
         "policy_version": int(status["policy_version"]),
         "planners": sorted(planners),

@@ -99,7 +99,11 @@ def learn(
     if config.service.keys is not None:
         from sim_bridge.curve import CurveClient
 
-        curve = CurveClient.load(config.service.keys)
+        try:
+            curve = CurveClient.load(config.service.keys)
+        except ValueError as exc:
+            typer.echo(f"error: service.keys: {exc}", err=True)
+            raise typer.Exit(code=1) from None
 
     def tell_service(version: ModelVersion) -> None:
         request(config.service.control, "model", timeout_s=2.0, curve=curve)

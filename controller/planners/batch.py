@@ -123,15 +123,8 @@ def _score(group: list[PlanRun]) -> int:
     first = group[0]
     settings, evaluator = first.settings.rollout, first.evaluator
     asked = [run.ask() for run in group]
-    if len(group) == 1:  # exactly what a lone planner does
-        ((batch, proposals),) = asked
-        scores = evaluator.evaluate(
-            first.obs, batch, settings, first.planner.rollout_rng, first.weights, proposals
-        )
-        rows = evaluator.rows(len(batch), first.settings.horizon, settings)
-        first.tell(batch, scores, rows)
-        return rows
-    # Proposals first: the evaluator's policy drives the first rows of a run.
+    # Proposals first: the evaluator's policy drives the first rows of a run. (For one robot
+    # this is its batch as asked, the same values a lone planner evaluates.)
     parts = [batch[:k] for batch, k in asked] + [batch[k:] for batch, k in asked]
     owners = group * 2
     actions = np.concatenate(parts)

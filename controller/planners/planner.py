@@ -122,10 +122,8 @@ class Planner:
         """Plan from ``obs [S]`` within ``budget_s`` seconds (None: all iterations) counted
         from ``start`` (a ``perf_counter()``; None: now), with this planner's own cost
         estimate."""
-        request = PlanRequest(self, obs, budget_s)
-        if start is not None:
-            request.start = start
-        (plan,) = plan_together([request], self._cost)
+        start = time.perf_counter() if start is None else start
+        (plan,) = plan_together([PlanRequest(self, obs, budget_s, start)], self._cost)
         return plan
 
     def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> PlanRun:
