@@ -2,7 +2,8 @@
 the config tree (controller.config) from its defaults, a ``--config`` file and its flags.
 
 Commands: ``run`` (the closed loop, ``learning.py``), ``serve``, ``bridge``, ``tune``,
-``status`` (``service.py``), ``learn`` (``learning.py``), ``model info`` (here).
+``status`` (``service.py``), ``learn`` (``learning.py``), ``dashboard`` (``dashboard.py``),
+``model info`` (here).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from controller.cli import learning, service
+from controller.cli import dashboard, learning, service
 from controller.cli.common import DEFAULT_DEVICE, app, console
 
-__all__ = ["app", "learning", "main", "service"]
+__all__ = ["app", "dashboard", "learning", "main", "service"]
 
 model_app = typer.Typer(help="Inspect exported models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")

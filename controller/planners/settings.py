@@ -26,6 +26,8 @@ MAX_HORIZON = 500
 MAX_POPULATION = 100_000
 MAX_ITERATIONS = 100
 MAX_SEED = 2**63 - 1
+MAX_MARGIN_MS = 1000.0
+MAX_BUDGET_MS = 60000.0
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,9 @@ class PlannerSettings:
         check_int("horizon", self.horizon, 1, MAX_HORIZON)
         check_int("population", self.population, 1, MAX_POPULATION)
         check_int("iterations", self.iterations, 1, MAX_ITERATIONS)
-        check_number("margin_ms", self.margin_ms, 0.0, 1000.0)
+        check_number("margin_ms", self.margin_ms, 0.0, MAX_MARGIN_MS)
         if self.budget_ms is not None:
-            check_number("budget_ms", self.budget_ms, 0.0, 60000.0, low_open=True)
+            check_number("budget_ms", self.budget_ms, 0.0, MAX_BUDGET_MS, low_open=True)
         check_int("seed", self.seed, 0, MAX_SEED)
         if not isinstance(self.weights, Mapping):
             raise ValueError(
