@@ -19,11 +19,16 @@ every record, as ``tickmpc run`` does): the service builds a record per tick, wi
 reward terms, only while someone subscribes. ``policy`` serves the same model and a freshly
 initialized SAC policy (2 x 256) from the same directory with ``planner=policy`` (explore, as
 MBPO collects): each ACTION is one draw from the policy, no plan, so its plan time is what the
-policy costs per tick where the planner phase's is a (tiny) plan's. Every phase reports its plan
-time p50 and p99 (``plan_ms`` of the ACTIONs) beside the overhead.
+policy costs per tick where the planner phase's is a (tiny) plan's. ``planner-dashboard`` runs
+``tickmpc dashboard`` against the service: its cost to the service is one more telemetry
+subscriber and a status request every 0.5 s (history every 2 s); its p99 against the planner
+phase's is the dashboard's figure (target: within 0.5 ms). ``planner-dashboard-page`` also opens
+the page in headless Chromium on the same machine, where its drawing competes with the service
+for the cores (an operator's browser is usually on another machine). Every phase reports its
+plan time p50 and p99 (``plan_ms`` of the ACTIONs) beside the overhead.
 Target (DESIGN.md): p99 <= 0.5 ms on this machine.
 
-    python benchmarks/loop_latency.py [--quick]
+    python benchmarks/loop_latency.py [--quick] [--phases planner,planner-dashboard]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +70,10 @@ class Phase:
     telemetry: bool = False
     """A thread of this process subscribes to the telemetry."""
     planner: str = "cem"
+    dashboard: bool = False
+    """``tickmpc dashboard`` follows the service."""
+    page: bool = False
+    """... with its page open in headless Chromium, on this machine."""
 
 
 PHASES = {
@@ -73,6 +83,8 @@ PHASES = {
     "planner-durable": Phase(model=True, store=["--durable"]),
     "planner-telemetry": Phase(model=True, telemetry=True),
     "policy": Phase(model=True, planner="policy"),
+    "planner-dashboard": Phase(model=True, dashboard=True),
+    "planner-dashboard-page": Phase(model=True, dashboard=True, page=True),
 }
 
 
@@ -99,6 +111,43 @@ def _serve(root: Path, ph: Phase, transport: str) -> tuple[subprocess.Popen[byte
     return proc, endpoint, control, telemetry
 
 
+class Page:
+    """``tickmpc dashboard`` in a subprocess and its page in headless Chromium (when there is
+    one: the page's polling goes through the dashboard process either way)."""
+
+    def __init__(self, control: str, telemetry: str) -> None:
+        cmd = [sys.executable, "-m", "controller.cli", "dashboard", "--port", "0",
+               "--control", control, "--telemetry", telemetry]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)  # fmt: skip
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().split()[-1]
+        self.driver: Any = None
+
+    def open(self) -> None:
+        from controller.dashboard import browser
+
+        if browser.missing() is None:
+            self.driver = browser.chromium()
+            self.driver.get(self.url)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not self.driver.execute_script(
+                "return document.getElementById('connection').textContent === 'live'"
+            ):
+                time.sleep(0.1)
+
+    def ticks_seen(self, robot: str) -> int:
+        """The ticks of ``robot`` the dashboard received, as it reports them."""
+        with urllib.request.urlopen(self.url + "api/state", timeout=10) as reply:
+            return int(json.load(reply)["stats"][robot]["received"])
+
+    def close(self) -> None:
+        if self.driver is not None:
+            self.driver.quit()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
     ph = PHASES[name]
     stop, received = threading.Event(), list[dict[str, Any]]()
@@ -118,8 +167,11 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         link = BridgeLink(endpoint, SPEC, "lockstep")
         if ph.telemetry:
             read_telemetry(telemetry, stop, received.append)
+        page = Page(control, telemetry) if ph.dashboard else None
         try:
             link.connect(120.0)
+            if page is not None and ph.page:
+                page.open()
             rng = np.random.default_rng(0)
             planners: set[str] = set()
             warmup = min(200, ticks // 5)
@@ -141,13 +193,17 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
                 if step >= warmup:
                     planners.add(reply["planner"])
             status = request(control, "status")
+            seen = page.ticks_seen("bench") if page is not None else None
         finally:
+            if page is not None:
+                page.close()
             stop.set()
             link.close()
             proc.terminate()
             proc.wait(timeout=30)
     if ph.model and planners != {ph.planner}:  # a phase must measure what it is named for
         raise RuntimeError(f"phase {name}: the ACTIONs came from {sorted(planners)}")
+    dashboard = None if page is None else {"page_open": page.driver is not None, "ticks_seen": seen}
     rt = np.asarray(link.stats.round_trip_s) * 1e6
     plan = np.asarray(link.stats.plan_s) * 1e6
     over = rt - plan
@@ -165,6 +221,7 @@ def phase(name: str, ticks: int, transport: str) -> dict[str, Any]:
         "dropped": int(robot["dropped_stale"]),
         "recorded": int(status["transitions"]),
         "telemetry_records": len(received),
+        "dashboard": dashboard,
         "model_version": int(robot["model_version"]),
         "policy_version": int(status["policy_version"]),
         "planners": sorted(planners),
@@ -178,14 +235,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of every phase, interleaved; medians reported")  # fmt: skip
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated, of {list(PHASES)}")  # fmt: skip
     args = parser.parse_args()
+    names = [n for n in args.phases.split(",") if n]
+    if unknown := sorted(set(names) - set(PHASES)):
+        parser.error(f"unknown phases {unknown}; phases: {list(PHASES)}")
     ticks = args.ticks or (500 if args.quick else 4000)
     rounds = args.rounds or (1 if args.quick else 3)
     # Interleaved rounds: a p99 over a few thousand ticks on a shared 2-core machine moves by
     # 100-300 us from run to run, more than the differences between the phases.
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PHASES}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(rounds):
-        for name in PHASES:
+        for name in names:
             t0 = time.perf_counter()
             r = phase(name, ticks, args.transport)
             runs[name].append(r)
@@ -205,10 +267,23 @@ def main() -> None:
         print(f"median of {r['rounds']}: {r['phase']:17s} p50 {r['p50_us']:7.1f} us  "
               f"p99 {r['p99_us']:7.1f} us  plan p50 {r['plan_p50_us'] / 1000:.3f} ms "
               f"p99 {r['plan_p99_us'] / 1000:.3f} ms")  # fmt: skip
-    head = next(r for r in results if r["phase"] == "planner")
+    by_name = {r["phase"]: r for r in results}
+    head = by_name.get("planner", results[0])
+    figures: dict[str, Any] = {}
+    if "planner" in by_name and "planner-dashboard" in by_name:
+        # The dashboard's cost: its phase against the planner phase of the same rounds.
+        figures["dashboard_p99_delta_us"] = round(
+            by_name["planner-dashboard"]["p99_us"] - by_name["planner"]["p99_us"], 1
+        )
+        figures["dashboard_target_delta_us"] = 500.0
+        figures["dashboard"] = [r["dashboard"] for r in runs["planner-dashboard"]]
+    if "planner" in by_name and "planner-dashboard-page" in by_name:
+        figures["dashboard_page_p99_delta_us"] = round(
+            by_name["planner-dashboard-page"]["p99_us"] - by_name["planner"]["p99_us"], 1
+        )
     print(json.dumps({
         "p50_us": head["p50_us"], "p99_us": head["p99_us"], "ticks": ticks, "rounds": rounds,
-        "dropped": head["dropped"], "target_p99_us": 500.0, "phases": results,
+        "dropped": head["dropped"], "target_p99_us": 500.0, **figures, "phases": results,
     }))  # fmt: skip
 
 

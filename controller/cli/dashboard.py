@@ -77,6 +77,15 @@ def dashboard(
     videos: Annotated[
         Path | None, typer.Option(help="A tickmpc run's videos directory to play.")
     ] = None,
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Niceness added to this process, so that it yields the cores to a service "
+            "on the same machine (0: none).",
+        ),
+    ] = 10,
     keys: KeysOption = None,
     server_key: ServerKeyOption = None,
 ) -> None:
@@ -106,6 +115,7 @@ def dashboard(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
     board = Dashboard(settings, client_keys(keys, server_key))
+    os.nice(nice)  # the page can wait a few milliseconds; the robot's plan cannot
 
     def ready(url: str) -> None:
         print(f"tickmpc dashboard: {url}", flush=True)
