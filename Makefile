@@ -5,14 +5,34 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-quick clean
+.PHONY: run test lint typecheck unit bench-quick clean system-deps browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# System libraries beyond the Python packages, installed with apt-get (sudo when not root) only
+# where missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LDCONFIG := $(shell command -v ldconfig || echo /sbin/ldconfig)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+system-deps:
+	@# Episode videos (sim_bridge/video.py): MuJoCo renders offscreen through EGL, on Mesa's
+	@# software rasterizer where there is no GPU.
+	@$(LDCONFIG) -p | grep -q libEGL_mesa || { \
+		echo "installing Mesa EGL for offscreen rendering"; \
+		$(SUDO) apt-get update && $(APT_INSTALL) libegl1 libegl-mesa0 libgl1-mesa-dri; }
+
+# The dashboard's browser tests (tests/controller/test_dashboard.py): Debian's Chromium and its
+# driver, which Selenium drives headless.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing Chromium and ChromeDriver for the dashboard's browser tests"; \
+		$(SUDO) apt-get update && $(APT_INSTALL) chromium chromium-driver; }
+
+run: $(STAMP) system-deps
 	$(VENV)/bin/tickmpc run $(ARGS)
 
 test: lint typecheck unit
@@ -24,7 +44,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps browser
 	$(PY) -m pytest -q
 
 bench-quick: $(STAMP)

@@ -53,8 +53,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def variant(*sets: str) -> Config:
-    """A run config from ``--set``-style overrides of the defaults."""
-    return updated(Config(), parse_overrides(sets))
+    """A run config from ``--set``-style overrides of the defaults, without episode videos
+    (their renders would take CPU the figures of earlier runs did not pay)."""
+    return updated(Config(), parse_overrides(["run.videos=false", *sets]))
 
 
 VARIANTS: dict[str, Config] = {

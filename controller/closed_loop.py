@@ -13,7 +13,9 @@ result; with ``--realtime`` the robot runs on the wall clock and models swap in 
 Run directory: ``config.toml``, ``task/`` (a task file's copy, see :func:`keep_task_copy`),
 ``store/`` (transitions), ``models/`` (every version, its
 weights, ``rejected/``), ``metrics/episodes.jsonl``, ``metrics/ticks.jsonl`` (telemetry),
-``metrics/learner.jsonl``, ``logs/``, ``learning_curve.png``. ``--resume`` continues a run.
+``metrics/learner.jsonl``, ``logs/``, ``learning_curve.png``, ``videos/`` (the first, the best
+and the last episode, with ``index.json``: :mod:`sim_bridge.video`). ``--resume`` continues a
+run.
 """
 
 from __future__ import annotations
@@ -43,12 +45,16 @@ from sim_bridge import protocol as p
 from sim_bridge.fleet import Fleet, fleet_ids
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.mujoco_bridge import MujocoBridge
+from sim_bridge.video import EpisodeVideos
 
 ROBOT = "sim-0"
 TASK_DIR = "task"
 """Where a run directory keeps the copy of its task file (and ``source.json``)."""
 PETS_REFERENCE = {"cartpole-swingup": 170.0}
 """Return lines drawn on the learning curve (PETS' cartpole swing-up result)."""
+VIDEOS_WAIT_S = 120.0
+"""How long the end of a run waits for its videos to be rendered (a cartpole episode's takes
+1-2 s once the service and the learner have stopped)."""
 
 
 def keep_task_copy(config: Config, run_dir: Path) -> Config:
@@ -126,6 +132,10 @@ class ClosedLoop:
         self.policies = PolicyDirectory(run_dir / "models")
         self._store: TransitionReader | None = None
         """The run's store, followed by one reader (see models.store.follow)."""
+        task = self.config.resolved_task()
+        assert task is not None
+        self.videos = EpisodeVideos(task, run_dir / "videos") if config.run.videos else None
+        """The run's videos (None: ``run.videos`` is off)."""
 
     @property
     def control(self) -> str:
@@ -169,8 +179,9 @@ class ClosedLoop:
         task = c.resolved_task()
         assert task is not None
         names = fleet_ids(ROBOT, robots)
+        record = self.videos is not None and self.videos.active
         bridges = [MujocoBridge.for_task(task, name, seed=c.run.seed + 1000 * (index + r),
-                                         settings=settings)
+                                         settings=settings, record=record)
                    for r, name in enumerate(names)]  # fmt: skip
         fleet = Fleet(bridges)
         robots_before = self._status()["robots"]
@@ -218,6 +229,9 @@ class ClosedLoop:
                 line["robot"] = name
             self._misses[name] = misses
             lines.append(line)
+            if self.videos is not None:
+                self.videos.episode_done(bridges[r].recording(), index + r + 1, name,
+                                         line["return"])  # fmt: skip
         with open(self.dir / "metrics" / "episodes.jsonl", "a") as f:
             f.writelines(json.dumps(line) + "\n" for line in lines)
         return lines
@@ -368,12 +382,15 @@ def run_closed_loop(
 ) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
     """Run episodes ``first_episode..config.episodes-1`` (fewer when ``run.max_steps`` is
     reached), ``run.robots`` at a time; returns their lines and exit codes. In lockstep the
-    wait for the retrain comes after each round of episodes."""
+    wait for the retrain comes after each round of episodes. With ``run.videos``, the run ends
+    once its videos are rendered (up to ``VIDEOS_WAIT_S``); an interrupted run drops those not
+    rendered yet."""
     loop = ClosedLoop(config, run_dir)
     lines = []
     codes: dict[str, int | None] = {}
     steps = loop.stored_steps()
     total = config.run.episodes
+    completed = False
     try:
         loop.start()
         for index in range(first_episode, total, config.run.robots):
@@ -388,6 +405,12 @@ def run_closed_loop(
                     on_episode(line)
             if last:
                 break
+        completed = True
     finally:
         codes = loop.stop()
+        if loop.videos is not None:  # rendered after the service and learner have stopped
+            if completed:
+                loop.videos.finish(VIDEOS_WAIT_S)
+            else:
+                loop.videos.close()
     return lines, codes

@@ -61,6 +61,9 @@ class RunSettings:
     max_steps: int = 0
     """Stop after the episode in which the run's real steps reach this many (0: no limit): a
     budget of real steps, for comparing learners whose episodes differ in length."""
+    videos: bool = True
+    """Record videos of the first, the best and the last episode into the run's ``videos/``
+    (a MuJoCo simulation only; rendered by a background process at the lowest priority)."""
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1, 1_000_000)
@@ -68,6 +71,8 @@ class RunSettings:
         check_int("max_steps", self.max_steps, 0, 10**12)
         if not isinstance(self.realtime, bool):
             raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
+        if not isinstance(self.videos, bool):
+            raise ValueError(f"videos must be true or false, got {self.videos!r}")
         check_int("episode_steps", self.episode_steps, 0, 10_000_000)
         check_number("model_timeout_s", self.model_timeout_s, 0.0, 86400.0, low_open=True)
         check_int("seed", self.seed, 0, 2**31 - 1)

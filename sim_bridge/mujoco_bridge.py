@@ -2,7 +2,9 @@
 
 ``read_state`` advances the simulation one control step with the action in effect (in realtime
 mode the loop calls it on the wall clock; in lockstep mode after each ACTION). Hardware can be
-emulated: Gaussian observation noise, an action delay of whole ticks, and timing jitter.
+emulated: Gaussian observation noise, an action delay of whole ticks, and timing jitter. With
+``record=True`` the bridge keeps the simulation's positions at every step, to draw the episode
+again later in another process (:mod:`sim_bridge.video`): a copy of a few numbers a step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import numpy.typing as npt
 
@@ -46,6 +49,21 @@ class Emulation:
     def __post_init__(self) -> None:
         if self.obs_noise_std < 0 or self.action_delay_ticks < 0 or self.jitter_s < 0:
             raise ValueError("emulation settings must be >= 0")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One episode of a MuJoCo simulation as a bridge recorded it: enough to redraw every step
+    (positions set, ``mj_forward``, render). T is the reset plus every step taken."""
+
+    qpos: npt.NDArray[np.float64]
+    """[T, nq] joint positions."""
+    mocap_pos: npt.NDArray[np.float64]
+    """[T, nmocap, 3] mocap body positions (nmocap is 0 in most models)."""
+    mocap_quat: npt.NDArray[np.float64]
+    """[T, nmocap, 4] mocap body orientations."""
+    period: float
+    """Seconds of simulated time between two rows (the control period)."""
 
 
 class SimulatedTask(Protocol):
@@ -83,7 +101,10 @@ class MujocoBridge(HardwareBridge):
         settings: BridgeSettings | None = None,
         env_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
+        record: bool = False,
     ) -> None:
+        """``record``: keep each episode's positions for :meth:`recording` (where the
+        environment is a MuJoCo simulation: ``env.unwrapped.data``)."""
         self.env = make_env(task, env_kwargs)
         space = self.env.action_space
         assert isinstance(space, gym.spaces.Box)
@@ -114,6 +135,10 @@ class MujocoBridge(HardwareBridge):
         self._queue: deque[npt.NDArray[np.float64]] = deque()
         self._held = self.safe_action.copy()
         self._obs: npt.NDArray[np.floating] | None = None
+        data = getattr(self.env.unwrapped, "data", None)
+        self._sim = data if record and isinstance(data, mujoco.MjData) else None
+        """The simulation whose positions are recorded (None: no recording)."""
+        self._frames: list[tuple[npt.NDArray[np.float64], ...]] = []
 
     @classmethod
     def for_task(cls, task: SimulatedTask, robot: str = "sim-0", **options: Any) -> MujocoBridge:
@@ -129,6 +154,21 @@ class MujocoBridge(HardwareBridge):
         self._obs, _ = self.env.reset(seed=seed)
         self._queue.clear()
         self._held = self.safe_action.copy()
+        self._frames.clear()
+        self._record()
+
+    def recording(self) -> Recording | None:
+        """The positions of the current (or last) episode; None where the bridge was not asked
+        to record or simulates no MuJoCo model."""
+        if self._sim is None or not self._frames:
+            return None
+        qpos, mocap_pos, mocap_quat = (np.stack(c) for c in zip(*self._frames, strict=True))
+        return Recording(qpos, mocap_pos, mocap_quat, period=self.spec.control_period)
+
+    def _record(self) -> None:
+        if self._sim is not None:  # copies only: about a microsecond on the control path
+            d = self._sim
+            self._frames.append((d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy()))
 
     def read_state(self) -> Reading:
         e = self.emulation
@@ -141,6 +181,7 @@ class MujocoBridge(HardwareBridge):
             self._held = self._queue.popleft()
         applied = self._held.copy()
         obs, reward, terminated, truncated, _ = self.env.step(applied.astype(np.float32))
+        self._record()
         return Reading(
             self._noisy(obs),
             reward=float(reward),

@@ -225,6 +225,17 @@ def run(
         int | None,
         typer.Option(help=help_text("Truncate episodes (0: task's).", "run.episode_steps")),
     ] = None,
+    videos: Annotated[
+        bool | None,
+        typer.Option(
+            "--videos/--no-videos",
+            help=help_text(
+                "WebM videos of the first, the best and the last episode in the run's videos/ "
+                "(MuJoCo tasks), rendered in the background.",
+                "run.videos",
+            ),
+        ),
+    ] = None,
     sets: SetOption = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<time>).")
@@ -254,7 +265,7 @@ def run(
         "planner.iterations": iterations, "run.realtime": realtime, "run.robots": robots,
         "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
         "run.seed": seed, "planner.seed": seed, "learner.seed": seed, "policy.seed": seed,
-        "policy.optimizer": policy,
+        "policy.optimizer": policy, "run.videos": videos,
     }  # fmt: skip
     first = 0
     if resume is not None:
@@ -332,3 +343,18 @@ def run(
     console.print(table)
     console.print(f"processes exited: {codes}")
     console.print(f"learning curve: {plot_learning_curve(run_dir, config.task)}")
+    if config.run.videos:
+        show_videos(run_dir / "videos")
+
+
+def show_videos(directory: Path) -> None:
+    """The run's videos, as its ``index.json`` lists them, one line each."""
+    from sim_bridge.video import read_index
+
+    videos = read_index(directory)
+    if not videos:
+        console.print("videos: none (see the warning above)")
+    for video in videos:
+        score = "" if video.episode_return is None else f", return {video.episode_return:.1f}"
+        console.print(f"video ({', '.join(video.tags)}): {directory / video.file}  "
+                      f"(episode {video.episode}{score})", soft_wrap=True)  # fmt: skip

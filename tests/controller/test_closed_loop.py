@@ -348,3 +348,14 @@ def test_run_with_a_fleet_feeds_one_store_and_learner(tmp_path: Path) -> None:
     assert {t["robot"] for t in planned} == {"sim-0", "sim-1"}
     assert any(t["batch"] == 2 for t in planned)  # planned together
     assert "sim-1" in out.stdout  # the summary names each line's robot
+    # Videos (on by default): the first episode, the best so far and the last, each robot's
+    # own, listed in videos/index.json and printed in the summary.
+    videos = json.loads((run_dir / "videos" / "index.json").read_text())
+    tagged = {tag: (v["episode"], v["robot"], v["return"]) for v in videos for tag in v["tags"]}
+    best = max(lines, key=lambda x: x["return"])
+    assert tagged == {"first": (1, "sim-0", lines[0]["return"]),
+                      "best": (best["episode"], best["robot"], best["return"]),
+                      "last": (4, "sim-1", lines[3]["return"])}  # fmt: skip
+    for video in videos:
+        assert video["frames"] == 61 and (run_dir / "videos" / video["file"]).stat().st_size
+        assert f"{run_dir / 'videos' / video['file']}" in out.stdout
