@@ -130,6 +130,9 @@ class ClosedLoop:
         self._telemetry: threading.Thread | None = None
         self.models = ModelDirectory(run_dir / "models")
         self.policies = PolicyDirectory(run_dir / "models")
+        self.dashboard: subprocess.Popen[str] | None = None
+        self.dashboard_url: str | None = None
+        """The page of ``tickmpc dashboard`` following the run (``run.dashboard``)."""
         self._store: TransitionReader | None = None
         """The run's store, followed by one reader (see models.store.follow)."""
         task = self.config.resolved_task()
@@ -169,6 +172,25 @@ class ClosedLoop:
                     raise
         self._telemetry = threading.Thread(target=self._record_telemetry, daemon=True)
         self._telemetry.start()
+        if self.config.run.dashboard:
+            self.dashboard_url = self._start_dashboard()
+
+    def _start_dashboard(self) -> str | None:
+        """``tickmpc dashboard`` of this run, on its port or, when that is taken, any free
+        one; returns the page's address (None when it did not start: the run goes on without
+        it, the reason in logs/dashboard.log)."""
+        for port in dict.fromkeys((self.config.run.dashboard_port, 0)):
+            cmd = [sys.executable, "-m", "controller.cli", "dashboard", "--service",
+                   str(self.dir), "--port", str(port)]  # fmt: skip
+            with open(self.dir / "logs" / "dashboard.log", "ab") as log_file:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # its address, or nothing when it stopped
+            if line.startswith("tickmpc dashboard: "):
+                self.dashboard = proc
+                return line.split(": ", 1)[1].strip()
+            proc.wait()
+        return None
 
     def episodes(self, index: int, robots: int = 1) -> list[dict[str, Any]]:
         """Run episodes ``index..index+robots-1`` (0-based) at once, one per robot (robot r's
@@ -310,6 +332,12 @@ class ClosedLoop:
     def stop(self) -> dict[str, int | None]:
         """Stop the processes (SIGTERM, then SIGKILL after 20 s); returns their exit codes."""
         self.stop_event.set()
+        if self.dashboard is not None:
+            self.dashboard.terminate()
+            try:
+                self.dashboard.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.dashboard.kill()
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -379,12 +407,14 @@ def run_closed_loop(
     *,
     first_episode: int = 0,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[ClosedLoop], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
     """Run episodes ``first_episode..config.episodes-1`` (fewer when ``run.max_steps`` is
     reached), ``run.robots`` at a time; returns their lines and exit codes. In lockstep the
     wait for the retrain comes after each round of episodes. With ``run.videos``, the run ends
     once its videos are rendered (up to ``VIDEOS_WAIT_S``); an interrupted run drops those not
-    rendered yet."""
+    rendered yet. ``on_start`` is called once the service answers (and the dashboard, with
+    ``run.dashboard``, serves)."""
     loop = ClosedLoop(config, run_dir)
     lines = []
     codes: dict[str, int | None] = {}
@@ -393,6 +423,8 @@ def run_closed_loop(
     completed = False
     try:
         loop.start()
+        if on_start is not None:
+            on_start(loop)
         for index in range(first_episode, total, config.run.robots):
             done = loop.episodes(index, min(config.run.robots, total - index))
             steps += sum(line["steps"] for line in done)

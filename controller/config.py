@@ -64,6 +64,10 @@ class RunSettings:
     videos: bool = True
     """Record videos of the first, the best and the last episode into the run's ``videos/``
     (a MuJoCo simulation only; rendered by a background process at the lowest priority)."""
+    dashboard: bool = False
+    """Serve the live dashboard of the run (``tickmpc dashboard``) on loopback while it runs."""
+    dashboard_port: int = 8765
+    """The dashboard's port (0, or when this one is taken: any free port)."""
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1, 1_000_000)
@@ -73,6 +77,9 @@ class RunSettings:
             raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
         if not isinstance(self.videos, bool):
             raise ValueError(f"videos must be true or false, got {self.videos!r}")
+        if not isinstance(self.dashboard, bool):
+            raise ValueError(f"dashboard must be true or false, got {self.dashboard!r}")
+        check_int("dashboard_port", self.dashboard_port, 0, 65535)
         check_int("episode_steps", self.episode_steps, 0, 10_000_000)
         check_number("model_timeout_s", self.model_timeout_s, 0.0, 86400.0, low_open=True)
         check_int("seed", self.seed, 0, 2**31 - 1)

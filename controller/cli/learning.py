@@ -225,6 +225,17 @@ def run(
         int | None,
         typer.Option(help=help_text("Truncate episodes (0: task's).", "run.episode_steps")),
     ] = None,
+    dashboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help=help_text(
+                "Serve the live dashboard of the run on loopback (its address is printed; "
+                "port run.dashboard_port).",
+                "run.dashboard",
+            ),
+        ),
+    ] = None,
     videos: Annotated[
         bool | None,
         typer.Option(
@@ -266,6 +277,7 @@ def run(
         "learner.hidden_units": hidden_units, "run.episode_steps": episode_steps,
         "run.seed": seed, "planner.seed": seed, "learner.seed": seed, "policy.seed": seed,
         "policy.optimizer": policy, "run.videos": videos,
+        "run.dashboard": dashboard,
     }  # fmt: skip
     first = 0
     if resume is not None:
@@ -324,8 +336,17 @@ def run(
                 f"{line['plan_ms_p99']} ms  model v{line['model_version']}  "
                 f"misses {line['deadline_misses']}"))  # fmt: skip
 
+        def started(loop: ClosedLoop) -> None:
+            if loop.dashboard_url is not None:
+                progress.console.print(f"dashboard: {loop.dashboard_url}")
+            elif config.run.dashboard:
+                progress.console.print(
+                    f"dashboard: did not start, see {run_dir}/logs/dashboard.log"
+                )
+
         try:
-            lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show)
+            lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show,
+                                           on_start=started)  # fmt: skip
         except KeyboardInterrupt:
             console.print("stopped; resume with --resume " + str(run_dir))
             raise typer.Exit(code=130) from None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from controller.tasks import get_task
 from models.registry import ModelDirectory
@@ -33,11 +36,15 @@ def test_tickmpc_run_learns_swaps_models_records_and_stops_cleanly(tmp_path: Pat
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "run", "--episodes", str(EPISODES),
-         "--run-dir", str(run_dir)],
+         "--run-dir", str(run_dir), "--dashboard", "--set", "run.dashboard_port=0"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "processes exited: {'serve': 0, 'learn': 0}" in out.stdout
+    page = re.search(r"dashboard: http://127\.0\.0\.1:(\d+)/", out.stdout)
+    assert page is not None, out.stdout  # served while the run ran (tests/.../test_dashboard.py)
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", int(page.group(1))))  # and stopped with it
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
     assert (run_dir / "config.toml").exists()
     data = TransitionReader(run_dir / "store").read_all()
