@@ -50,8 +50,6 @@ from sim_bridge.video import EpisodeVideos
 ROBOT = "sim-0"
 TASK_DIR = "task"
 """Where a run directory keeps the copy of its task file (and ``source.json``)."""
-PETS_REFERENCE = {"cartpole-swingup": 170.0}
-"""Return lines drawn on the learning curve (PETS' cartpole swing-up result)."""
 VIDEOS_WAIT_S = 120.0
 """How long the end of a run waits for its videos to be rendered (a cartpole episode's takes
 1-2 s once the service and the learner have stopped)."""
@@ -371,8 +369,9 @@ class ClosedLoop:
                     out.write(sub.recv_multipart()[1].decode() + "\n")
 
 
-def plot_learning_curve(run_dir: Path, task: str) -> Path:
-    """Episode return against episodes and against wall time, as a PNG in ``run_dir``."""
+def plot_learning_curve(run_dir: Path, task: str, reference: float | None = None) -> Path:
+    """Episode return against episodes and against wall time, as a PNG in ``run_dir``, with
+    the task's reference return (``Task.reference_return``) as a line where it has one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,8 +386,8 @@ def plot_learning_curve(run_dir: Path, task: str) -> Path:
     panels = ((axes[0], list(range(1, len(lines) + 1)), "episode"), (axes[1], minutes, "minutes"))
     for ax, xs, label in panels:
         ax.plot(list(xs), returns, marker="o", label="tickmpc")
-        if task in PETS_REFERENCE:
-            ax.axhline(PETS_REFERENCE[task], color="gray", linestyle="--", label="PETS target")
+        if reference is not None:
+            ax.axhline(reference, color="gray", linestyle="--", label="reference")
         ax.set_xlabel(label)
         ax.set_ylabel("episode return")
         ax.grid(alpha=0.3)

@@ -29,7 +29,8 @@ terminal rows at best (none once the controller stops failing), too few for a Br
 rank two models; the training report's holdout Brier score, on rows of the whole store, is in
 the metrics. A passing candidate becomes the next version in the model directory, and ``on_publish``
 is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
-loads the version at once); a failing one is kept under ``rejected/`` and logged.
+loads the version at once); a failing one is kept under ``rejected/`` with a JSON file of why
+beside it (``rowsNNNNNNNN-TIME.json``: ``rows``, ``reason``, ``time``) and logged.
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
 warm-starts from the newest one. The store is the single source of real data; model-generated
 rollouts (MBPO) can be added as another consumer of the current model.
@@ -68,6 +69,7 @@ import torch
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
+from models.fileio import write_atomic
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
 from models.store import TransitionReader, follow
@@ -276,10 +278,7 @@ class Learner:
             if accepted:
                 version = self._publish(candidate, model)
             else:
-                rejected = self.directory.root / "rejected"
-                rejected.mkdir(exist_ok=True)
-                os.replace(candidate, rejected / f"rows{len(data):08d}-{int(time.time())}.onnx")
-                log.warning("candidate on %d rows rejected: %s", len(data), reason)
+                self._set_aside(candidate, len(data), reason)
         finally:
             candidate.unlink(missing_ok=True)
         self.trained_rows, self.trained = len(data), data
@@ -309,6 +308,22 @@ class Learner:
                             "will find it in %s", published.version, type(exc).__name__, exc,
                             self.directory.root)  # fmt: skip
         return published.version
+
+    def _set_aside(self, candidate: Path, rows: int, reason: str) -> None:
+        """Keep a rejected candidate under ``rejected/`` and, beside it with the same stem, why
+        (``{"rows", "reason", "time"}``, written atomically: the service reads these files for
+        its ``history``)."""
+        rejected = self.directory.root / "rejected"
+        rejected.mkdir(exist_ok=True)
+        now = time.time()
+        stem = rejected / f"rows{rows:08d}-{int(now)}"
+        os.replace(candidate, stem.with_suffix(".onnx"))
+        log.warning("candidate on %d rows rejected: %s", rows, reason)
+        refusal = {"rows": rows, "reason": reason, "time": now}
+        try:
+            write_atomic(stem.with_suffix(".json"), json.dumps(refusal).encode())
+        except OSError as exc:  # the reason is in the log and the metrics: keep learning
+            log.warning("cannot write why beside %s: %s", stem.with_suffix(".onnx"), exc)
 
     def model_config(self, obs_dim: int, act_dim: int) -> EnsembleConfig:
         """The architecture this learner trains for S = ``obs_dim``, A = ``act_dim``."""

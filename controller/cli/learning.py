@@ -363,7 +363,9 @@ def run(
                         for k in shown))  # fmt: skip
     console.print(table)
     console.print(f"processes exited: {codes}")
-    console.print(f"learning curve: {plot_learning_curve(run_dir, config.task)}")
+    served = config.resolved_task()
+    reference = served.reference_return if served is not None else None
+    console.print(f"learning curve: {plot_learning_curve(run_dir, config.task, reference)}")
     if config.run.videos:
         show_videos(run_dir / "videos")
 

@@ -1,4 +1,5 @@
-"""The service's side of the control socket: ``get``, ``set``, ``status`` and ``model``.
+"""The service's side of the control socket: ``get``, ``set``, ``status``, ``model`` and
+``history``.
 
 Requests and replies are versioned JSON frames defined in ``sim_bridge.protocol`` and described
 in docs/protocol.md ("Control socket"). A request that does not parse is answered with its
@@ -45,6 +46,14 @@ class ControlHandler:
             for watcher in service.watchers:
                 watcher.poke()
             return {"model_version": service.model_version}
+        if cmd == "history":  # the learning curve and what was refused on the way
+            task = service.task
+            return service.history.reply(
+                service.task_name,
+                task.reference_return if task is not None else None,
+                dict(task.weights) if task is not None else {},
+                {"model": service.watcher, "policy": service.policy_watcher},
+            )
         known = sorted(session.robot for session in service.sessions.values())
         if robot is not None and robot not in known:
             raise p.ProtocolError("bad_field", f"robot {robot!r} is not connected "

@@ -3,8 +3,8 @@ announcements.
 
 Requests and replies are versioned JSON frames (``sim_bridge.protocol``: ``control_request``,
 ``parse_control_reply``; docs/protocol.md, "Control socket"): ``get``, ``status``,
-``set`` with ``changes``, ``model``. Every reply has ``"ok"``; a refused one ``"code"`` and
-``"error"``.
+``set`` with ``changes``, ``model``, ``history``. Every reply has ``"ok"``; a refused one
+``"code"`` and ``"error"``.
 """
 
 from __future__ import annotations

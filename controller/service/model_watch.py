@@ -7,7 +7,8 @@ polls the marker every ``poll_s`` and at once when a learner announces a version
 request on the control socket calls :meth:`VersionWatcher.poke`); a newer version is read,
 verified, loaded into ONNX Runtime and run once on the zero state, all in that thread. The
 service then takes the ready object between ticks (a pointer swap). A version that fails to
-load is logged, remembered in ``rejected`` and skipped; the previous one keeps serving.
+load is logged, remembered in ``rejected`` (and when, in ``rejected_at``) and skipped; the
+previous one keeps serving.
 
 The rollout graphs hold the policy too (its proposals and terminal value): the model watcher
 composes each model version with the newest policy the policy watcher accepted, and composes
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -46,6 +48,9 @@ class VersionWatcher(Generic[T]):
         self.directory, self.poll_s = directory, poll_s
         self.rejected: dict[int, str] = {}
         """Version -> why it was not loaded."""
+        self.rejected_at: dict[int, float] = {}
+        """Version -> when it was refused (wall clock, UNIX seconds); set before ``rejected``,
+        so a version another thread reads in ``rejected`` has its time here."""
         self._lock = threading.Lock()
         self._ready: tuple[int, T] | None = None
         self._seen = 0
@@ -97,7 +102,7 @@ class VersionWatcher(Generic[T]):
         try:
             loaded = self._load(latest)
         except Exception as exc:  # any failure of a new version must leave the old one serving
-            self.rejected[latest.version] = str(exc)
+            self._reject(latest.version, str(exc))
             log.error("%s rejected, keeping the current one: %s", name, exc)
             return
         self._seen = latest.version
@@ -105,6 +110,11 @@ class VersionWatcher(Generic[T]):
             self._ready = (latest.version, loaded)
         log.info("%s loaded from %s", name, latest.path)
         self._accepted(latest)
+
+    def _reject(self, version: int, reason: str) -> None:
+        """Remember that ``version`` was refused, why and when (in the loading thread)."""
+        self.rejected_at[version] = time.time()
+        self.rejected[version] = reason
 
     def _accepted(self, latest: ModelVersion) -> None:
         """Called (in the loading thread) after ``latest`` was loaded and is ready."""
@@ -160,7 +170,7 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
                 log.error("policy p%d does not compose with %s: %s", policy.version, name, exc)
             if alone is None:
                 if model is not self._model:
-                    self.rejected[model.version] = str(exc)
+                    self._reject(model.version, str(exc))
                     log.error("%s rejected, keeping the current one: %s", name, exc)
                 else:
                     self._composed = key  # tried: the evaluator serving stays

@@ -32,6 +32,7 @@ from controller.planners.base import IterationCost
 from controller.service.answering import Answering
 from controller.service.auth import CurveServer
 from controller.service.commands import ControlHandler
+from controller.service.history import History
 from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
 from controller.service.session import Pending, RobotSession, Transition
@@ -83,6 +84,8 @@ class MPCService(Answering, Tuning):
         self._housekeeping = 0.0
         self._episodes = 0
         self.commands = ControlHandler(self)
+        self.history = History(settings.models)
+        """Episodes, versions and refusals, for the ``history`` command."""
         self.watcher: ModelWatcher | None = None
         self.policy_watcher: PolicyWatcher | None = None
         self.writer: TransitionWriter | None = None
@@ -96,6 +99,11 @@ class MPCService(Answering, Tuning):
         self.low = self.high = np.zeros(0)
         if task is not None:
             self._take_task(task)
+
+    @property
+    def task_name(self) -> str:
+        """The served task's name, or what stands for it before the first HELLO (task auto)."""
+        return self.task.name if self.task is not None else "auto (no robot yet)"
 
     @property
     def served(self) -> Task:
@@ -249,6 +257,8 @@ class MPCService(Answering, Tuning):
                 self.recorder.record()
                 session.stats.episodes += 1
                 session.stats.last_return = session.episode_return
+                self.history.episode_ended(session.robot, session.episode,
+                                           session.episode_return, msg["steps"])  # fmt: skip
         elif msg.type == p.HEARTBEAT:
             self._send(identity, p.make(p.HEARTBEAT, session.robot, time=time.time()))
         elif msg.type == p.ERROR:
@@ -415,6 +425,7 @@ class MPCService(Answering, Tuning):
         if ready is None:
             return
         self.model_version, self.evaluator = ready
+        self.history.model_live(self.model_version, self.evaluator.metadata)
         for session in self.sessions.values():
             if session.planner is None:
                 session.planner = Planner(self.evaluator, session.settings, session.stream)
@@ -426,6 +437,7 @@ class MPCService(Answering, Tuning):
         ready = self.policy_watcher.take() if self.policy_watcher is not None else None
         if ready is not None:
             self.policy_version, self.policy = ready
+            self.history.policy_live(self.policy_version)
             log.info("serving policy p%d", self.policy_version)
 
     # --- control socket ----------------------------------------------------------------------
@@ -444,12 +456,14 @@ class MPCService(Answering, Tuning):
             robots[s.robot] = {
                 **s.stats.summary(),
                 "mode": "lockstep" if s.lockstep else "realtime",
+                "period_ms": round(1000.0 * s.control_period, 3),
+                "budget_ms": None if s.budget_ms is None else round(s.budget_ms, 3),
                 "episode": s.episode,
                 "model_version": self.model_version if s.planner is not None else 0,
                 "settings": s.settings.to_dict(),
             }
         return {
-            "task": self.task.name if self.task is not None else "auto (no robot yet)",
+            "task": self.task_name,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "model_version": self.model_version,
             "rejected_models": _rejected(self.watcher),

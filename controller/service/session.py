@@ -66,3 +66,12 @@ class RobotSession:
     episode_return: float = 0.0
     last_transition: Transition | None = None
     """The newest recorded transition (its reward goes into the tick's telemetry)."""
+
+    @property
+    def budget_ms(self) -> float | None:
+        """The planning budget a realtime tick of this robot gets now, before the wait of its
+        state is taken off (see ``PlannerSettings.budget_s``); None in lockstep, where a plan
+        takes what it needs."""
+        if self.lockstep:
+            return None
+        return 1000.0 * self.settings.budget_s(self.control_period, 0.0)

@@ -67,6 +67,9 @@ class Task:
     """Keyword arguments for ``gymnasium.make(env_id, ...)`` that the task's definitions assume."""
     notes: str = ""
     """Deliberate differences from the environment's own reward, if any."""
+    reference_return: float | None = None
+    """The episode return a good controller is known to reach (a learning curve's reference
+    line: PETS' 170 on the cartpole swing-up); None when the task has none."""
 
     def __post_init__(self) -> None:
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:

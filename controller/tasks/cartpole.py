@@ -37,4 +37,5 @@ CARTPOLE_SWINGUP = Task(
     terms=_cartpole_terms,
     weights={"tip": 1.0, "ctrl": sim.CTRL_COST_WEIGHT},
     preprocess={"kind": "sincos", "angle_indices": [1]},
+    reference_return=170.0,  # PETS' target on this task (Chua et al. 2018)
 )

@@ -198,6 +198,10 @@ def _check_fields(task: Task) -> None:
     if not math.isfinite(task.control_period):
         raise ValueError(f"control_period must be a finite number of seconds, "
                          f"got {task.control_period!r}")  # fmt: skip
+    ref = task.reference_return
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float))
+                            or not math.isfinite(ref)):  # fmt: skip
+        raise ValueError(f"reference_return must be a finite number or None, got {ref!r}")
     if not isinstance(task.weights, Mapping):
         raise ValueError(f"weights must be a dict of term name -> weight, got "
                          f"{type(task.weights).__name__}")  # fmt: skip

@@ -14,14 +14,15 @@ from sim_bridge.protocol.common import (
 )
 from sim_bridge.protocol.values import _check_value
 
-CONTROL_COMMANDS = ("get", "set", "status", "model")
+CONTROL_COMMANDS = ("get", "set", "status", "model", "history")
 """Control requests; "model" is a learner announcing that it published a model or policy
-version."""
+version; "history" asks for the learning history (HISTORY_FIELDS)."""
 CONTROL_FIELDS: dict[str, dict[str, bool]] = {
     "get": {"robot": False},
     "set": {"changes": True, "robot": False},
     "status": {"robot": False},
     "model": {},
+    "history": {},
 }
 """What a request may carry besides ``v`` and ``cmd`` (name -> required): ``changes`` a
 non-empty object of settings, ``robot`` a robot id (for per-robot settings)."""
@@ -40,9 +41,23 @@ STATUS_FIELDS = (
 ROBOT_STATUS_FIELDS = (
     "ticks", "tick_hz", "plan_ms_p50", "plan_ms_p99", "deadline_misses", "fallbacks",
     "nonfinite", "dropped_stale", "errors", "transitions", "episodes", "last_return", "mode",
-    "episode", "model_version", "settings",
+    "period_ms", "budget_ms", "episode", "model_version", "settings",
 )  # fmt: skip
 """The keys of each robot's entry in a ``status`` reply's ``robots``."""
+HISTORY_FIELDS: dict[str, Any] = {
+    "task": "str",
+    "reference_return": "float?",
+    "task_weights": "{str: float}",
+    "episodes": {"robot": "robot_id", "episode": "uint", "return": "float?", "steps": "uint",
+                 "time": "float"},
+    "models": {"version": "uint", "time": "float", "holdout_mse": "float?",
+               "holdout_nll": "float?", "train_rows": "uint?"},
+    "policies": {"version": "uint", "time": "float"},
+    "rejected": {"what": ("candidate", "model", "policy"), "version": "uint?", "reason": "str",
+                 "time": "float?"},
+}  # fmt: skip
+"""The keys of a ``history`` reply besides ``v`` and ``ok``, with their kinds; a dict is a list
+of objects with those keys (docs/protocol.md, "History")."""
 
 
 def control_request(cmd: str, **fields: Any) -> bytes:

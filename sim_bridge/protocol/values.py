@@ -97,6 +97,7 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any], bool]] = {
     "int": _integer(None),
     "uint": _integer(0),
     "uint>0": _integer(1),
+    "uint?": lambda where, value: value is None or _integer(0)(where, value),
     "float": _number,
     "float>0": _positive,
     "float?": lambda where, value: value is None or _number(where, value),
@@ -104,6 +105,7 @@ _VALUE_CHECKS: dict[str, Callable[[str, Any], bool]] = {
     "str": lambda where, value: isinstance(value, str) and len(value) <= MAX_TEXT_CHARS,
     "robot_id": _robot_id,
     "float[]": _numbers,
+    "{str: float}": lambda where, value: value is not None and _named_numbers(where, value),
     "{str: float}?": _named_numbers,
 }
 """Field kinds -> a check that says whether a value has the kind's JSON type (and raises

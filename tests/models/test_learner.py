@@ -83,10 +83,18 @@ def test_a_candidate_worse_than_the_current_model_is_kept_aside_not_published(
     weak = LearnerConfig(**{**CONFIG.__dict__, "max_epochs": 1, "hidden_units": 8,
                             "gate_margin": 0.0})  # fmt: skip
     learner = _learner(store, models, weak)
+    before = time.time()
     result = learner.retrain_now()
     assert result is not None and not result.accepted and "nmse" in result.reason
     assert ModelDirectory(models).versions() == [1]
-    assert len(list((models / "rejected").glob("*.onnx"))) == 1
+    (candidate,) = (models / "rejected").glob("*.onnx")
+    # Why, beside it with its stem (the service lists it in its history): nothing else there.
+    names = {p.name for p in (models / "rejected").iterdir()}
+    assert names == {candidate.name, candidate.with_suffix(".json").name}
+    refusal = json.loads(candidate.with_suffix(".json").read_text())
+    assert refusal == {"rows": 600, "reason": result.reason, "time": refusal["time"]}
+    assert before <= refusal["time"] <= time.time()
+    assert candidate.stem == f"rows{600:08d}-{int(refusal['time'])}"
 
 
 def test_an_episode_end_triggers_a_retrain_before_retrain_every_rows_and_is_announced(

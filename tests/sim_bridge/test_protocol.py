@@ -21,7 +21,7 @@ from tests.sim_bridge.protocol_doc import doc_section, doc_table, doc_text, kind
 
 ROBOT = "arm-2"
 SAMPLE: dict[str, Any] = {
-    "int": 7, "uint": 7, "uint>0": 7, "float": 0.25, "float>0": 0.25, "float?": None,
+    "int": 7, "uint": 7, "uint>0": 7, "uint?": 7, "float": 0.25, "float>0": 0.25, "float?": None,
     "bool": True, "str": "cem", "robot_id": ROBOT, "float[]": [0.5, -1.0],
     "{str: float}?": {"tip": 0.5},
 }  # fmt: skip
@@ -320,6 +320,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "int": st.integers(-(2**63) + 1, 2**63 - 1),
     "uint": st.integers(0, 2**63 - 1),
     "uint>0": st.integers(1, 2**63 - 1),
+    "uint?": st.none() | st.integers(0, 2**63 - 1),
     "float": FINITE,
     "float>0": st.floats(min_value=0.0, exclude_min=True, allow_infinity=False),
     "float?": st.none() | FINITE,
@@ -576,3 +577,17 @@ def test_doc_lists_the_status_keys(bullet: str, names: tuple[str, ...]) -> None:
     text = doc_text().split(bullet, 1)[1].split("\n- ", 1)[0].split(". ", 1)[0]
     listed = re.findall(r"`([a-z_0-9]+)`", text)
     assert listed == list(names)
+
+
+def test_doc_history_table_is_the_history_fields() -> None:
+    """One row per key of a ``history`` reply, then one per key of each list's entries."""
+    rows = doc_table(doc_section("History"), "key")
+    expected = []
+    for name, kind in p.HISTORY_FIELDS.items():
+        if isinstance(kind, dict):  # a list of objects with these keys
+            expected.append((name, "list"))
+            expected += [(f"{name}[].{key}", kind_text(k)) for key, k in kind.items()]
+        else:
+            expected.append((name, kind_text(kind)))
+    assert [(name, cells[0]) for name, cells in rows.items()] == expected
+    assert "history" in p.CONTROL_COMMANDS and p.CONTROL_FIELDS["history"] == {}

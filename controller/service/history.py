@@ -1,0 +1,184 @@
+"""The service's learning history, which the ``history`` control command returns (a dashboard's
+learning curve): the episodes its robots ended and their returns, the model and policy versions
+as they went live (a model with the holdout metrics its file carries), and what was refused on
+the way: the candidates the learner's gate rejected and the versions the service could not load.
+
+What the service sees happen is kept as it happens, in memory and bounded. The learner's
+refusals happen in another process, which writes one JSON file per refusal beside the rejected
+candidate (``<models>/rejected/rowsNNNNNNNN-TIME.json``: ``rows``, ``reason``, ``time``); those
+are read when the history is asked for, each file once. A file there that is not such a refusal
+is skipped and logged once: a stray file must not cost the dashboard its history.
+
+The limits below keep a reply under 1 MB: every list full is about 0.28 MB with ASCII robot ids
+and reasons, and 0.77 MB in the worst case, where every character of them is one JSON escapes to
+twelve bytes (tests/controller/test_history.py builds it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from controller.service.model_watch import VersionWatcher
+from models.export import ModelMetadata
+
+log = logging.getLogger(__name__)
+EPISODES_KEPT = 1000
+"""Episodes in a reply: the most recent."""
+VERSIONS_KEPT = 1000
+"""Model versions, and policy versions, in a reply: the most recent."""
+REJECTIONS_KEPT = 100
+"""Refusals in a reply: the most recent."""
+REASON_CHARS = 300
+"""A refusal's reason is cut to this many characters (an exception's text can be long)."""
+MAX_REFUSAL_BYTES = 64 * 1024
+"""A larger file in ``rejected/`` is not one the learner wrote."""
+
+
+class History:
+    """What the service served and refused, for the ``history`` reply; ``models``: the model
+    directory, whose ``rejected/`` holds the learner's refusals (None: no model directory)."""
+
+    def __init__(self, models: Path | None) -> None:
+        self.episodes: deque[dict[str, Any]] = deque(maxlen=EPISODES_KEPT)
+        self.models: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
+        self.policies: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
+        self.candidates = RejectedCandidates(models / "rejected") if models is not None else None
+
+    def episode_ended(self, robot: str, episode: int, episode_return: float, steps: int) -> None:
+        """A robot ended an episode (its EPISODE ``end`` was read now); ``episode`` is the
+        service-wide number, ``episode_return`` the service's sum of its rewards."""
+        self.episodes.append(
+            {
+                "robot": robot,
+                "episode": episode,
+                "return": finite_or_none(episode_return),
+                "steps": steps,
+                "time": time.time(),
+            }
+        )
+
+    def model_live(self, version: int, metadata: ModelMetadata) -> None:
+        """Model ``version`` (whose file says ``metadata``) serves from now on. The version
+        serving, composed again with a new policy, is not a new entry."""
+        if self.models and self.models[-1]["version"] == version:
+            return
+        holdout, rows = metadata.holdout, metadata.train_rows
+        self.models.append(
+            {
+                "version": version,
+                "time": time.time(),
+                "holdout_mse": finite_or_none(holdout.get("holdout_mse")),
+                "holdout_nll": finite_or_none(holdout.get("holdout_nll")),
+                # 0: exported without saying how many rows it was trained on
+                "train_rows": rows if isinstance(rows, int) and rows > 0 else None,
+            }
+        )
+
+    def policy_live(self, version: int) -> None:
+        """Policy ``version`` acts from now on."""
+        self.policies.append({"version": version, "time": time.time()})
+
+    def reply(
+        self,
+        task: str,
+        reference_return: float | None,
+        task_weights: Mapping[str, float],
+        refused: Mapping[str, VersionWatcher[Any] | None],
+    ) -> dict[str, Any]:
+        """The ``history`` reply's fields (sim_bridge.protocol.HISTORY_FIELDS): ``refused``
+        maps "model" and "policy" to the watcher whose refusals are listed as such."""
+        rejected = [] if self.candidates is None else self.candidates.read()
+        for what, watcher in refused.items():
+            if watcher is None:
+                continue
+            # Copies first (the watcher's thread adds to them); the time is set before the
+            # reason, so every version read here has its time.
+            reasons = dict(watcher.rejected)
+            times = dict(watcher.rejected_at)
+            rejected += [{"what": what, "version": version, "reason": reason[:REASON_CHARS],
+                          "time": times.get(version)}
+                         for version, reason in reasons.items()]  # fmt: skip
+        rejected.sort(key=lambda r: (r["time"] is not None, r["time"] or 0.0))
+        return {
+            "task": task,
+            "reference_return": finite_or_none(reference_return),
+            "task_weights": dict(task_weights),
+            "episodes": list(self.episodes),
+            "models": list(self.models),
+            "policies": list(self.policies),
+            "rejected": rejected[-REJECTIONS_KEPT:],
+        }
+
+
+class RejectedCandidates:
+    """The learner's refusals in ``directory``, as ``history`` entries: each JSON file is read
+    once, known by name and inode (a file replaced under its name is read again)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._entries: dict[tuple[str, int], dict[str, Any] | None] = {}
+        """(name, inode) -> its entry, or None for a file that is not a refusal."""
+        self._unreadable = False
+
+    def read(self) -> list[dict[str, Any]]:
+        """The refusals now in the directory (none while it does not exist)."""
+        try:
+            with os.scandir(self.directory) as found:
+                files = [(e.name, e.inode()) for e in found
+                         if e.name.endswith(".json") and not e.name.startswith(".")]  # fmt: skip
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if not self._unreadable:  # said once; each request would say it again
+                log.warning("cannot list the learner's refusals in %s: %s", self.directory, exc)
+                self._unreadable = True
+            return []
+        self._unreadable = False
+        known = self._entries
+        self._entries = {key: known[key] if key in known else self._parse(key[0]) for key in files}
+        return [entry for entry in self._entries.values() if entry is not None]
+
+    def _parse(self, name: str) -> dict[str, Any] | None:
+        path = self.directory / name
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_REFUSAL_BYTES + 1)
+            if len(raw) > MAX_REFUSAL_BYTES:
+                raise ValueError(f"over {MAX_REFUSAL_BYTES} bytes")
+            refusal = json.loads(raw)
+            if not isinstance(refusal, dict):
+                raise ValueError("not a JSON object")
+            rows, reason, when = refusal["rows"], refusal["reason"], refusal["time"]
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise ValueError(f"rows is {rows!r}")
+            if not isinstance(reason, str):
+                raise ValueError(f"reason is {reason!r}")
+            if finite_or_none(when) is None:
+                raise ValueError(f"time is {when!r}")
+        except FileNotFoundError:  # removed since it was listed: gone from the next listing
+            return None
+        except (OSError, ValueError, KeyError, RecursionError) as exc:
+            log.warning("%s is not a refusal of the learner (rows, reason, time): skipped (%s)",
+                        path, exc)  # fmt: skip
+            return None
+        return {"what": "candidate", "version": None, "reason": reason[:REASON_CHARS],
+                "time": float(when)}  # fmt: skip
+
+
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a float if it is a finite number, else None (JSON has no NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        return None
+    return number if math.isfinite(number) else None
