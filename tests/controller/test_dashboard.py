@@ -143,7 +143,10 @@ def test_the_plan_time_plot_grows_as_ticks_arrive(page: Any, live: Live) -> None
     assert "lockstep" in row[0].text
     stats = page.find_element(By.ID, "plan-stats").text
     assert re.search(r"p50 \d+\.\d+ ms · p99 \d+\.\d+ ms", stats), stats
-    assert points(page, "chart-actions") > 0 and points(page, "chart-terms") > 0
+    for chart in ("chart-actions", "chart-terms"):  # drawn once scrolled into sight
+        page.execute_script("arguments[0].scrollIntoView()", page.find_element(By.ID, chart))
+        wait(page, lambda d, chart=chart: points(d, chart) > 0)
+    page.execute_script("window.scrollTo(0, 0)")
     assert page.execute_script("return window.tickmpc.robots.probe.ticks.length") > first
 
 
@@ -222,6 +225,11 @@ def test_the_page_plays_the_runs_videos(page: Any, live: Live) -> None:
         ),
     )
     assert 0.5 < duration < 1.5
+
+
+def test_the_page_ran_without_a_script_error(page: Any) -> None:
+    errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
 
 
 def test_settings_changes_need_json_from_the_page_itself(live: Live) -> None:

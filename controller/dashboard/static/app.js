@@ -71,9 +71,22 @@ function take(update) {
 // --- charts -------------------------------------------------------------------------------
 
 const charts = {};  // container id -> {plot, key}
+const visible = new Set();  // the charts in (or near) the viewport: only those are drawn
+const observer = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (e.isIntersecting) visible.add(e.target.id); else visible.delete(e.target.id);
+  }
+  if (entries.some((e) => e.isIntersecting)) renderAll();
+}, {rootMargin: "200px"});
+document.querySelectorAll(".chart").forEach((box) => observer.observe(box));
+document.addEventListener("visibilitychange", () => { if (!document.hidden) renderAll(); });
 
-function chart(id, key, series, data, xTime = true) {
+function chart(id, key, series, makeData, xTime = true) {
   // (Re)create the plot when its series change (another robot, more terms), else set data.
+  // A chart out of sight, or in a hidden tab, is not drawn: drawing is the page's main cost,
+  // and on the service's own machine it takes the cores from the planner.
+  if (document.hidden || !visible.has(id)) return;
+  const data = makeData();
   const box = $(id);
   let entry = charts[id];
   if (!entry || entry.key !== key) {
@@ -145,8 +158,8 @@ function renderRobotCharts() {
     {label: "budget ms", stroke: "#c62828", dash: [6, 4]},
     {label: "p50", stroke: "#2e7d32"},
     {label: "p99", stroke: "#ef6c00"},
-  ], [xs, ticks.map((t) => t.plan_ms), xs.map(() => budget ?? null),
-      xs.map(() => stats.plan_ms_p50 ?? null), xs.map(() => stats.plan_ms_p99 ?? null)]);
+  ], () => [xs, ticks.map((t) => t.plan_ms), xs.map(() => budget ?? null),
+            xs.map(() => stats.plan_ms_p50 ?? null), xs.map(() => stats.plan_ms_p99 ?? null)]);
   const misses = robotStatus ? robotStatus.deadline_misses : stats.misses;
   const fallbacks = robotStatus ? robotStatus.fallbacks : stats.fallbacks;
   $("plan-stats").textContent = `p50 ${fmt(stats.plan_ms_p50, 2)} ms · p99 ${fmt(stats.plan_ms_p99, 2)} ms`
@@ -154,25 +167,25 @@ function renderRobotCharts() {
     + ` · deadline misses ${misses ?? 0} (${stats.window_misses || 0} in window)`
     + ` · fallbacks ${fallbacks ?? 0} (${stats.window_fallbacks || 0} in window)`;
   chart("chart-iterations", `it:${robot}`, [{label: "iterations", points: true}],
-        [xs, ticks.map((t) => t.iterations)]);
+        () => [xs, ticks.map((t) => t.iterations)]);
   $("iteration-stats").textContent = `mean ${fmt(stats.iterations_mean, 2)} per plan; `
     + `planner ${ticks.length ? ticks[ticks.length - 1].planner : "?"}, horizon `
     + `${ticks.length ? ticks[ticks.length - 1].horizon : "?"}`;
   const settings = robotSettings(robot) || {};
   chart("chart-return", `ret:${robot}`, [{label: "predicted"}, {label: "received over H"}],
-        [xs, ticks.map((t) => t.predicted), received(ticks, settings.discount ?? 1)]);
+        () => [xs, ticks.map((t) => t.predicted), received(ticks, settings.discount ?? 1)]);
   const terms = [];
   for (const t of ticks) for (const name of Object.keys(t.terms || {})) {
     if (!terms.includes(name)) terms.push(name);
   }
   chart("chart-terms", `terms:${robot}:${terms.join(",")}`,
         [{label: "reward"}, ...terms.map((name) => ({label: name}))],
-        [xs, ticks.map((t) => t.reward),
-         ...terms.map((name) => ticks.map((t) => t.terms ? (t.terms[name] ?? null) : null))]);
+        () => [xs, ticks.map((t) => t.reward),
+               ...terms.map((name) => ticks.map((t) => t.terms ? (t.terms[name] ?? null) : null))]);
   const dims = ticks.length ? ticks[ticks.length - 1].action.length : 0;
   const a = [...Array(dims).keys()];
   chart("chart-actions", `act:${robot}:${dims}`, a.map((i) => ({label: `a[${i}]`})),
-        [xs, ...a.map((i) => ticks.map((t) => t.action[i] ?? null))]);
+        () => [xs, ...a.map((i) => ticks.map((t) => t.action[i] ?? null))]);
 }
 
 function renderLearning() {
@@ -185,14 +198,14 @@ function renderLearning() {
   const refData = ref === null || ref === undefined ? [] : [episodes.map(() => ref)];
   chart("chart-episodes", `ep:${refSeries.length}`,
         [{label: "return", points: true}, ...refSeries],
-        [episodes.map((_, i) => i + 1), returns, ...refData], false);
+        () => [episodes.map((_, i) => i + 1), returns, ...refData], false);
   const t0 = episodes.length ? episodes[0].time : 0;
   chart("chart-minutes", `min:${refSeries.length}`,
         [{label: "return", points: true}, ...refSeries],
-        [episodes.map((e) => (e.time - t0) / 60), returns, ...refData], false);
+        () => [episodes.map((e) => (e.time - t0) / 60), returns, ...refData], false);
   const models = h.models || [];
   chart("chart-holdout", "holdout", [{label: "holdout MSE", points: true}],
-        [models.map((m) => m.version), models.map((m) => m.holdout_mse)], false);
+        () => [models.map((m) => m.version), models.map((m) => m.holdout_mse)], false);
   const rows = models.slice().reverse().map((m) => el("tr", {"data-version": m.version},
     el("td", {}, `v${m.version}`), el("td", {}, clock(m.time)), el("td", {}, fmt(m.holdout_mse, 4)),
     el("td", {}, fmt(m.holdout_nll, 3)), el("td", {}, m.train_rows ?? "–")));
@@ -242,6 +255,12 @@ function renderVideos() {
                  muted: "", preload: "metadata", width: 360}),
     el("figcaption", {}, `episode ${v.episode} (${v.robot}): return ${fmt(v.return, 1)}`
        + (v.tags && v.tags.length ? ` · ${v.tags.join(", ")}` : "")))));
+}
+
+function renderAll() {
+  renderStatus();
+  renderRobotCharts();
+  renderLearning();
 }
 
 function render(update) {
