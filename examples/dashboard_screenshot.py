@@ -21,6 +21,11 @@ from pathlib import Path
 
 from controller.dashboard import browser
 
+LAST_TICK = """
+const trace = window.tickmpc.robots["sim-0"];
+return trace && trace.ticks.length ? trace.ticks[trace.ticks.length - 1] : null;
+"""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,9 +57,20 @@ def main() -> None:
             if run.poll() is not None:
                 sys.exit("the run ended before the screenshot")
             time.sleep(0.5)
-        time.sleep(8.0)  # into the next episode, so the tick plots show it learning
+        # Into the next episode, so the tick plots show the robot acting, not the wait for
+        # the retrain between lockstep episodes.
+        first = driver.execute_script(LAST_TICK)
+        while True:
+            last = driver.execute_script(LAST_TICK)
+            if last and first and last["episode"] > first["episode"] and last["step"] >= 150:
+                break
+            if run.poll() is not None:
+                sys.exit("the run ended before the screenshot")
+            time.sleep(0.2)
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(args.width, height)
+        # The whole page, not the window's height (which the screen caps).
+        metrics = {"width": args.width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         time.sleep(1.0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(args.out))

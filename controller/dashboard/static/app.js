@@ -143,6 +143,20 @@ function received(ticks, discount) {
   return out;
 }
 
+function gapped(ticks, columns) {
+  // [x, ...columns] with a null row between two episodes, so no line joins them.
+  const xs = [], out = columns.map(() => []);
+  ticks.forEach((t, i) => {
+    if (i > 0 && t.episode !== ticks[i - 1].episode) {
+      xs.push((t.t + ticks[i - 1].t) / 2);
+      out.forEach((col) => col.push(null));
+    }
+    xs.push(t.t);
+    out.forEach((col, k) => col.push(columns[k][i]));
+  });
+  return [xs, ...out];
+}
+
 function renderRobotCharts() {
   const robot = state.selected;
   const trace = robot && state.robots[robot];
@@ -158,8 +172,9 @@ function renderRobotCharts() {
     {label: "budget ms", stroke: "#c62828", dash: [6, 4]},
     {label: "p50", stroke: "#2e7d32"},
     {label: "p99", stroke: "#ef6c00"},
-  ], () => [xs, ticks.map((t) => t.plan_ms), xs.map(() => budget ?? null),
-            xs.map(() => stats.plan_ms_p50 ?? null), xs.map(() => stats.plan_ms_p99 ?? null)]);
+  ], () => gapped(ticks, [ticks.map((t) => t.plan_ms), xs.map(() => budget ?? null),
+                          xs.map(() => stats.plan_ms_p50 ?? null),
+                          xs.map(() => stats.plan_ms_p99 ?? null)]));
   const misses = robotStatus ? robotStatus.deadline_misses : stats.misses;
   const fallbacks = robotStatus ? robotStatus.fallbacks : stats.fallbacks;
   $("plan-stats").textContent = `p50 ${fmt(stats.plan_ms_p50, 2)} ms · p99 ${fmt(stats.plan_ms_p99, 2)} ms`
@@ -167,25 +182,26 @@ function renderRobotCharts() {
     + ` · deadline misses ${misses ?? 0} (${stats.window_misses || 0} in window)`
     + ` · fallbacks ${fallbacks ?? 0} (${stats.window_fallbacks || 0} in window)`;
   chart("chart-iterations", `it:${robot}`, [{label: "iterations", points: true}],
-        () => [xs, ticks.map((t) => t.iterations)]);
+        () => gapped(ticks, [ticks.map((t) => t.iterations)]));
   $("iteration-stats").textContent = `mean ${fmt(stats.iterations_mean, 2)} per plan; `
     + `planner ${ticks.length ? ticks[ticks.length - 1].planner : "?"}, horizon `
     + `${ticks.length ? ticks[ticks.length - 1].horizon : "?"}`;
   const settings = robotSettings(robot) || {};
   chart("chart-return", `ret:${robot}`, [{label: "predicted"}, {label: "received over H"}],
-        () => [xs, ticks.map((t) => t.predicted), received(ticks, settings.discount ?? 1)]);
+        () => gapped(ticks, [ticks.map((t) => t.predicted),
+                             received(ticks, settings.discount ?? 1)]));
   const terms = [];
   for (const t of ticks) for (const name of Object.keys(t.terms || {})) {
     if (!terms.includes(name)) terms.push(name);
   }
   chart("chart-terms", `terms:${robot}:${terms.join(",")}`,
         [{label: "reward"}, ...terms.map((name) => ({label: name}))],
-        () => [xs, ticks.map((t) => t.reward),
-               ...terms.map((name) => ticks.map((t) => t.terms ? (t.terms[name] ?? null) : null))]);
+        () => gapped(ticks, [ticks.map((t) => t.reward), ...terms.map((name) =>
+          ticks.map((t) => t.terms ? (t.terms[name] ?? null) : null))]));
   const dims = ticks.length ? ticks[ticks.length - 1].action.length : 0;
   const a = [...Array(dims).keys()];
   chart("chart-actions", `act:${robot}:${dims}`, a.map((i) => ({label: `a[${i}]`})),
-        () => [xs, ...a.map((i) => ticks.map((t) => t.action[i] ?? null))]);
+        () => gapped(ticks, a.map((i) => ticks.map((t) => t.action[i] ?? null))));
 }
 
 function renderLearning() {
@@ -228,16 +244,21 @@ function renderStatus() {
   $("policy-version").textContent = s.policy_version ? `v${s.policy_version}` : "none";
   $("transitions").textContent = s.transitions;
   $("uptime").textContent = `${Math.round(s.uptime_s)} s`;
-  const ids = Object.keys(s.robots || {}).sort();
+  // Robots the service serves, and those it sent ticks of that are gone (between episodes
+  // of a lockstep run, or disconnected): their rows keep what the dashboard received.
+  const ids = [...new Set([...Object.keys(s.robots || {}), ...Object.keys(state.robots)])].sort();
   const body = $("robots").tBodies[0];
   body.replaceChildren(...ids.map((id) => {
-    const r = s.robots[id], st = state.stats[id] || {};
+    const st = state.stats[id] || {};
+    const r = (s.robots || {})[id] || {mode: "not connected", ticks: st.received,
+      deadline_misses: st.misses, fallbacks: st.fallbacks, model_version: lastTick(id).model};
     const row = el("tr", {"data-robot": id},
-      el("td", {}, id), el("td", {}, r.mode), el("td", {}, r.ticks), el("td", {}, fmt(r.tick_hz, 1)),
+      el("td", {}, id), el("td", {}, r.mode), el("td", {}, r.ticks ?? "–"), el("td", {}, fmt(r.tick_hz, 1)),
       el("td", {}, fmt(st.plan_ms_p50 ?? r.plan_ms_p50, 2)), el("td", {}, fmt(st.plan_ms_p99 ?? r.plan_ms_p99, 2)),
       el("td", {}, r.budget_ms === null || r.budget_ms === undefined ? "–" : fmt(r.budget_ms, 1)),
       el("td", {}, r.deadline_misses), el("td", {}, r.fallbacks), el("td", {}, fmt(st.iterations_mean, 2)),
-      el("td", {}, r.episodes), el("td", {}, fmt(r.last_return, 1)), el("td", {}, `v${r.model_version}`));
+      el("td", {}, r.episodes ?? "–"), el("td", {}, fmt(r.last_return, 1)),
+      el("td", {}, r.model_version === undefined ? "–" : `v${r.model_version}`));
     if (id === state.selected) row.className = "selected";
     row.onclick = () => { state.selected = id; render({ticks: {}}); };
     return row;
@@ -246,6 +267,11 @@ function renderStatus() {
   const have = [...target.options].map((o) => o.value);
   for (const id of ids) if (!have.includes(id)) target.append(el("option", {value: id}, id));
   syncSettings();
+}
+
+function lastTick(robot) {
+  const ticks = state.robots[robot] ? state.robots[robot].ticks : [];
+  return ticks.length ? ticks[ticks.length - 1] : {};
 }
 
 function renderVideos() {
