@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,8 @@ from sim_bridge.video import EpisodeVideos
 ROBOT = "sim-0"
 TASK_DIR = "task"
 """Where a run directory keeps the copy of its task file (and ``source.json``)."""
+DASHBOARD_START_S = 30.0
+"""How long ``run --dashboard`` waits for the dashboard to print its address."""
 VIDEOS_WAIT_S = 120.0
 """How long the end of a run waits for its videos to be rendered (a cartpole episode's takes
 1-2 s once the service and the learner have stopped)."""
@@ -183,10 +186,15 @@ class ClosedLoop:
             with open(self.dir / "logs" / "dashboard.log", "ab") as log_file:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
             assert proc.stdout is not None
-            line = proc.stdout.readline()  # its address, or nothing when it stopped
-            if line.startswith("tickmpc dashboard: "):
-                self.dashboard = proc
-                return line.split(": ", 1)[1].strip()
+            deadline = time.monotonic() + DASHBOARD_START_S
+            while select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))[0]:
+                line = proc.stdout.readline()  # its address; nothing when it stopped
+                if not line:
+                    break
+                if line.startswith("tickmpc dashboard: "):
+                    self.dashboard = proc
+                    return line.split(": ", 1)[1].strip()
+            proc.kill()  # stopped, or silent past the deadline
             proc.wait()
         return None
 
@@ -438,10 +446,12 @@ def run_closed_loop(
                 break
         completed = True
     finally:
-        codes = loop.stop()
-        if loop.videos is not None:  # rendered after the service and learner have stopped
-            if completed:
-                loop.videos.finish(VIDEOS_WAIT_S)
-            else:
-                loop.videos.close()
+        try:
+            codes = loop.stop()
+        finally:
+            if loop.videos is not None:  # rendered after the service and learner have stopped
+                if completed:
+                    loop.videos.finish(VIDEOS_WAIT_S)
+                else:
+                    loop.videos.close()
     return lines, codes

@@ -34,6 +34,9 @@ SIM_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 """Task name -> (gymnasium id, make kwargs) as the controller's tasks define them."""
 
+MAX_RECORDED_STEPS = 10_000
+"""Steps of an episode a recording keeps (400 s at 25 Hz)."""
+
 
 @dataclass(frozen=True)
 class Emulation:
@@ -166,7 +169,9 @@ class MujocoBridge(HardwareBridge):
         return Recording(qpos, mocap_pos, mocap_quat, period=self.spec.control_period)
 
     def _record(self) -> None:
-        if self._sim is not None:  # copies only: about a microsecond on the control path
+        # Copies only, about a microsecond on the control path; a long episode's video shows
+        # its first MAX_RECORDED_STEPS (memory stays bounded whatever episode_steps says).
+        if self._sim is not None and len(self._frames) <= MAX_RECORDED_STEPS:
             d = self._sim
             self._frames.append((d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy()))
 

@@ -142,6 +142,12 @@ class EpisodeVideos:
     def finish(self, timeout_s: float) -> list[Video]:
         """Tag the last episode handed in "last", wait up to ``timeout_s`` for every video to be
         rendered (abandoning the rest, with a warning) and return the finished ones."""
+        try:
+            return self._finish(timeout_s)
+        finally:  # interrupted too (Ctrl-C in the wait): no render process is left behind
+            self.close()
+
+    def _finish(self, timeout_s: float) -> list[Video]:
         with self._wake:
             if self.active and self._latest is not None:
                 video, recording = self._latest
@@ -158,7 +164,6 @@ class EpisodeVideos:
                                 len(self._queue) + (self._busy is not None), timeout_s)  # fmt: skip
                     break
                 self._wake.wait(left)
-        self.close()
         return sorted((v for v in self._videos if v.done), key=lambda v: v.episode)
 
     def close(self) -> None:

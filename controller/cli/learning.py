@@ -169,6 +169,10 @@ def policy_work(
     return work
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command("run")
 def run(
     config_file: ConfigOption = None,
@@ -344,6 +348,9 @@ def run(
                     f"dashboard: did not start, see {run_dir}/logs/dashboard.log"
                 )
 
+        # SIGTERM stops a run as Ctrl-C does: its service, learner, dashboard and renders stop
+        # with it instead of living on without it.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show,
                                            on_start=started)  # fmt: skip

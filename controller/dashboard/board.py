@@ -20,6 +20,8 @@ WINDOW = 600
 """Ticks kept per robot, and shown: 24 s at 25 Hz."""
 STATS_WINDOW = 500
 """Ticks the plan time percentiles are computed over (the service's own window)."""
+MAX_ROBOTS = 64
+"""Robots traced at once: a new one past this drops the one silent for longest."""
 
 
 def compact(record: dict[str, Any], number: int) -> dict[str, Any]:
@@ -103,7 +105,11 @@ class Board:
 
     def add_tick(self, record: dict[str, Any]) -> None:
         self.ticks_seen += 1
-        trace = self.robots.setdefault(record["robot"], RobotTrace())
+        robot = record["robot"]
+        if robot not in self.robots and len(self.robots) >= MAX_ROBOTS:
+            silent = min(self.robots, key=lambda r: self.robots[r].ticks[-1]["n"])
+            del self.robots[silent]
+        trace = self.robots.setdefault(robot, RobotTrace())
         trace.ticks.append(compact(record, self.ticks_seen))
         trace.received += 1
         trace.misses += int(record["deadline_miss"])

@@ -16,7 +16,10 @@ and its refusal comes back to the page with the service's code and reason.
 
 Binding: loopback unless ``allow_remote``; a non-loopback bind also needs an access token,
 since the page changes a running robot's controller. The token is taken from the address
-(``?token=``, then kept in a cookie), or an ``Authorization: Bearer`` header.
+(``?token=``, then kept in a cookie), or an ``Authorization: Bearer`` header. Without a token
+(loopback), a request must name a loopback host (``Host``): a page of another site whose name
+was made to resolve to 127.0.0.1 (DNS rebinding) names its own. A settings change, and the
+WebSocket, must also come from the dashboard's own origin.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 TOKEN_COOKIE = "tickmpc_token"
 MIN_TOKEN_CHARS = 16
 VIDEO_NAME = re.compile(r"^[\w.-]+\.(webm|mp4)$")
@@ -113,6 +117,8 @@ class Dashboard:
         self.settings, self.curve = settings, curve
         self.board = Board()
         self._pages: set[web.WebSocketResponse] = set()
+        self._setting = asyncio.Lock()
+        """One settings change at a time, so they reach the service in the page's order."""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._check_token], client_max_size=MAX_BODY_BYTES)
@@ -147,6 +153,16 @@ class Dashboard:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read_telemetry(self) -> None:
+        while True:  # a failure costs a second of telemetry, not the page's plots for good
+            try:
+                await self._subscribe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telemetry reader failed; subscribing again")
+                await asyncio.sleep(1.0)
+
+    async def _subscribe(self) -> None:
         context = zmq.asyncio.Context.instance()
         sub = context.socket(zmq.SUB)
         try:
@@ -182,6 +198,11 @@ class Dashboard:
                     self.board.set_status(None, str(exc))
                 else:  # a service without this command: the page shows no history
                     log.debug("%s refused: %s", cmd, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. no socket to be had: said on the page, tried again
+                log.exception("%s request failed", cmd)
+                self.board.set_status(None, f"{cmd}: {exc!r}")
             await asyncio.sleep(period_s)
 
     def _took_status(self, status: dict[str, Any]) -> None:
@@ -221,7 +242,9 @@ class Dashboard:
         """Everything a new page would get first (also for scripts: ``curl .../api/state``)."""
         return web.json_response(self.board.update_for(Cursor()) or {})
 
-    async def _page(self, request: web.Request) -> web.WebSocketResponse:
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        if not _same_origin(request):  # browsers let any site open a WebSocket anywhere
+            return _refused(403, "bad_request", "a page of another site")
         ws = web.WebSocketResponse(heartbeat=10.0)
         await ws.prepare(request)
         self._pages.add(ws)
@@ -242,7 +265,7 @@ class Dashboard:
             if update is not None:
                 try:
                     await ws.send_json(update)
-                except ConnectionResetError:
+                except (ConnectionResetError, RuntimeError):  # closed meanwhile
                     return
             await asyncio.sleep(self.settings.push_period_s)
 
@@ -254,8 +277,8 @@ class Dashboard:
         """A settings change from the page, sent on as a control ``set``."""
         if request.content_type != "application/json":  # a cross-site form cannot send JSON
             return _refused(415, "bad_request", "send the change as application/json")
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.host:
+        if not _same_origin(request):
+            origin = request.headers.get("Origin")
             return _refused(403, "bad_request", f"a change from another site ({origin})")
         try:
             body = await request.json()
@@ -265,7 +288,8 @@ class Dashboard:
             return _refused(400, "bad_request", 'the body is {"changes": {...}, "robot": ID?}')
         fields = {k: body[k] for k in ("changes", "robot") if body.get(k) is not None}
         try:
-            reply = await self._control("set", **fields)
+            async with self._setting:
+                reply = await self._control("set", **fields)
         except p.ProtocolError as exc:  # refused here as the service would, or by it
             return web.json_response({"ok": False, "code": exc.code, "error": exc.reason})
         except TimeoutError as exc:
@@ -287,6 +311,12 @@ class Dashboard:
     ) -> web.StreamResponse:
         token = self.settings.token
         if token is None:
+            if _host_name(request.host) not in LOOPBACK_NAMES:
+                return _refused(
+                    403,
+                    "bad_request",
+                    f"this dashboard answers to loopback names only, not {request.host!r}",
+                )
             return await handler(request)
         given = request.query.get("token")
         header = request.headers.get("Authorization", "")
@@ -295,7 +325,8 @@ class Dashboard:
             request.cookies.get(TOKEN_COOKIE),
             header[7:] if header.startswith("Bearer ") else None,
         ]
-        if not any(c is not None and hmac.compare_digest(c, token) for c in candidates):
+        expected = token.encode()
+        if not any(c is not None and hmac.compare_digest(c.encode(), expected) for c in candidates):
             return web.Response(
                 status=401,
                 text="this dashboard needs its access token: open "
@@ -305,6 +336,19 @@ class Dashboard:
         if given is not None and not response.prepared:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
         return response
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8765`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A request a browser sent from the dashboard's own page (or not from a page at all)."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin.split("://", 1)[-1] == request.host
 
 
 def _refused(status: int, code: str, reason: str) -> web.Response:

@@ -33,12 +33,24 @@ class ControlHandler:
     def answer(self, body: bytes) -> bytes:
         """The reply frame to one request frame."""
         try:
-            return p.control_reply(**self._dispatch(p.parse_control_request(body)))
+            request = p.parse_control_request(body)
+            if request["cmd"] == "history":  # the learning curve and what was refused on the way
+                return self._history()
+            return p.control_reply(**self._dispatch(request))
         except p.ProtocolError as exc:
             return p.control_error(exc.code, exc.reason)
         except Exception as exc:  # a bug must cost one request, not the service
             log.exception("internal error on a control request")
             return p.control_error("internal", repr(exc)[:500])
+
+    def _history(self) -> bytes:
+        service, task = self.service, self.service.task
+        return service.history.encoded(
+            service.task_name,
+            task.reference_return if task is not None else None,
+            dict(task.weights) if task is not None else {},
+            {"model": service.watcher, "policy": service.policy_watcher},
+        )
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         service, cmd, robot = self.service, request["cmd"], request.get("robot")
@@ -46,14 +58,6 @@ class ControlHandler:
             for watcher in service.watchers:
                 watcher.poke()
             return {"model_version": service.model_version}
-        if cmd == "history":  # the learning curve and what was refused on the way
-            task = service.task
-            return service.history.reply(
-                service.task_name,
-                task.reference_return if task is not None else None,
-                dict(task.weights) if task is not None else {},
-                {"model": service.watcher, "policy": service.policy_watcher},
-            )
         known = sorted(session.robot for session in service.sessions.values())
         if robot is not None and robot not in known:
             raise p.ProtocolError("bad_field", f"robot {robot!r} is not connected "

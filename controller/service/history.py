@@ -28,6 +28,7 @@ from typing import Any
 
 from controller.service.model_watch import VersionWatcher
 from models.export import ModelMetadata
+from sim_bridge.protocol import control_reply
 
 log = logging.getLogger(__name__)
 EPISODES_KEPT = 1000
@@ -51,10 +52,14 @@ class History:
         self.models: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
         self.policies: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
         self.candidates = RejectedCandidates(models / "rejected") if models is not None else None
+        self._changes = 0
+        """Counts what was added, so a reply is encoded again only when it changed."""
+        self._encoded: tuple[tuple[Any, ...], bytes] | None = None
 
     def episode_ended(self, robot: str, episode: int, episode_return: float, steps: int) -> None:
         """A robot ended an episode (its EPISODE ``end`` was read now); ``episode`` is the
         service-wide number, ``episode_return`` the service's sum of its rewards."""
+        self._changes += 1
         self.episodes.append(
             {
                 "robot": robot,
@@ -70,7 +75,11 @@ class History:
         serving, composed again with a new policy, is not a new entry."""
         if self.models and self.models[-1]["version"] == version:
             return
-        holdout, rows = metadata.holdout, metadata.train_rows
+        self._changes += 1
+        # The file's own JSON: a holdout that is not an object is shown as none, not raised
+        # into the model swap.
+        holdout = metadata.holdout if isinstance(metadata.holdout, Mapping) else {}
+        rows = metadata.train_rows
         self.models.append(
             {
                 "version": version,
@@ -84,7 +93,25 @@ class History:
 
     def policy_live(self, version: int) -> None:
         """Policy ``version`` acts from now on."""
+        self._changes += 1
         self.policies.append({"version": version, "time": time.time()})
+
+    def encoded(
+        self,
+        task: str,
+        reference_return: float | None,
+        task_weights: Mapping[str, float],
+        refused: Mapping[str, VersionWatcher[Any] | None],
+    ) -> bytes:
+        """The ``history`` reply frame, encoded again only when something was added: a full
+        reply takes milliseconds to build, and it is answered between the robots' ticks."""
+        key = (self._changes, task, reference_return, tuple(task_weights.items()),
+               len(self.candidates.read()) if self.candidates is not None else 0,
+               tuple(len(w.rejected) for w in refused.values() if w is not None))  # fmt: skip
+        if self._encoded is None or self._encoded[0] != key:
+            reply = self.reply(task, reference_return, task_weights, refused)
+            self._encoded = (key, control_reply(**reply))
+        return self._encoded[1]
 
     def reply(
         self,

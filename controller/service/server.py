@@ -425,12 +425,12 @@ class MPCService(Answering, Tuning):
         if ready is None:
             return
         self.model_version, self.evaluator = ready
-        self.history.model_live(self.model_version, self.evaluator.metadata)
         for session in self.sessions.values():
             if session.planner is None:
                 session.planner = Planner(self.evaluator, session.settings, session.stream)
             else:
                 session.planner.set_evaluator(self.evaluator)
+        self.history.model_live(self.model_version, self.evaluator.metadata)
         log.info("serving model v%d", self.model_version)
 
     def _swap_policy(self) -> None:

@@ -144,7 +144,8 @@ def test_resume_after_kill_9_of_the_whole_group_loses_no_flushed_transition_or_m
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
-    proc = _start_run(run_dir, "--episodes", "4", "--run-dir", str(run_dir), *TINY)
+    proc = _start_run(run_dir, "--episodes", "4", "--run-dir", str(run_dir), "--no-videos",
+                      *TINY)  # fmt: skip
     # Mid-episode 3: models exist and part of the episode is stored.
     _wait_until(lambda: _episodes_done(run_dir) >= 2 and _rows(run_dir) > 130, proc, "episode 3")
     os.killpg(proc.pid, signal.SIGKILL)  # the controller, the learner and the CLI at once
@@ -174,7 +175,7 @@ def test_resume_after_kill_9_of_the_whole_group_loses_no_flushed_transition_or_m
     assert [x["episode"] for x in lines] == [1, 2, 3, 4]
 
 
-def test_ctrl_c_stops_every_process_and_a_dead_service_ends_the_run_with_an_error(
+def test_ctrl_c_or_sigterm_stops_every_process_and_a_dead_service_ends_the_run_with_an_error(
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
@@ -205,6 +206,16 @@ def test_ctrl_c_stops_every_process_and_a_dead_service_ends_the_run_with_an_erro
     assert "serve process exited" in out
     _wait_group_gone(resumed.pid)
 
+    # A process manager's SIGTERM, to the run alone: it stops its children as on Ctrl-C.
+    again = _start_run(run_dir, "--resume", str(run_dir), "--dashboard", "--set",
+                       "run.dashboard_port=0")  # fmt: skip
+    rows = _rows(run_dir)
+    _wait_until(lambda: _rows(run_dir) > rows + 30, again, "the episode resumed again")
+    again.terminate()
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 130, out
+    _wait_group_gone(again.pid)
+
 
 def _child_pid(pgid: int, command: str) -> int:
     """The pid of the run's `tickmpc <command>` child, from /proc."""
@@ -223,7 +234,8 @@ def _child_pid(pgid: int, command: str) -> int:
 EXAMPLE_TASK = (
     Path(__file__).resolve().parents[2] / "examples" / "tasks" / "inverted_double_pendulum.py"
 )
-TINY_IDP = ["--hidden-units", "32", "--population", "50", "--iterations", "1", "--horizon", "10",
+TINY_IDP = ["--no-videos", "--hidden-units", "32", "--population", "50", "--iterations", "1",
+            "--horizon", "10",
             "--episode-steps", "60", "--set", "learner.min_transitions=15"]  # fmt: skip
 
 
@@ -302,7 +314,7 @@ def test_run_with_a_policy_trains_it_beside_the_model_and_acts_with_it(tmp_path:
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "run", "--episodes", "3", "--run-dir",
-         str(run_dir), "--policy", "sac", "--planner", "policy", *TINY, "--set",
+         str(run_dir), "--policy", "sac", "--planner", "policy", "--no-videos", *TINY, "--set",
          "policy.units=16", "--set", "policy.updates_per_step=2", "--set",
          "policy.rollout_batch=200", "--set", "policy.batch_size=32"],
         capture_output=True, text=True, timeout=300,

@@ -243,6 +243,18 @@ def test_settings_changes_need_json_from_the_page_itself(live: Live) -> None:
             urllib.request.urlopen(req, timeout=10)
         assert refused.value.code == status
     assert request(live.running.control, "get")["settings"]["horizon"] != 20
+    # DNS rebinding: another site's name resolved to loopback is not a loopback name.
+    rebound = urllib.request.Request(live.url + "api/state", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(rebound, timeout=10)
+    assert refused.value.code == 403
+    # Another site's page opening the WebSocket (browsers apply no CORS to it).
+    upgrade = {"Origin": "http://elsewhere.example", "Connection": "Upgrade",
+               "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(live.url + "ws", headers=upgrade), timeout=10)
+    assert refused.value.code == 403
     req = urllib.request.Request(
         live.url + "api/settings",
         json.dumps({"oops": 1}).encode(),
@@ -276,6 +288,9 @@ def test_beyond_loopback_needs_the_option_and_a_token(live: Live) -> None:
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(bare + path, timeout=10)
             assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as refused:  # not a 500
+            urllib.request.urlopen(bare + "api/state?token=%C3%A9", timeout=10)
+        assert refused.value.code == 401
         wrong = urllib.request.Request(
             bare + "api/state", headers={"Authorization": "Bearer " + "x" * 32}
         )

@@ -263,3 +263,28 @@ def test_the_most_a_reply_holds_stays_well_under_a_megabyte(tmp_path: Path) -> N
     assert len(answered["models"]) == len(answered["policies"]) == VERSIONS_KEPT
     assert len(answered["rejected"]) == REJECTIONS_KEPT
     assert answered["rejected"][-1]["time"] == 1.7e9 + REJECTIONS_KEPT + 19
+
+
+def test_a_reply_is_encoded_again_only_when_something_was_added(tmp_path: Path) -> None:
+    kept = History(tmp_path / "models")
+    first = kept.encoded("cartpole-swingup", 170.0, {"tip": 1.0}, {})
+    assert kept.encoded("cartpole-swingup", 170.0, {"tip": 1.0}, {}) is first  # the same bytes
+    kept.episode_ended("sim-0", 1, 12.5, 200)
+    second = kept.encoded("cartpole-swingup", 170.0, {"tip": 1.0}, {})
+    assert second is not first and json.loads(second)["episodes"][0]["return"] == 12.5
+    rejected = tmp_path / "models" / "rejected"
+    rejected.mkdir(parents=True)
+    (rejected / "rows00000400-1.json").write_text('{"rows": 400, "reason": "worse", "time": 1.0}')
+    third = json.loads(kept.encoded("cartpole-swingup", 170.0, {"tip": 1.0}, {}))
+    assert third["rejected"] == [{"what": "candidate", "version": None, "reason": "worse",
+                                  "time": 1.0}]  # fmt: skip
+
+
+def test_a_holdout_that_is_not_an_object_is_shown_as_none() -> None:
+    kept = History(None)
+    metadata = ModelMetadata(format_version=1, config=EnsembleConfig(obs_dim=4, act_dim=1),
+                             member_batched=True, train_rows=10, created_unix=0.0,
+                             holdout=[1, 2],  # type: ignore[arg-type]
+                             code_sha256="", graph_sha256="", extra={})  # fmt: skip
+    kept.model_live(3, metadata)
+    assert kept.models[-1]["holdout_mse"] is None and kept.models[-1]["train_rows"] == 10

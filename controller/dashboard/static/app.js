@@ -38,7 +38,11 @@ const clock = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "–";
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws${location.search}`);
-  ws.onopen = () => setConnection(true);
+  ws.onopen = () => {
+    // A new connection sends everything the dashboard holds again: start from it.
+    state.robots = {};
+    setConnection(true);
+  };
   ws.onmessage = (event) => take(JSON.parse(event.data));
   ws.onclose = () => { setConnection(false); setTimeout(connect, 1000); };
 }
@@ -128,8 +132,8 @@ function received(ticks, discount) {
   // from j-1 to j, so plan i's are those of ticks i+1 .. i+H, in the same episode.
   const out = new Array(ticks.length).fill(null);
   for (let i = 0; i < ticks.length; i++) {
-    const h = ticks[i].horizon;
-    if (i + h >= ticks.length) break;
+    const h = ticks[i].horizon;  // 0: no plan (exploring, the policy acting, a fallback)
+    if (!h || i + h >= ticks.length) continue;
     let sum = 0, scale = 1, whole = true;
     for (let j = i + 1; j <= i + h; j++) {
       const t = ticks[j];
@@ -358,7 +362,13 @@ function syncWeights(settings) {
     let input = $(id);
     if (!input) {
       input = el("input", {id, type: "number", step: "any", "data-term": name});
-      input.onchange = () => apply({weights: {[name]: Number(input.value)}}, input);
+      input.onchange = () => {
+        if (input.value.trim() === "") {  // not a weight of 0: say so, send nothing
+          showMessage(`weight ${name}: give a number`, false);
+          return;
+        }
+        apply({weights: {[name]: Number(input.value)}}, input);
+      };
       track(input, `weight.${name}`);
       form.append(el("label", {for: id}, `weight ${name}`), el("span"), input);
     }
