@@ -139,7 +139,7 @@ class Dashboard:
         tasks = [
             asyncio.create_task(self._read_telemetry()),
             asyncio.create_task(
-                self._poll("status", self.settings.status_period_s, self._took_status)
+                self._poll("status", self.settings.status_period_s, self.board.set_status)
             ),
             asyncio.create_task(
                 self._poll("history", self.settings.history_period_s, self.board.set_history)
@@ -204,9 +204,6 @@ class Dashboard:
                 log.exception("%s request failed", cmd)
                 self.board.set_status(None, f"{cmd}: {exc!r}")
             await asyncio.sleep(period_s)
-
-    def _took_status(self, status: dict[str, Any]) -> None:
-        self.board.set_status(status)
 
     async def _control(self, cmd: str, **fields: Any) -> dict[str, Any]:
         return await asyncio.to_thread(

@@ -105,13 +105,16 @@ class History:
     ) -> bytes:
         """The ``history`` reply frame, encoded again only when something was added: a full
         reply takes milliseconds to build, and it is answered between the robots' ticks."""
-        key = (self._changes, task, reference_return, tuple(task_weights.items()),
-               len(self.candidates.read()) if self.candidates is not None else 0,
+        candidates = self._candidates()
+        key = (self._changes, task, reference_return, tuple(task_weights.items()), candidates,
                tuple(len(w.rejected) for w in refused.values() if w is not None))  # fmt: skip
         if self._encoded is None or self._encoded[0] != key:
-            reply = self.reply(task, reference_return, task_weights, refused)
+            reply = self._reply(task, reference_return, task_weights, refused, list(candidates))
             self._encoded = (key, control_reply(**reply))
         return self._encoded[1]
+
+    def _candidates(self) -> tuple[dict[str, Any], ...]:
+        return () if self.candidates is None else tuple(self.candidates.read())
 
     def reply(
         self,
@@ -122,7 +125,17 @@ class History:
     ) -> dict[str, Any]:
         """The ``history`` reply's fields (sim_bridge.protocol.HISTORY_FIELDS): ``refused``
         maps "model" and "policy" to the watcher whose refusals are listed as such."""
-        rejected = [] if self.candidates is None else self.candidates.read()
+        return self._reply(task, reference_return, task_weights, refused,
+                           list(self._candidates()))  # fmt: skip
+
+    def _reply(
+        self,
+        task: str,
+        reference_return: float | None,
+        task_weights: Mapping[str, float],
+        refused: Mapping[str, VersionWatcher[Any] | None],
+        rejected: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         for what, watcher in refused.items():
             if watcher is None:
                 continue
