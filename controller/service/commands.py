@@ -14,62 +14,59 @@ the service.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from controller.service.fleet import Fleet, NotConnected
 from sim_bridge import protocol as p
-
-if TYPE_CHECKING:
-    from controller.service.server import MPCService
 
 log = logging.getLogger(__name__)
 
 
-class ControlHandler:
-    """Answers control requests for one service, in the service's own thread."""
+class ControlCommands:
+    """Answers control requests, in the service's own thread: settings through ``fleet``;
+    ``status()`` and ``history()`` (the encoded reply frame) as the service builds them;
+    ``announced()``, told that a learner published a version, returns the model version
+    serving."""
 
-    def __init__(self, service: MPCService) -> None:
-        self.service = service
+    def __init__(
+        self,
+        fleet: Fleet,
+        status: Callable[[], dict[str, Any]],
+        history: Callable[[], bytes],
+        announced: Callable[[], int],
+    ) -> None:
+        self.fleet, self.status, self.history, self.announced = fleet, status, history, announced
 
     def answer(self, body: bytes) -> bytes:
         """The reply frame to one request frame."""
         try:
             request = p.parse_control_request(body)
             if request["cmd"] == "history":  # the learning curve and what was refused on the way
-                return self._history()
+                return self.history()
             return p.control_reply(**self._dispatch(request))
         except p.ProtocolError as exc:
             return p.control_error(exc.code, exc.reason)
+        except NotConnected as exc:
+            return p.control_error("bad_field", str(exc))
         except Exception as exc:  # a bug must cost one request, not the service
             log.exception("internal error on a control request")
             return p.control_error("internal", repr(exc)[:500])
 
-    def _history(self) -> bytes:
-        service, task = self.service, self.service.task
-        return service.history.encoded(
-            service.task_name,
-            task.reference_return if task is not None else None,
-            dict(task.weights) if task is not None else {},
-            {"model": service.watcher, "policy": service.policy_watcher},
-        )
-
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        service, cmd, robot = self.service, request["cmd"], request.get("robot")
+        cmd, robot = request["cmd"], request.get("robot")
         if cmd == "model":  # a learner announces a new model or policy version
-            for watcher in service.watchers:
-                watcher.poke()
-            return {"model_version": service.model_version}
-        known = sorted(session.robot for session in service.sessions.values())
-        if robot is not None and robot not in known:
-            raise p.ProtocolError("bad_field", f"robot {robot!r} is not connected "
-                                  f"(robots: {known})")  # fmt: skip
+            return {"model_version": self.announced()}
+        if robot is not None:
+            self.fleet.named(robot)  # NotConnected: bad_field
         if cmd == "status":
-            status = service.status()
+            status = self.status()
             if robot is not None:
                 status["robots"] = {robot: status["robots"][robot]}
             return status
         if cmd == "set":
             try:
-                return {"settings": service.apply(request["changes"], robot).to_dict()}
+                return {"settings": self.fleet.apply(request["changes"], robot).to_dict()}
             except ValueError as exc:
                 raise p.ProtocolError("bad_setting", str(exc)) from None
-        return {"settings": service.settings_of(robot).to_dict()}
+        return {"settings": self.fleet.settings_of(robot).to_dict()}

@@ -25,6 +25,7 @@ import torch
 import zmq
 
 from controller.service.session import RobotSession, Transition
+from controller.service.telemetry import Subscriptions
 from controller.tasks import Task
 from models.store import TransitionWriter
 from sim_bridge import protocol as p
@@ -33,41 +34,61 @@ log = logging.getLogger(__name__)
 
 
 class Recorder:
-    """The service's store writer and telemetry publisher, one pass at a time."""
+    """The store writer and the telemetry records of one served task, one pass at a time."""
 
-    def __init__(self, task: Task | None, writer: TransitionWriter | None, durable: bool) -> None:
-        self.task, self.writer, self.durable = task, writer, durable
-        """The served task (None until the service has one: nothing is recorded before)."""
-        self.unrecorded: list[Transition] = []
+    def __init__(
+        self,
+        task: Task,
+        writer: TransitionWriter | None,
+        durable: bool,
+        subscriptions: Subscriptions,
+        episodes: int = 0,
+    ) -> None:
+        """``writer``: the store (None: record nothing); ``episodes``: the episodes the store
+        holds already (their numbers go on from there)."""
+        self.task, self._writer, self._durable = task, writer, durable
+        self._subscriptions = subscriptions
+        self._episodes = episodes
+        self._unrecorded: list[Transition] = []
         """Transitions completed by this pass's STATEs."""
-        self.answered: list[tuple[RobotSession, dict[str, Any]]] = []
+        self._answered: list[tuple[RobotSession, dict[str, Any]]] = []
         """This pass's telemetry records, without their rewards yet."""
         self.store_errors = 0
         """Store writes that failed (their rows were kept for the next one)."""
-        self.subscribed: set[bytes] = set()
-        """Topic prefixes someone subscribes to on the telemetry socket."""
-
-    def hear_subscriptions(self, telemetry: zmq.Socket[bytes]) -> None:
-        """Read the (un)subscriptions queued on the XPUB telemetry socket: b"\\x01" or
-        b"\\x00" and the topic prefix (ZeroMQ passes on the first and the last of each)."""
-        while True:
-            try:
-                event = telemetry.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event[:1] == b"\x01":
-                self.subscribed.add(event[1:])
-            elif event[:1] == b"\x00":
-                self.subscribed.discard(event[1:])
 
     @property
     def listening(self) -> bool:
-        """Whether a subscriber would receive a telemetry record."""
-        return any(p.TELEMETRY_TOPIC.startswith(prefix) for prefix in self.subscribed)
+        """Whether a subscriber would receive a telemetry record (build none otherwise)."""
+        return self._subscriptions.listening
+
+    def new_episode(self) -> int:
+        """The store's number for an episode that starts now (service-wide, counted on from
+        the episodes the store held)."""
+        self._episodes += 1
+        return self._episodes
+
+    def completed(self, transition: Transition) -> None:
+        """A STATE completed ``transition``: it is stored at the next ``record``."""
+        self._unrecorded.append(transition)
+
+    def answered(self, session: RobotSession, record: dict[str, Any]) -> None:
+        """An ACTION went to ``session``'s robot: ``record`` (its telemetry, without the
+        reward) is published at the next ``publish``."""
+        self._answered.append((session, record))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "transitions": len(self._writer) if self._writer is not None else 0,
+            "store_errors": self.store_errors,
+        }
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
     def record(self) -> None:
         """Store the pass's transitions in one write (before any ACTION answers them)."""
-        unrecorded, self.unrecorded = self.unrecorded, []
+        unrecorded, self._unrecorded = self._unrecorded, []
         for transition in unrecorded:
             try:
                 self._record(transition)
@@ -75,9 +96,9 @@ class Recorder:
                 transition.session.stats.errors += 1
                 log.exception("robot %s: transition at step %d not recorded",
                               transition.session.robot, transition.msg["step"])  # fmt: skip
-        if self.writer is not None and self.writer.pending:
+        if self._writer is not None and self._writer.pending:
             try:
-                self.writer.flush(fsync=self.durable)
+                self._writer.flush(fsync=self._durable)
             except (OSError, ValueError):  # full disk, closed writer: keep serving, say so
                 self.store_errors += 1
                 log.exception("store write failed (%d so far); the rows stay buffered",
@@ -85,15 +106,14 @@ class Recorder:
 
     def _record(self, tr: Transition) -> None:
         reward = tr.msg["reward"]
-        assert self.task is not None  # a transition comes from a robot the task accepted
         if reward is None:  # the bridge does not know it: the task's definition does
             tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
             terms = {name: torch.tensor(v, dtype=torch.float64) for name, v in tr.terms.items()}
             reward = float(self.task.weighted_sum(terms))
         session = tr.session
         session.last_transition = tr
-        if self.writer is not None:  # refuses a non-finite reward (raises: not recorded)
-            self.writer.append(
+        if self._writer is not None:  # refuses a non-finite reward (raises: not recorded)
+            self._writer.append(
                 tr.obs, tr.act, tr.next_obs, reward, tr.msg["terminated"], tr.msg["truncated"],
                 episode=session.episode, step=tr.msg["step"] - 1, robot=session.robot,
             )  # fmt: skip
@@ -105,7 +125,7 @@ class Recorder:
         """One telemetry record per ACTION of the pass, with the reward (and each reward term)
         of the transition its STATE completed (null for an episode's first STATE, and where
         the transition was not recorded)."""
-        answered, self.answered = self.answered, []
+        answered, self._answered = self._answered, []
         if not self.listening:
             return
         for session, record in answered:
@@ -113,7 +133,7 @@ class Recorder:
                 record["reward"] = record["reward_terms"] = None
                 tr = session.last_transition
                 if tr is not None and tr.msg.seq == record["seq"] and tr.reward is not None:
-                    if tr.terms is None and self.task is not None:
+                    if tr.terms is None:
                         tr.terms = self.task.term_values(tr.obs, tr.act, tr.next_obs)
                     terms = tr.terms or {}  # empty: the reward is learned, it has no terms
                     finite = bool(terms) and all(math.isfinite(v) for v in terms.values())

@@ -67,6 +67,15 @@ class RobotSession:
     last_transition: Transition | None = None
     """The newest recorded transition (its reward goes into the tick's telemetry)."""
 
+    def reconnected(self, identity: bytes, hello: p.Message) -> None:
+        """The robot said ``hello`` again from ``identity``: what it had queued or was in the
+        middle of is forgotten (its next STATE or EPISODE ``start`` begins a new episode), its
+        statistics and its planner stay."""
+        self.identity, self.hello = identity, hello
+        self.lockstep = hello["mode"] == "lockstep"
+        self.control_period = float(hello["control_period"])
+        self.pending, self.last_state, self.bridge_episode = None, None, -1
+
     @property
     def budget_ms(self) -> float | None:
         """The planning budget a realtime tick of this robot gets now, before the wait of its

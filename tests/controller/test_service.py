@@ -225,7 +225,7 @@ def test_bad_messages_get_errors_while_another_robot_keeps_being_served(
     rogue.close()
     thread.join(timeout=120)
     assert good.stats.actions == 200 and not good.stats.link.errors
-    assert served.service.refused == len(cases)
+    assert served.service.status()["refused_messages"] == len(cases)
 
 
 def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) -> None:
