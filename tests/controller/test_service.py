@@ -311,6 +311,41 @@ def test_a_silent_robot_is_forgotten_and_must_say_hello_again(tmp_path: Path) ->
     stop_service(running)
 
 
+def test_a_forgotten_robot_that_comes_back_goes_on_counting_its_episodes(tmp_path: Path) -> None:
+    """A robot busy between episodes (silent past stale_after_s) is forgotten, but what it did
+    is not: back with HELLO, its episode count, ticks and history go on from where they were."""
+    running = start_service(tmp_path, stale_after_s=0.3)
+    link = BridgeLink(running.endpoint, SPEC, "lockstep")
+    link.connect(10.0)
+
+    def episode(bridge_episode: int) -> None:
+        for step in range(3):
+            extra = {} if step == 0 else {"applied": np.array([0.0])}
+            link.send(link.message(p.STATE, bridge_episode, step=step, reward=None,
+                                   terminated=False, truncated=False, obs=np.zeros(4),
+                                   **extra))  # fmt: skip
+            assert reply_to(link).type == p.ACTION
+        link.send(link.message(p.EPISODE, bridge_episode, event="end", steps=3, **{"return": None}))
+
+    episode(1)
+    wait_for(lambda: running.service.status()["robots"].get("probe", {}).get("episodes"), 10)
+    time.sleep(1.0)  # busy between episodes: forgotten
+    assert running.service.status()["robots"] == {}
+    link.say_hello()
+    wait_for(lambda: "probe" in running.service.status()["robots"], 10)
+    episode(2)
+    wait_for(lambda: running.service.status()["robots"]["probe"]["episodes"] == 2, 10)
+    robot = running.service.status()["robots"]["probe"]
+    assert (robot["episodes"], robot["ticks"], robot["episode"]) == (2, 6, 2)
+    history = request(running.control, "history")
+    assert [(e["robot"], e["episode"], e["steps"]) for e in history["episodes"]] == [
+        ("probe", 1, 3),
+        ("probe", 2, 3),
+    ]
+    link.close()
+    stop_service(running)
+
+
 def test_binding_beyond_loopback_needs_an_explicit_option(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="allow_remote"):
         ServiceSettings(endpoint="tcp://0.0.0.0:5555")
