@@ -73,9 +73,11 @@ def stop_service(running: Running) -> None:
     running.service.close()
 
 
-def send_state(link: BridgeLink, step: int, obs: np.ndarray, applied: float | None = None) -> int:
+def send_state(
+    link: BridgeLink, step: int, obs: np.ndarray, applied: float | None = None, episode: int = 1
+) -> int:
     extra = {} if applied is None else {"applied": np.array([applied])}
-    msg = link.message(p.STATE, 1, step=step, reward=None, terminated=False, truncated=False,
+    msg = link.message(p.STATE, episode, step=step, reward=None, terminated=False, truncated=False,
                        obs=obs, **extra)  # fmt: skip
     link.send(msg)
     return msg.seq

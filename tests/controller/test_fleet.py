@@ -8,6 +8,7 @@ can be compared with its plan alone)."""
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,6 +23,7 @@ from controller.planners import Plan, Planner, PlannerSettings
 from controller.planners.base import IterationCost
 from controller.planners.batch import PlanRequest, plan_together
 from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.service import MPCService, ServiceSettings
 from controller.service.control import request
 from controller.tasks import get_task
 from models.policy.export import PolicyRuntime
@@ -32,6 +34,8 @@ from sim_bridge.link import BridgeLink
 from tests.controller.known_models import export_pendulum
 from tests.controller.policy_models import OBS, PolicyFiles
 from tests.controller.service_fixtures import (
+    CARTPOLE,
+    LOOPBACK,
     SPEC,
     TICKMPC,
     Running,
@@ -344,3 +348,44 @@ def test_a_state_beyond_float32_is_refused_and_the_others_are_served(
     error = reply_to(a)
     assert error.type == p.ERROR and error["code"] == "bad_array" and "float32" in error["reason"]
     assert _tick(b, 0).type == p.ACTION and _tick(a, 0).type == p.ACTION
+
+
+def test_a_new_episode_arriving_mid_plan_starts_cold_after_the_plan_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A realtime robot's new-episode STATE read while its own plan is in flight (the batch's
+    admission between rounds) resets its planner only at the next plan: the plan in flight
+    must not put the old episode's warm start back. Seen through a fallback (a budget no
+    iteration fits), which sends the previous plan shifted: for a new episode, the middle of
+    the bounds."""
+    publish_cartpole(tmp_path / "models")
+    long_plan = PlannerSettings(planner="cem", horizon=15, population=400, iterations=40,
+                                budget_ms=60_000.0)  # fmt: skip
+    service = MPCService(CARTPOLE, ServiceSettings(
+        endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK, models=tmp_path / "models",
+        store=tmp_path / "store", stale_after_s=60.0), long_plan)  # fmt: skip
+    service.start()
+    link = BridgeLink(service.endpoints["endpoint"], SPEC, "realtime")
+    try:
+        while not link.welcomed:  # a HELLO sent before the socket connected is dropped
+            link.say_hello()
+            service.step()
+            link.receive(0.05)
+        send_state(link, 0, np.array([0.1, 0.0, 0.3, 0.0]), episode=1)
+        first_pass = threading.Thread(target=service.step)
+        first_pass.start()
+        time.sleep(0.3)  # the first plan is under way: 40 iterations of 400 candidates
+        send_state(link, 0, np.zeros(4), episode=2)
+        first_pass.join(60)
+        first = reply_to(link)
+        assert first.episode == 1 and first["iterations"] > 1, "no plan in flight to admit into"
+        assert service.status()["robots"]["probe"]["episode"] == 2, "the new episode was not read"
+        service.fleet.apply({"budget_ms": 0.001})  # nothing fits: the fallback shows the start
+        for _ in range(5):
+            service.step()
+        second = reply_to(link)
+        assert second.episode == 2 and second["fallback"]
+        np.testing.assert_array_equal(second["action"], [0.0])  # cold: the middle of [-1, 1]
+    finally:
+        link.close()
+        service.close()
