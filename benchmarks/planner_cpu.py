@@ -54,7 +54,7 @@ if str(_ROOT) not in sys.path:
 from bench_common import make_model  # noqa: E402
 from controller.planners import Planner, PlannerSettings, kernels, noise  # noqa: E402
 from controller.planners.base import shift  # noqa: E402
-from controller.planners.cem import refit  # noqa: E402
+from controller.planners.optimizers.elites import refit  # noqa: E402
 from controller.rollout.evaluator import RolloutEvaluator  # noqa: E402
 from controller.tasks import get_task  # noqa: E402
 from models.registry import ModelDirectory  # noqa: E402
