@@ -31,9 +31,9 @@ import onnx
 from onnxruntime import InferenceSession
 
 from controller.rollout.graph import Mode, ModelGraph, PolicyParts, build_rollout_graph
-from controller.rollout.reward_graph import task_reward_graph
 from controller.rollout.settings import RolloutSettings
 from controller.tasks import Task
+from controller.tasks.export import task_reward_graph
 from models.export import ModelFileError, ModelMetadata
 from models.policy.export import PolicyMetadata, read_policy
 from models.runtime import RuntimeOptions, create_session, read_model, select_providers

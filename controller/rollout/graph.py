@@ -1,7 +1,7 @@
 """Build the rollout graph: a whole horizon of ensemble propagation and reward in one ONNX run.
 
 The graph is composed by graph surgery from two exported graphs: the dynamics model file (as the
-learner publishes it) and the task's reward graph (:mod:`controller.rollout.reward_graph`). The
+learner publishes it) and the task's reward graph (:mod:`controller.tasks.export`). The
 model's nodes are copied, with prefixed names, into the body of an ONNX ``Loop`` whose trip count
 is the horizon of the ``actions`` input, and the reward's after it. So:
 
@@ -77,7 +77,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from controller.rollout.builder import Builder
-from controller.rollout.reward_graph import INPUTS as REWARD_INPUTS
+from controller.tasks.export import INPUTS as REWARD_INPUTS
 
 Mode = Literal["routed", "mixed"]
 MODES: tuple[Mode, ...] = ("routed", "mixed")
@@ -456,7 +456,7 @@ def build_rollout_graph(
 ) -> onnx.ModelProto:
     """Compose the rollout graph for ``mode`` (see the module docstring).
 
-    ``reward`` is the task's graph (:func:`controller.rollout.reward_graph.export_reward`):
+    ``reward`` is the task's graph (:func:`controller.tasks.export.export_reward`):
     what it computes (``reward``, ``done``) is used, and the model's ``reward_mean`` and
     ``done_prob`` stand in for what it does not (None: it computes neither). Raises ValueError
     when neither gives a reward.
