@@ -235,7 +235,7 @@ def _routing(rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray) 
 
 
 def _routing_numpy(rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray) -> None:
-    # The evaluator's TS1 routing (controller.rollout.evaluator._routing).
+    # The evaluator's TS1 routing (controller.rollout.particles.routing).
     h, m = gather.shape
     rows = np.broadcast_to(np.arange(m), (h, m))
     gather[:] = rng.permuted(rows, axis=1)

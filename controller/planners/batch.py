@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -135,11 +135,15 @@ class Plannable(Protocol):
         ...
 
 
-@dataclass
-class PlanRequest:
-    """One robot's plan to make: its planner, current state and budget."""
+P = TypeVar("P", bound=Plannable)
 
-    planner: Plannable
+
+@dataclass
+class PlanRequest(Generic[P]):
+    """One robot's plan to make: its planner (any :class:`Plannable`; the request keeps its
+    type), current state and budget."""
+
+    planner: P
     obs: np.ndarray
     budget_s: float | None = None
     """Seconds from ``start`` (None: every iteration, as for a lockstep robot)."""
@@ -147,10 +151,10 @@ class PlanRequest:
 
 
 def plan_together(
-    requests: Sequence[PlanRequest],
+    requests: Sequence[PlanRequest[P]],
     cost: IterationCost,
     answered: Callable[[int, Plan], None] | None = None,
-    admit: Callable[[], Sequence[PlanRequest]] | None = None,
+    admit: Callable[[], Sequence[PlanRequest[P]]] | None = None,
 ) -> list[Plan]:
     """Plan for every request, the compatible ones batched into shared rollout runs; returns
     the plans in request order and calls ``answered(i, plan)`` as each one is done. ``cost``
