@@ -132,9 +132,9 @@ class Planner:
         return plan
 
     def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> PlanRun:
-        """Start one plan from ``obs`` (settings and evaluator swapped in, warm start made);
-        :func:`~controller.planners.batch.plan_together` drives it. RuntimeError under the
-        planner setting "policy"."""
+        """Start one plan from ``obs`` (pending settings, evaluator and reset applied, warm
+        start made); :func:`~controller.planners.batch.plan_together` drives it. RuntimeError
+        under the planner setting "policy"."""
         self._apply_pending()
         opt = self._optimizer
         if opt is None:
