@@ -43,11 +43,12 @@ import torch
 from bench_common import gemm_gflops, make_model, time_call
 from controller.planners import Planner, PlannerSettings
 from controller.planners.base import Plan
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator
 from controller.rollout.graph import ModelGraph, build_rollout_graph
-from controller.rollout.reward_graph import reward_graph
+from controller.rollout.settings import RolloutSettings
 from controller.tasks import get_task
 from controller.tasks.base import Task
+from controller.tasks.export import reward_graph
 from models.ensemble import GaussianEnsemble
 from models.policy.export import PolicyDirectory
 from models.policy.sac import SAC, SACConfig

@@ -54,7 +54,7 @@ if str(_ROOT) not in sys.path:
 from bench_common import make_model  # noqa: E402
 from controller.planners import Planner, PlannerSettings, kernels, noise  # noqa: E402
 from controller.planners.base import shift  # noqa: E402
-from controller.planners.cem import refit  # noqa: E402
+from controller.planners.optimizers.elites import refit  # noqa: E402
 from controller.rollout.evaluator import RolloutEvaluator  # noqa: E402
 from controller.tasks import get_task  # noqa: E402
 from models.registry import ModelDirectory  # noqa: E402
@@ -235,7 +235,7 @@ def _routing(rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray) 
 
 
 def _routing_numpy(rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray) -> None:
-    # The evaluator's TS1 routing (controller.rollout.evaluator._routing).
+    # The evaluator's TS1 routing (controller.rollout.particles.routing).
     h, m = gather.shape
     rows = np.broadcast_to(np.arange(m), (h, m))
     gather[:] = rng.permuted(rows, axis=1)

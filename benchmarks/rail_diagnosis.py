@@ -42,8 +42,7 @@ import numpy as np
 from mujoco import rollout
 
 from controller.planners.base import WarmStart, shift_warm_start
-from controller.planners.cem import CEM, CEMOptions
-from controller.planners.settings import PlannerSettings
+from controller.planners.optimizers.cem import CEM, CEMOptions
 from controller.tasks import load_task
 from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
@@ -182,7 +181,7 @@ def oracle_episode(env: Any, horizon: int, seed: int, steps: int) -> dict[str, A
     through MuJoCo itself, a perfect model: does the cart still drift to the rail?"""
     sim = env.unwrapped
     low, high = sim.action_space.low.astype(np.float64), sim.action_space.high.astype(np.float64)
-    cem = CEM(CEMOptions(), PlannerSettings(horizon=horizon, population=100), low, high)
+    cem = CEM(100, 3, low, high, CEMOptions())
     fill, rng = (low + high) / 2.0, np.random.default_rng(seed)
     warm, data = WarmStart(np.broadcast_to(fill, (horizon, 1)).copy()), mujoco.MjData(sim.model)
     state, spec = np.zeros(mujoco.mj_stateSize(sim.model, FULL)), FULL

@@ -19,7 +19,7 @@ from controller.planners.settings import (
     MAX_MARGIN_MS,
     MAX_POPULATION,
 )
-from controller.rollout.evaluator import MAX_PARTICLES, PROPAGATIONS
+from controller.rollout.settings import MAX_PARTICLES, PROPAGATIONS
 
 
 def controls() -> list[dict[str, Any]]:

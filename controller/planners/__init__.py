@@ -4,8 +4,8 @@ the learned policy instead."""
 from controller.planners.base import Plan, WarmStart
 from controller.planners.planner import Planner
 from controller.planners.policy import POLICY, PolicyActor, PolicyOptions
-from controller.planners.registry import OPTIMIZERS, OPTIONS, PLANNERS, make_optimizer
-from controller.planners.settings import PlannerSettings
+from controller.planners.registry import OPTIMIZERS, OPTIONS, PLANNERS
+from controller.planners.settings import PlannerSettings, make_optimizer
 
 __all__ = [
     "OPTIMIZERS",

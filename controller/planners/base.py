@@ -1,8 +1,9 @@
-"""The planner interface: what a plan is, the optimizer protocol, and the warm-start shift.
+"""The planner interface: what a plan is, the warm-start shift, and the iteration cost.
 
-Three layers, as in mbrl-lib: an :class:`Optimizer` only proposes candidate sequences and refits
-from their scores; the :class:`~controller.planners.planner.Planner` owns the horizon, bounds,
-warm start, budget and the evaluator; the service binds it to a robot's current state.
+Three layers, as in mbrl-lib: an optimizer (:class:`~controller.planners.optimizers.Optimizer`)
+only proposes candidate sequences and refits from their scores; the
+:class:`~controller.planners.planner.Planner` owns the horizon, bounds, warm start and its shift,
+budget and the evaluator; the service binds it to a robot's current state.
 
 Shapes: N candidates, H horizon, A action, K carried elites.
 """
@@ -10,9 +11,12 @@ Shapes: N candidates, H horizon, A action, K carried elites.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
+
+from controller.planners.optimizers.base import Optimizer, WarmStart
+
+__all__ = ["IterationCost", "Optimizer", "Plan", "WarmStart", "shift", "shift_warm_start"]
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,6 @@ class Plan:
         return self.actions[0]
 
 
-@dataclass(frozen=True)
-class WarmStart:
-    """What an optimizer carries from one plan to the next, before shifting."""
-
-    mean: np.ndarray
-    """[H, A] the sampling mean (or nominal sequence) to start from."""
-    elites: np.ndarray | None = None
-    """[K, H, A] elite sequences kept across plans (iCEM), or None."""
-
-
 def shift(seq: np.ndarray, fill: np.ndarray, horizon: int) -> np.ndarray:
     """The warm-start shift, in one place: drop the executed first step, pad with ``fill``.
 
@@ -77,40 +71,6 @@ def shift(seq: np.ndarray, fill: np.ndarray, horizon: int) -> np.ndarray:
 def shift_warm_start(warm: WarmStart, fill: np.ndarray, horizon: int) -> WarmStart:
     elites = None if warm.elites is None else shift(warm.elites, fill, horizon)
     return WarmStart(shift(warm.mean, fill, horizon), elites)
-
-
-class Optimizer(Protocol):
-    """A sampling optimizer over action sequences, stateful within one plan.
-
-    The planner calls ``begin`` once per plan, then ``ask``/``tell`` per iteration while the
-    budget allows, then ``solution`` and ``carry``. Candidates must lie within the bounds.
-    """
-
-    name: str
-
-    def begin(self, warm: WarmStart, rng: np.random.Generator) -> None: ...
-
-    def population(self, iteration: int) -> int:
-        """Candidates ``ask(iteration)`` will return (for the cost prediction)."""
-        ...
-
-    def ask(self, iteration: int) -> np.ndarray:
-        """[N, H, A] candidates for this iteration: the sampled ones first, then what the
-        optimizer carries (a nominal sequence, kept elites), which the planner never replaces
-        with policy proposals while the share leaves room."""
-        ...
-
-    def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:
-        """Refit from the scores [N] (higher is better; non-finite ones arrive as -inf)."""
-        ...
-
-    def solution(self) -> tuple[np.ndarray, float]:
-        """([H, A] sequence to execute, its predicted return)."""
-        ...
-
-    def carry(self) -> WarmStart:
-        """What the next plan starts from (the planner shifts it)."""
-        ...
 
 
 class IterationCost:

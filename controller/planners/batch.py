@@ -3,13 +3,13 @@ one rollout run.
 
 Each robot keeps its own planner: optimizer state, warm start, settings and random stream (its
 candidates are drawn from its own generator). Per round, the plans still running are grouped by
-what a rollout run shares (:attr:`PlanRun.batch_key`: the model version, horizon, rollout
+what a rollout run shares (:attr:`Run.batch_key`: the model version, horizon, rollout
 settings and reward weights; robots tuned differently form separate groups), and each group's
 candidates are scored in one :meth:`~controller.rollout.evaluator.RolloutEvaluator.evaluate`,
 every particle row starting from its own robot's state. Policy proposals go first in that run
 (the evaluator drives the first rows), and the actions the policy took go back to each robot's
 candidates. The model's sampling noise and member orders of a group's run are drawn from the
-first robot's rollout stream (``Planner.rollout_rng``), never from a robot's candidate stream:
+first robot's rollout stream (``Run.rollout_rng``), never from a robot's candidate stream:
 a robot's candidates are the same alone or in a batch, and a robot planning alone draws
 exactly what ``Planner.plan`` draws.
 
@@ -23,6 +23,10 @@ fitted), the estimate is relaxed once (``IterationCost.skipped``), so that it is
 again soon. ``answered`` is called the moment a robot's plan is done, so no robot's ACTION
 waits for the other robots' extra iterations; and ``admit`` lets a robot whose state arrives
 while the others plan join the batch at the next round, so it does not wait for the pass.
+
+What this needs of a planner is the small protocol below (:class:`Plannable`, whose ``begin``
+makes a :class:`Run`), which :class:`~controller.planners.planner.Planner` and its ``PlanRun``
+meet; this module imports nothing of theirs.
 """
 
 from __future__ import annotations
@@ -30,21 +34,116 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from controller.planners.base import IterationCost, Plan
+from controller.planners.settings import PlannerSettings
+from controller.rollout.settings import RolloutSettings
 
-if TYPE_CHECKING:
-    from controller.planners.planner import Planner, PlanRun
+
+class Scorer(Protocol):
+    """What a round needs of a rollout evaluator
+    (:class:`~controller.rollout.evaluator.RolloutEvaluator`)."""
+
+    def rows(self, candidates: int, horizon: int, settings: RolloutSettings) -> int:
+        """Member-rows one evaluation of ``candidates`` computes."""
+        ...
+
+    def evaluate(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        settings: RolloutSettings,
+        rng: np.random.Generator,
+        weights: np.ndarray | None = None,
+        proposals: int = 0,
+    ) -> np.ndarray:
+        """``obs [N, S]``, ``actions [N, H, A]`` -> returns [N] (the first ``proposals``
+        candidates' actions overwritten with what the policy took)."""
+        ...
+
+
+class Run(Protocol):
+    """One robot's plan in progress, as :func:`plan_together` drives it."""
+
+    @property
+    def obs(self) -> np.ndarray:
+        """[S] the state it plans from."""
+        ...
+
+    @property
+    def settings(self) -> PlannerSettings:
+        """The settings it plans with (fixed for the run)."""
+        ...
+
+    @property
+    def evaluator(self) -> Scorer: ...
+
+    @property
+    def weights(self) -> np.ndarray:
+        """[T] the reward weights."""
+        ...
+
+    @property
+    def rollout_rng(self) -> np.random.Generator:
+        """The stream a group's rollout randomness is drawn from when this run is first."""
+        ...
+
+    @property
+    def exhausted(self) -> bool:
+        """Every iteration the settings ask for has run."""
+        ...
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Runs with equal keys are scored in one rollout run."""
+        ...
+
+    def population(self) -> int:
+        """Candidates the next iteration asks for."""
+        ...
+
+    def used(self, now: float) -> float:
+        """The share of its budget used by ``now`` (0 without a budget)."""
+        ...
+
+    def late(self, now: float, seconds: float) -> bool:
+        """Whether an iteration of ``seconds`` from ``now`` would end past the budget."""
+        ...
+
+    def ask(self) -> tuple[np.ndarray, int]:
+        """The next iteration's candidates [N, H, A], and how many of the first are policy
+        proposals."""
+        ...
+
+    def tell(self, batch: np.ndarray, scores: np.ndarray, rows: int) -> None:
+        """Refit on the scores [N] of ``batch``, which cost ``rows`` member-rows."""
+        ...
+
+    def finish(self) -> Plan:
+        """The plan, the run's end (it leaves the planner its warm start)."""
+        ...
+
+
+class Plannable(Protocol):
+    """What plans: one robot's planner (:class:`~controller.planners.planner.Planner`)."""
+
+    def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> Run:
+        """Start one plan from ``obs [S]`` with ``budget_s`` seconds from ``start``."""
+        ...
+
+
+P = TypeVar("P", bound=Plannable)
 
 
 @dataclass
-class PlanRequest:
-    """One robot's plan to make: its planner, current state and budget."""
+class PlanRequest(Generic[P]):
+    """One robot's plan to make: its planner (any :class:`Plannable`; the request keeps its
+    type), current state and budget."""
 
-    planner: Planner
+    planner: P
     obs: np.ndarray
     budget_s: float | None = None
     """Seconds from ``start`` (None: every iteration, as for a lockstep robot)."""
@@ -52,10 +151,10 @@ class PlanRequest:
 
 
 def plan_together(
-    requests: Sequence[PlanRequest],
+    requests: Sequence[PlanRequest[P]],
     cost: IterationCost,
     answered: Callable[[int, Plan], None] | None = None,
-    admit: Callable[[], Sequence[PlanRequest]] | None = None,
+    admit: Callable[[], Sequence[PlanRequest[P]]] | None = None,
 ) -> list[Plan]:
     """Plan for every request, the compatible ones batched into shared rollout runs; returns
     the plans in request order and calls ``answered(i, plan)`` as each one is done. ``cost``
@@ -99,15 +198,15 @@ def plan_together(
     return [plan for plan in plans if plan is not None]
 
 
-def _groups(runs: list[PlanRun]) -> list[list[PlanRun]]:
+def _groups(runs: list[Run]) -> list[list[Run]]:
     """The runs that can share a rollout run, in first-seen order."""
-    groups: dict[tuple[object, ...], list[PlanRun]] = {}
+    groups: dict[tuple[object, ...], list[Run]] = {}
     for run in runs:
         groups.setdefault(run.batch_key, []).append(run)
     return list(groups.values())
 
 
-def _rows(runs: list[PlanRun]) -> int:
+def _rows(runs: list[Run]) -> int:
     """Member-rows of a round over ``runs``: each group's candidates in one run."""
     total = 0
     for group in _groups(runs):
@@ -117,7 +216,7 @@ def _rows(runs: list[PlanRun]) -> int:
     return total
 
 
-def _score(group: list[PlanRun]) -> int:
+def _score(group: list[Run]) -> int:
     """One optimizer iteration of every run in ``group`` with one rollout run; returns its
     member-rows."""
     first = group[0]
@@ -132,7 +231,7 @@ def _score(group: list[PlanRun]) -> int:
                              for run, part in zip(owners, parts, strict=True)])  # fmt: skip
     proposals = sum(k for _, k in asked)
     scores = evaluator.evaluate(
-        starts, actions, settings, first.planner.rollout_rng, first.weights, proposals
+        starts, actions, settings, first.rollout_rng, first.weights, proposals
     )
     rows = evaluator.rows(len(actions), first.settings.horizon, settings)
     offsets = np.cumsum([0, *(len(part) for part in parts)])

@@ -272,8 +272,11 @@ def _compile_in_background() -> None:
 
 
 def start() -> None:
-    """Start compiling the kernels in a background daemon thread, once (e.g. at service start,
-    so that not even the first large batch runs on numpy)."""
+    """Start compiling the kernels in a background daemon thread, once; numpy serves until they
+    are ready. :func:`for_batch` calls it at the first large batch of a process that has not
+    compiled them (a script, a notebook, an in-process planner); call it earlier to have them
+    sooner. The MPC service does not: it compiles in its own thread at start
+    (:func:`compile_now`), before any robot is served."""
     global _started
     with _lock:
         if _started:

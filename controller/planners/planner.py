@@ -4,9 +4,12 @@ an anytime budget.
 ``plan(obs, budget_s)`` runs optimizer iterations while the next one is predicted to fit in the
 budget (see :class:`~controller.planners.base.IterationCost`) and always returns a plan: if not
 even one iteration fits, the previous plan shifted one step, flagged as a fallback.
-``use(settings)`` (or ``configure(**changes)``) and ``set_evaluator`` take effect at the start
-of the next ``plan``: a change made between two plans never lands inside one. A planner belongs
-to one thread; the service makes every change from its own loop. A change that sets the seed
+``use(settings)`` (or ``configure(**changes)``), ``set_evaluator`` and ``reset`` take effect at
+the start of the next plan (``begin``): a change made between two plans, or while one is in
+flight (another robot's state admitted into a batch), never lands inside one. A plan in flight
+when ``reset`` is called finishes and is sent, but the next plan starts cold all the same: what
+the old episode's plan left behind never warm-starts the new one. A planner belongs to one
+thread; the service makes every change from its own loop. A change that sets the seed
 reseeds the random generator (even to the seed it had: a way to replay). Given a seed and no
 budget, plans are deterministic.
 
@@ -30,23 +33,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from controller.planners.base import (
-    IterationCost,
-    Optimizer,
-    Plan,
-    WarmStart,
-    shift,
-    shift_warm_start,
-)
+from controller.planners.base import IterationCost, Plan, shift, shift_warm_start
 from controller.planners.batch import PlanRequest, plan_together
+from controller.planners.optimizers import Optimizer, WarmStart
 from controller.planners.policy import POLICY
-from controller.planners.registry import make_optimizer
-from controller.planners.settings import PlannerSettings
-from controller.rollout.evaluator import RolloutEvaluator
+from controller.planners.settings import PlannerSettings, make_optimizer
+
+if TYPE_CHECKING:  # the planner only calls it: importing this module loads no ONNX Runtime
+    from controller.rollout.evaluator import RolloutEvaluator
 
 
 class Planner:
@@ -71,10 +69,12 @@ class Planner:
         self._pending: PlannerSettings | None = None
         self._reseed = False
         self._fresh = False
+        self._reset: tuple[int | None] | None = None
+        """A ``reset`` waiting for the next ``begin``: (its seed,), or None."""
         self._cost = IterationCost()
         self._install(settings or PlannerSettings())
         self._seed(self.settings.seed)
-        self.reset()
+        self._forget()
 
     @property
     def evaluator(self) -> RolloutEvaluator:
@@ -108,9 +108,14 @@ class Planner:
         self._pending_evaluator = evaluator
 
     def reset(self, seed: int | None = None) -> None:
-        """Start a new episode: forget the warm start; reseed if ``seed`` is given."""
-        if seed is not None:
-            self._seed(seed)
+        """Start a new episode at the next ``begin``: forget the warm start (the next plan
+        starts cold, whatever a plan in flight leaves behind); reseed from ``seed`` if given
+        (after any pending settings' reseed)."""
+        pending = self._reset
+        self._reset = (seed if seed is not None or pending is None else pending[0],)
+
+    def _forget(self) -> None:
+        """Forget the warm start: the next plan starts cold."""
         h = self.settings.horizon
         self._warm = WarmStart(np.broadcast_to(self.fill, (h, len(self.fill))).copy())
         self._previous = self._warm.mean.copy()
@@ -127,9 +132,9 @@ class Planner:
         return plan
 
     def begin(self, obs: np.ndarray, budget_s: float | None, start: float) -> PlanRun:
-        """Start one plan from ``obs`` (settings and evaluator swapped in, warm start made);
-        :func:`~controller.planners.batch.plan_together` drives it. RuntimeError under the
-        planner setting "policy"."""
+        """Start one plan from ``obs`` (pending settings, evaluator and reset applied, warm
+        start made); :func:`~controller.planners.batch.plan_together` drives it. RuntimeError
+        under the planner setting "policy"."""
         self._apply_pending()
         opt = self._optimizer
         if opt is None:
@@ -156,10 +161,11 @@ class Planner:
         """Run one full plan off the hot path (first-run allocations, cost estimate), then
         restore the warm start and random state."""
         state = self.rng.bit_generator.state, self.rollout_rng.bit_generator.state
-        warm, previous, cold = self._warm, self._previous, self._cold
+        warm, previous, cold, reset = self._warm, self._previous, self._cold, self._reset
         self.plan(np.zeros(self.task.obs_dim) if obs is None else obs)
         self.rng.bit_generator.state, self.rollout_rng.bit_generator.state = state
         self._warm, self._previous, self._cold = warm, previous, cold
+        self._reset = reset  # a pending reset still waits for the next real plan
 
     def _apply_pending(self) -> None:
         evaluator, self._pending_evaluator = self._pending_evaluator, None
@@ -173,7 +179,13 @@ class Planner:
             self._install(settings)
             if self._fresh and settings.planner != POLICY:
                 self._fresh = False
-                self.reset()
+                self._forget()
+        reset, self._reset = self._reset, None
+        if reset is not None:
+            (seed,) = reset
+            if seed is not None:
+                self._seed(seed)
+            self._forget()
 
     def _seed(self, seed: int) -> None:
         """Two streams from ``seed``: ``rng`` for the optimizer's candidates and
@@ -219,6 +231,8 @@ class PlanRun:
         self.settings = planner.settings
         self.evaluator = planner.evaluator
         self.weights = planner._weights
+        self.rollout_rng = planner.rollout_rng
+        """The stream this run's rollouts draw from when it is the first of its group."""
         self._warm, self._previous = warm, previous
         self.done = self.candidates = self.rows = self.nonfinite = 0
 

@@ -1,8 +1,10 @@
 """Planner settings: one validated, frozen object that operators change live.
 
 Three parts: the common fields (planner, horizon, population, iterations, budget, seed, reward
-weights), the rollout settings (:class:`~controller.rollout.evaluator.RolloutSettings`) and the
+weights), the rollout settings (:class:`~controller.rollout.settings.RolloutSettings`) and the
 active planner's own options (its class in :data:`~controller.planners.registry.OPTIONS`).
+The optimizers never see this object: :func:`make_optimizer` gives the one it names its numbers
+and its options.
 Every value is checked against a named limit at construction, so a change builds a new
 settings object (:meth:`PlannerSettings.changed`) and swaps it in whole: an invalid value
 raises ``ValueError`` naming the setting and its allowed range, and nothing changes.
@@ -18,9 +20,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
+
 from controller.checks import check_choice, check_int, check_number
+from controller.planners.optimizers import OPTIMIZERS, Optimizer
 from controller.planners.registry import OPTIONS, PLANNERS
-from controller.rollout.evaluator import RolloutSettings
+from controller.rollout.settings import RolloutSettings
 
 MAX_HORIZON = 500
 MAX_POPULATION = 100_000
@@ -135,3 +140,10 @@ class PlannerSettings:
         if self.budget_ms is not None:
             return self.budget_ms / 1000.0
         return max(control_period - self.margin_ms / 1000.0 - waited_s, 0.0)
+
+
+def make_optimizer(settings: PlannerSettings, low: np.ndarray, high: np.ndarray) -> Optimizer:
+    """The optimizer ``settings.planner`` names, given its population, iterations, the bounds
+    ``low`` and ``high`` [A] and its options (KeyError for "policy", which has none)."""
+    entry = OPTIMIZERS[settings.planner]
+    return entry.make(settings.population, settings.iterations, low, high, settings.options)

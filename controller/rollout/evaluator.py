@@ -1,9 +1,11 @@
 """Score candidate action sequences through the learned model: one ONNX Runtime run per call.
 
 :class:`RolloutEvaluator` owns the rollout sessions built from one model version (see
-:mod:`controller.rollout.graph`) and the host side of trajectory sampling: how particles are laid
-out, which member each particle row uses at each step, the sampling noise, and how particle
-returns are aggregated per candidate. Everything random comes from the caller's generator, so a
+:mod:`controller.rollout.graph`), runs them (one slice of the batch per session) and aggregates
+the particle returns per candidate. The host side of trajectory sampling, how particles are laid
+out and what is drawn for them, is :mod:`controller.rollout.particles`; whether a model or policy
+file fits the task, :mod:`controller.rollout.file_checks`; the settings,
+:mod:`controller.rollout.settings`. Everything random comes from the caller's generator, so a
 seeded planner is deterministic. Which graph serves a call, routed or mixed, follows from the
 settings and the task (:meth:`RolloutEvaluator.mode`).
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -30,95 +32,15 @@ import numpy as np
 import onnx
 from onnxruntime import InferenceSession
 
-from controller.checks import check_choice, check_int, check_number
-from controller.rollout.graph import Mode, ModelGraph, PolicyParts, build_rollout_graph
-from controller.rollout.reward_graph import task_reward_graph
-from controller.tasks import Task
-from models.export import ModelFileError, ModelMetadata
-from models.policy.export import PolicyMetadata, read_policy
+from controller.rollout import particles
+from controller.rollout.file_checks import check_model, policy_parts
+from controller.rollout.graph import Mode, ModelGraph, build_rollout_graph
+from controller.rollout.particles import Shape, Slice
+from controller.rollout.settings import RolloutSettings
+from controller.tasks.base import Task
+from controller.tasks.export import task_reward_graph
+from models.export import ModelMetadata
 from models.runtime import RuntimeOptions, create_session, read_model, select_providers
-from sim_bridge.protocol import BOUNDS_ATOL, BOUNDS_RTOL
-
-PROPAGATIONS = ("ts1", "tsinf", "expectation")
-MIN_SLICE_ROWS = 16
-"""A batch is cut into slices of at least this many particle rows (see RuntimeOptions)."""
-MAX_PARTICLES = 1000
-MAX_PENALTY = 1e6
-MAX_PESSIMISM = 100.0
-MAX_POLICY_NOISE = 2.0
-MAX_VALUE_WEIGHT = 100.0
-
-
-@dataclass(frozen=True)
-class RolloutSettings:
-    """How candidates are rolled out through the ensemble (PETS trajectory sampling)."""
-
-    particles: int = 1
-    """P: rollouts per candidate, whose returns are aggregated (1..MAX_PARTICLES)."""
-    propagation: str = "ts1"
-    """"ts1": each particle re-draws its member every step; "tsinf": each particle keeps one
-    member for the whole horizon; "expectation": the members' Gaussians are averaged."""
-    sample: bool = True
-    """Draw each next state from the predicted Gaussian (False: follow its mean)."""
-    discount: float = 1.0
-    """Per-step discount of the reward, in (0, 1]."""
-    disagreement_penalty: float = 0.0
-    """Subtracted per step times the ensemble disagreement (variance of the members' means in
-    units of the state-delta scale); > 0 evaluates every member on every particle (E x cost)."""
-    risk: float = 0.0
-    """Candidate score = mean - risk x std of its particles' returns (0: the mean; needs P > 1
-    to matter)."""
-    reward_pessimism: float = 0.0
-    """k, used only with a learned reward: each step's reward is the members' mean reward less
-    k times their std (0..MAX_PESSIMISM); > 0 evaluates every member on every particle like the
-    disagreement penalty (E x cost), since the spread needs all members."""
-    policy_share: float = 0.0
-    """Share of each iteration's candidates that are policy proposals, in [0, 1]: closed-loop
-    rollouts of the learned policy (unused while no policy is loaded)."""
-    policy_noise: float = 0.1
-    """Std of the Gaussian noise on a proposal's actions, as a fraction of each action
-    dimension's half range, in [0, MAX_POLICY_NOISE] (0: the policy's mean action)."""
-    value_weight: float = 0.0
-    """Weight of the terminal value, the policy's critic at the last predicted state times
-    discount^H, added to each particle's return, in [0, MAX_VALUE_WEIGHT] (0: none)."""
-    policy_start: bool = True
-    """A plan with no previous plan (a new episode) starts from the policy's open-loop
-    rollout while the policy is in use (share or value > 0). Turn it off for a policy that is
-    not trusted: the rollout of a wrong one, as the first plan's sampling mean, can trap the
-    optimizer at its corner of the bounds for the episode (measured on the cartpole swing-up
-    with SAC policies that saturate the force: 0.8-1.0 against 173-174 without it)."""
-
-    def __post_init__(self) -> None:
-        check_int("particles", self.particles, 1, MAX_PARTICLES)
-        check_choice("propagation", self.propagation, PROPAGATIONS)
-        for name in ("sample", "policy_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        check_number("discount", self.discount, 0.0, 1.0, low_open=True)
-        check_number("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
-        check_number("risk", self.risk, 0.0, 100.0)
-        check_number("reward_pessimism", self.reward_pessimism, 0.0, MAX_PESSIMISM)
-        check_number("policy_share", self.policy_share, 0.0, 1.0)
-        check_number("policy_noise", self.policy_noise, 0.0, MAX_POLICY_NOISE)
-        check_number("value_weight", self.value_weight, 0.0, MAX_VALUE_WEIGHT)
-
-
-@dataclass
-class _Slice:
-    """Input buffers of one slice of a batch: the particle rows ``index`` of the N x P rows
-    (its policy particles first), padded to ``len(candidate)`` rows (padding rows follow the
-    slice's first candidate; their returns are dropped). Buffers a graph does not take stay
-    None."""
-
-    index: np.ndarray
-    candidate: np.ndarray
-    policy_particle: np.ndarray
-    """[Mp] the slice's rows (0..Mp-1) that the policy drives."""
-    noise: np.ndarray | None = None
-    gather: np.ndarray | None = None
-    scatter: np.ndarray | None = None
-    member_weight: np.ndarray | None = None
-    policy_eps: np.ndarray | None = None
 
 
 class RolloutEvaluator:
@@ -160,24 +82,8 @@ class RolloutEvaluator:
         self.device = _device(self.options)
         self.device_random = self.device == "cuda" if device_random is None else device_random
         data, self.metadata = read_model(self.path)
+        check_model(self.path, self.metadata, task)
         cfg = self.metadata.config
-        if (cfg.obs_dim, cfg.act_dim) != (task.obs_dim, task.act_dim):
-            raise ModelFileError(
-                f"{self.path}: model dims (obs {cfg.obs_dim}, act {cfg.act_dim}) do not match "
-                f"task {task.name} (obs {task.obs_dim}, act {task.act_dim})"
-            )
-        if task.reward_learned and not cfg.predict_reward:
-            raise ModelFileError(
-                f"{self.path}: task {task.name} has a learned reward, but this model does not "
-                "predict the reward (train it with predict_reward)"
-            )
-        # Refused rather than planned on without a termination: the plans would walk into
-        # the ends the task says exist; the model watcher keeps the previous model serving.
-        if task.termination_learned and not cfg.predict_done:
-            raise ModelFileError(
-                f"{self.path}: task {task.name} has a learned termination, but this model does "
-                "not predict done_prob (train it with predict_done)"
-            )
         model = ModelGraph(
             proto=onnx.load_from_string(data),
             members=cfg.members,
@@ -189,7 +95,7 @@ class RolloutEvaluator:
         )
         self.policy_path = None if policy_path is None else Path(policy_path)
         self.policy_version = policy_version if policy_path is not None else 0
-        policy = None if self.policy_path is None else _policy_parts(self.policy_path, task)
+        policy = None if self.policy_path is None else policy_parts(self.policy_path, task)
         reward = task_reward_graph(task)
         modes: tuple[Mode, ...] = ("routed", "mixed") if model.member_batched else ("mixed",)
         slices = 1 if self.device_random else _slice_count(self.options, self.device)
@@ -215,8 +121,9 @@ class RolloutEvaluator:
         self.default_weights = np.asarray(list(task.weights.values()), np.float32)
         self.center = (np.asarray(task.action_low) + np.asarray(task.action_high)) / 2.0
         """The middle of the action bounds [A]."""
-        self._layout_key: tuple[object, ...] | None = None
-        self._slices: list[_Slice] = []
+        self._shape: Shape | None = None
+        self._slices: list[Slice] = []
+        """The current batch shape's input buffers, reused while the shape stays."""
 
     @property
     def members(self) -> int:
@@ -253,8 +160,8 @@ class RolloutEvaluator:
         """Member-rows one evaluation computes (the unit of model cost)."""
         mode = self.mode(settings)
         particle_rows = candidates * settings.particles
-        cuts = self._cuts(particle_rows, len(self.sessions[mode, False]))
-        m = sum(self._particle_rows(hi - lo, mode) for lo, hi in cuts)
+        cuts = particles.cuts(particle_rows, len(self.sessions[mode, False]))
+        m = sum(particles.padded_rows(hi - lo, mode, self.members) for lo, hi in cuts)
         per_row = self.members if mode == "mixed" else 1
         return m * horizon * per_row
 
@@ -297,7 +204,7 @@ class RolloutEvaluator:
                              "(expectation, a disagreement penalty, or pessimism about a "
                              "learned reward) can use it")  # fmt: skip
         key = (mode, bool(proposals) or self.uses_policy(settings))
-        self._layout(n, h, p, mode, proposals * p if key[1] else None)
+        self._layout(Shape(n, h, p, mode, proposals * p if key[1] else None))
         shared: dict[str, np.ndarray] = {
             "obs": starts,
             "actions": np.ascontiguousarray(actions, np.float32),
@@ -372,7 +279,7 @@ class RolloutEvaluator:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Host draws, then every slice at once; see :meth:`_gathered`."""
         # Every random draw happens here, in slice order, so results depend only on the seed.
-        feeds = [self._feeds(part, shared, settings, rng) for part in self._slices]
+        feeds = [particles.feeds(part, shared, settings, rng) for part in self._slices]
         sessions = self.sessions[key]
         names = ["returns", "policy_actions"] if key[1] else ["returns"]
         runs = [_executor(len(feeds) - 1).submit(sessions[i].run, names, feeds[i])
@@ -388,7 +295,7 @@ class RolloutEvaluator:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One IOBinding run of a device-random graph; see :meth:`_gathered`."""
         (part,) = self._slices
-        feeds = self._feeds(part, shared, settings, rng)
+        feeds = particles.feeds(part, shared, settings, rng)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -413,139 +320,13 @@ class RolloutEvaluator:
                 taken[:, part.index[: len(part.policy_particle)]] = out[1]
         return returns, taken
 
-    def _feeds(
-        self,
-        part: _Slice,
-        shared: dict[str, np.ndarray],
-        settings: RolloutSettings,
-        rng: np.random.Generator,
-    ) -> dict[str, np.ndarray]:
-        """One slice's feeds, drawing its host randomness from ``rng``. A device-random graph
-        draws noise and member orders itself and takes switches instead."""
-        feeds = dict(shared, particle_candidate=part.candidate)
-        if part.noise is None:
-            feeds["noise_scale"] = np.array(1.0 if settings.sample else 0.0, np.float32)
-        elif settings.sample:
-            feeds["noise"] = rng.standard_normal(dtype=np.float32, out=part.noise)
-        else:
-            part.noise.fill(0.0)
-            feeds["noise"] = part.noise
-        if part.member_weight is not None:
-            _member_weights(rng, part.member_weight, settings.propagation)
-            feeds["member_weight"] = part.member_weight
-        elif part.gather is not None and part.scatter is not None:
-            _routing(rng, part.gather, part.scatter, settings.propagation)
-            feeds.update(gather_idx=part.gather, scatter_idx=part.scatter)
-        else:
-            feeds["redraw"] = np.array(1.0 if settings.propagation == "ts1" else 0.0, np.float32)
-        if "policy_noise" in shared:  # a graph with the policy
-            feeds["policy_particle"] = part.policy_particle
-            if part.policy_eps is not None and settings.policy_noise > 0:
-                feeds["policy_eps"] = rng.standard_normal(dtype=np.float32, out=part.policy_eps)
-            elif part.policy_eps is not None:
-                part.policy_eps.fill(0.0)
-                feeds["policy_eps"] = part.policy_eps
-        return feeds
-
-    def _particle_rows(self, real: int, mode: Mode) -> int:
-        if mode == "mixed":
-            return real
-        e = self.members
-        return -(-real // e) * e  # routed: blocks of M / E rows per member, padded
-
-    @staticmethod
-    def _cuts(particle_rows: int, sessions: int) -> list[tuple[int, int]]:
-        """[lo, hi) particle rows of each slice: as many as sessions, at least MIN_SLICE_ROWS
-        rows each (one slice when the batch is smaller)."""
-        k = max(1, min(sessions, particle_rows // MIN_SLICE_ROWS))
-        edges = [particle_rows * i // k for i in range(k + 1)]
-        return list(itertools.pairwise(edges))
-
-    def _layout(self, n: int, h: int, p: int, mode: Mode, policy_rows: int | None) -> None:
-        """(Re)allocate the slices' input buffers when the batch shape changes; reused
-        otherwise. ``policy_rows``: the particle rows the policy drives, the first ones (None:
-        a graph without the policy). Each slice takes its share of them and of the others, so
-        that the slices cost alike."""
-        key = (n, h, p, mode, policy_rows)
-        if key == self._layout_key:
-            return
-        candidate_of_row = np.repeat(np.arange(n, dtype=np.int64), p)
-        rows = n * p
-        k = len(self._cuts(rows, len(self.sessions[mode, False])))
-        first = policy_rows or 0
-        self._slices = []
-        for i in range(k):
-            driven = np.arange(first * i // k, first * (i + 1) // k)
-            other = np.arange(
-                first + (rows - first) * i // k, first + (rows - first) * (i + 1) // k
-            )
-            index = np.concatenate([driven, other])
-            m = self._particle_rows(len(index), mode)
-            cand = np.full(m, candidate_of_row[index[0]], np.int64)
-            cand[: len(index)] = candidate_of_row[index]
-            part = _Slice(index, cand, np.arange(len(driven), dtype=np.int64))
-            if mode == "mixed":
-                part.member_weight = np.empty((h, self.members, m), np.float32)
-            if not self.device_random:
-                part.noise = np.zeros((h, m, self.task.obs_dim), np.float32)
-                if mode == "routed":
-                    part.gather = np.empty((h, m), np.int64)
-                    part.scatter = np.empty((h, m), np.int64)
-                if policy_rows is not None:
-                    part.policy_eps = np.zeros((h, len(driven), self.task.act_dim), np.float32)
-            self._slices.append(part)
-        self._layout_key = key
-
-
-def _routing(
-    rng: np.random.Generator, gather: np.ndarray, scatter: np.ndarray, propagation: str
-) -> None:
-    """Fill the per-step member orders ``gather [H, M]`` and their inverses ``scatter``."""
-    h, m = gather.shape
-    rows = np.broadcast_to(np.arange(m), (h, m))
-    if propagation == "tsinf":
-        gather[:] = rng.permutation(m)
-    else:
-        gather[:] = rng.permuted(rows, axis=1)
-    np.put_along_axis(scatter, gather, rows, axis=1)
-
-
-def _member_weights(rng: np.random.Generator, weights: np.ndarray, propagation: str) -> None:
-    """Fill ``weights [H, E, M]``: 1/E each (expectation) or one-hot per particle row."""
-    h, e, m = weights.shape
-    if propagation == "expectation":
-        weights.fill(1.0 / e)
-        return
-    shape = (1, m) if propagation == "tsinf" else (h, m)
-    member = np.broadcast_to(rng.integers(0, e, size=shape), (h, m))
-    weights.fill(0.0)
-    np.put_along_axis(weights, member[:, None, :], 1.0, axis=1)
-
-
-def _policy_parts(path: Path, task: Task) -> PolicyParts:
-    """Read and verify a policy file for the rollout graphs of ``task``."""
-    data, meta = read_policy(path)
-    if (meta.obs_dim, meta.act_dim) != (task.obs_dim, task.act_dim):
-        raise ModelFileError(
-            f"{path}: policy dims (obs {meta.obs_dim}, act {meta.act_dim}) do not match task "
-            f"{task.name} (obs {task.obs_dim}, act {task.act_dim})"
-        )
-    if why := policy_bounds_error(meta, task):
-        raise ModelFileError(f"{path}: policy {why}")
-    low, high = np.asarray(task.action_low, np.float64), np.asarray(task.action_high, np.float64)
-    return PolicyParts(onnx.load_from_string(data), low, high)
-
-
-def policy_bounds_error(meta: PolicyMetadata, task: Task) -> str | None:
-    """Why a policy's action bounds do not fit ``task`` (None where they do, within the
-    tolerances a HELLO is held to). A policy squashes its actions into its own bounds: other
-    bounds would scale every one of them wrong."""
-    low, high = np.asarray(task.action_low, np.float64), np.asarray(task.action_high, np.float64)
-    bounds = ((meta.low, low), (meta.high, high))
-    if all(np.allclose(a, b, BOUNDS_RTOL, BOUNDS_ATOL) for a, b in bounds):
-        return None
-    return (f"action bounds {list(meta.low)}, {list(meta.high)} are not task {task.name}'s "
-            f"{low.tolist()}, {high.tolist()}")  # fmt: skip
+    def _layout(self, shape: Shape) -> None:
+        """(Re)allocate the slices' input buffers when the batch shape changes."""
+        if shape != self._shape:
+            sessions = len(self.sessions[shape.mode, False])
+            self._slices = particles.layout(shape, sessions, self.members, self.task.obs_dim,
+                                            self.task.act_dim, not self.device_random)  # fmt: skip
+            self._shape = shape
 
 
 def _device(options: RuntimeOptions) -> str:

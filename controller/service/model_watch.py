@@ -27,7 +27,9 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from controller.planners.policy import PolicyActor
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings, policy_bounds_error
+from controller.rollout.evaluator import RolloutEvaluator
+from controller.rollout.file_checks import policy_bounds_error
+from controller.rollout.settings import RolloutSettings
 from controller.tasks import Task
 from models.policy.export import PolicyDirectory, PolicyRuntime
 from models.registry import ModelDirectory, ModelVersion, VersionedDirectory

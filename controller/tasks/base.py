@@ -6,8 +6,8 @@ weights are data (``Task.weights``), so an operator can retune them without code
 value can be reported on its own.
 
 The weighted sum is written once, in :meth:`Task.weighted_sum`: ``Task.reward`` calls it with
-weights by name, the exported reward graph (:mod:`controller.rollout.reward_graph`) with its
-``weights [T]`` input.
+weights by name, the exported reward graph (:mod:`controller.tasks.export`) with its
+``weights [T]`` input. A task's fields are checked once, when it is made (``__post_init__``).
 
 Shapes: ``...`` any leading batch dims (e.g. N candidates x H steps), S observation, A action,
 T reward terms (in ``Task.weights`` order).
@@ -15,6 +15,7 @@ T reward terms (in ``Task.weights`` order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,10 @@ RewardTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, tor
 
 Termination = Callable[[torch.Tensor], torch.Tensor]
 """next_obs [..., S] -> terminated [...] (bool)."""
+
+AUTO = "auto"
+"""The task reference that means: take the task from the first robot's HELLO (so no task is
+called that)."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +77,13 @@ class Task:
     line: PETS' 170 on the cartpole swing-up); None when the task has none."""
 
     def __post_init__(self) -> None:
-        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
-            raise ValueError(f"{self.name}: action bounds must have {self.act_dim} entries")
-        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
-            raise ValueError(f"{self.name}: every action_low must be below action_high")
-        if self.control_period <= 0 or self.episode_steps < 1:
-            raise ValueError(f"{self.name}: control_period and episode_steps must be positive")
-        if self.terms is None and self.weights:
-            raise ValueError(f"{self.name}: a learned reward has no term weights")
+        """Every field checked, in one place, for every task however it was made (built in,
+        from a task file, a gymnasium id or a robot's HELLO): ValueError naming the task and
+        what is wrong."""
+        try:
+            _check_fields(self)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
 
     @property
     def reward_learned(self) -> bool:
@@ -167,3 +171,64 @@ class Task:
             )
             terms = self.terms(x, a, x2)
             return {name: float(terms[name]) for name in self.weights}
+
+
+def _check_fields(task: Task) -> None:
+    """What :meth:`Task.__post_init__` checks: dims, bounds, timing, weights, preprocessing."""
+    if not isinstance(task.name, str) or not task.name or task.name == AUTO:
+        raise ValueError(f"name must be a non-empty string other than {AUTO!r}, got "
+                         f"{task.name!r}")  # fmt: skip
+    for name in ("obs_dim", "act_dim", "episode_steps"):
+        value = getattr(task, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    bounds = []
+    for name in ("action_low", "action_high"):
+        try:
+            values = np.asarray(getattr(task, name), np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {task.act_dim} numbers, got "
+                             f"{getattr(task, name)!r}") from None  # fmt: skip
+        if len(values) != task.act_dim:
+            raise ValueError(f"action bounds must have {task.act_dim} entries ({name} has "
+                             f"{len(values)})")  # fmt: skip
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} must be finite numbers, got {values.tolist()}")
+        bounds.append(values)
+    if (bounds[0] >= bounds[1]).any():
+        raise ValueError("every action_low must be below action_high")
+    period = task.control_period
+    if (
+        isinstance(period, bool)
+        or not isinstance(period, (int, float))
+        or not (math.isfinite(period) and period > 0)
+    ):
+        raise ValueError(f"control_period must be a positive, finite number of seconds, "
+                         f"got {period!r}")  # fmt: skip
+    ref = task.reference_return
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float))
+                            or not math.isfinite(ref)):  # fmt: skip
+        raise ValueError(f"reference_return must be a finite number or None, got {ref!r}")
+    if not isinstance(task.weights, Mapping):
+        raise ValueError(f"weights must be a dict of term name -> weight, got "
+                         f"{type(task.weights).__name__}")  # fmt: skip
+    if not isinstance(task.env_kwargs, Mapping):
+        raise ValueError(f"env_kwargs must be a dict, got {type(task.env_kwargs).__name__}")
+    for name, weight in task.weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"weight {name!r} must be a number, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight {name!r} is {weight}: every weight must be finite")
+    if task.terms is None and task.weights:
+        raise ValueError("a learned reward has no term weights")
+    if task.terms is not None and not task.weights:
+        raise ValueError("reward terms need weights (a weight per term name)")
+    if task.terminated is not None and task.learn_termination:
+        raise ValueError("learn_termination is for a task without a terminated function")
+    if task.preprocess:
+        from models.preprocess import make_preprocessor  # torch modules: only where asked
+
+        try:
+            make_preprocessor({**task.preprocess, "obs_dim": task.obs_dim})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"preprocess {dict(task.preprocess)}: {exc}") from None

@@ -23,27 +23,23 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import math
 import re
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from controller.tasks.base import Task
+from controller.tasks.base import AUTO, Task
+from controller.tasks.errors import describe
+from controller.tasks.export import check_export
 from controller.tasks.generic import gym_task
 from controller.tasks.registry import TASKS, builtin_task
 
-AUTO = "auto"
-"""The task reference that means: take the task from the first robot's HELLO."""
 DEFAULT_NAME = "TASK"
 """The attribute a task file defines when its reference names none."""
 _MODULE_REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CHECK_BATCH = (4, 3)
 """Leading batch shape a task's functions are called with when it is checked."""
 
@@ -101,7 +97,7 @@ def task_source(ref: str) -> TaskSource | None:
         try:
             spec = importlib.util.find_spec(module_name)
         except Exception as exc:  # finding it runs the parent packages' __init__
-            raise ValueError(f"task module {module_name}: {_describe(exc)}") from None
+            raise ValueError(f"task module {module_name}: {describe(exc)}") from None
         if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
             raise ValueError(f"task module {module_name} not found (or not a .py file)")
         origin = Path(spec.origin)
@@ -125,7 +121,7 @@ def _module_of(source: TaskSource, ref: str) -> Any:
             return importlib.import_module(source.module)
         except Exception as exc:
             raise ValueError(f"task {ref}: importing {source.module} raised "
-                             f"{_describe(exc)}") from exc  # fmt: skip
+                             f"{describe(exc)}") from exc  # fmt: skip
     module_name = f"tickmpc_task_{source.sha256[:16]}"
     spec = importlib.util.spec_from_file_location(module_name, source.path)
     if spec is None or spec.loader is None:
@@ -136,7 +132,7 @@ def _module_of(source: TaskSource, ref: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ValueError(f"task {ref}: {source.path.name} raised {_describe(exc)}") from exc
+        raise ValueError(f"task {ref}: {source.path.name} raised {describe(exc)}") from exc
     return module
 
 
@@ -158,7 +154,7 @@ def _take(module: Any, source: TaskSource, ref: str) -> Task:
         try:
             value = value()
         except Exception as exc:
-            raise ValueError(f"task {ref}: {name}() raised {_describe(exc)}") from exc
+            raise ValueError(f"task {ref}: {name}() raised {describe(exc)}") from exc
     if not isinstance(value, Task):
         raise ValueError(f"task {ref}: {name} is a {type(value).__name__}, not a Task "
                          "(from controller.tasks import Task)")  # fmt: skip
@@ -167,62 +163,15 @@ def _take(module: Any, source: TaskSource, ref: str) -> Task:
 
 def check_task(task: Task, where: str) -> None:
     """Refuse a task that cannot work, naming what is wrong (ValueError prefixed ``where``):
-    dims, bounds, timing, NaN weights, preprocessing, and its reward terms and termination
-    called on a batch (each must run and return the batch's shape) and exported to ONNX."""
+    its reward terms and termination called on a batch (each must run and return the batch's
+    shape) and exported to ONNX (:func:`~controller.tasks.export.check_export`). Its fields
+    (dims, bounds, timing, weights, preprocessing) were checked when it was made
+    (:class:`~controller.tasks.base.Task`)."""
     try:
-        _check_fields(task)
         _check_functions(task)
-        _check_export(task)
+        check_export(task)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-
-
-def _check_fields(task: Task) -> None:
-    if not isinstance(task.name, str) or not task.name or task.name == AUTO:
-        raise ValueError(f"name must be a non-empty string other than {AUTO!r}, got "
-                         f"{task.name!r}")  # fmt: skip
-    for name in ("obs_dim", "act_dim", "episode_steps"):
-        value = getattr(task, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    for name in ("action_low", "action_high"):
-        try:
-            values = np.asarray(getattr(task, name), np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be {task.act_dim} numbers, got "
-                             f"{getattr(task, name)!r}") from None  # fmt: skip
-        if len(values) != task.act_dim:
-            raise ValueError(f"{name} has {len(values)} values, act_dim is {task.act_dim}")
-        if not np.isfinite(values).all():
-            raise ValueError(f"{name} must be finite numbers, got {values.tolist()}")
-    if not math.isfinite(task.control_period):
-        raise ValueError(f"control_period must be a finite number of seconds, "
-                         f"got {task.control_period!r}")  # fmt: skip
-    ref = task.reference_return
-    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float))
-                            or not math.isfinite(ref)):  # fmt: skip
-        raise ValueError(f"reference_return must be a finite number or None, got {ref!r}")
-    if not isinstance(task.weights, Mapping):
-        raise ValueError(f"weights must be a dict of term name -> weight, got "
-                         f"{type(task.weights).__name__}")  # fmt: skip
-    if not isinstance(task.env_kwargs, Mapping):
-        raise ValueError(f"env_kwargs must be a dict, got {type(task.env_kwargs).__name__}")
-    for name, weight in task.weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ValueError(f"weight {name!r} must be a number, got {weight!r}")
-        if not math.isfinite(weight):
-            raise ValueError(f"weight {name!r} is {weight}: every weight must be finite")
-    if task.terms is not None and not task.weights:
-        raise ValueError("reward terms need weights (a weight per term name)")
-    if task.terminated is not None and task.learn_termination:
-        raise ValueError("learn_termination is for a task without a terminated function")
-    if task.preprocess:
-        from models.preprocess import make_preprocessor
-
-        try:
-            make_preprocessor({**task.preprocess, "obs_dim": task.obs_dim})
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"preprocess {dict(task.preprocess)}: {exc}") from None
 
 
 def _check_functions(task: Task) -> None:
@@ -238,7 +187,7 @@ def _check_functions(task: Task) -> None:
                 terms = task.terms(obs, act, next_obs)
         except Exception as exc:
             raise ValueError(f"the reward terms raise on a batch obs {list(obs.shape)}, act "
-                             f"{list(act.shape)}: {_describe(exc)}") from None  # fmt: skip
+                             f"{list(act.shape)}: {describe(exc)}") from None  # fmt: skip
         if not isinstance(terms, dict):
             raise ValueError(f"the reward terms must return a dict of term name -> tensor, "
                              f"got {type(terms).__name__}")  # fmt: skip
@@ -253,7 +202,7 @@ def _check_functions(task: Task) -> None:
                 done = task.terminated(next_obs)
         except Exception as exc:
             raise ValueError(f"terminated raises on a batch next_obs {list(next_obs.shape)}: "
-                             f"{_describe(exc)}") from None  # fmt: skip
+                             f"{describe(exc)}") from None  # fmt: skip
         _check_batch_tensor("terminated", done, floating=False)
 
 
@@ -269,87 +218,6 @@ def _check_batch_tensor(what: str, value: object, *, floating: bool) -> None:
     if not floating and value.dtype != torch.bool:
         raise ValueError(f"{what} returns {value.dtype}, not a bool tensor (compare, e.g. "
                          "x.abs() > 0.2)")  # fmt: skip
-
-
-def _check_export(task: Task) -> None:
-    """Export the reward and termination to ONNX as the planner will, and compare the graph
-    with torch on a batch; a failure is narrowed down to the term that causes it."""
-    from controller.rollout.reward_graph import task_reward_graph
-
-    try:
-        graph = task_reward_graph(task)  # kept: the planner's evaluators take this one
-    except Exception as exc:
-        raise ValueError(_export_culprit(task, exc)) from None
-    if graph is not None:
-        _compare_graph(task, graph)
-
-
-def _export_culprit(task: Task, exc: Exception) -> str:
-    """Which part of ``task`` fails to export on its own (the whole export raised ``exc``)."""
-    from controller.rollout.reward_graph import export_reward
-
-    terms = task.terms
-    for name in task.weights if terms is not None else ():
-
-        def one(
-            obs: torch.Tensor, act: torch.Tensor, nxt: torch.Tensor, n: str = name
-        ) -> dict[str, torch.Tensor]:
-            assert terms is not None
-            return {n: terms(obs, act, nxt)[n]}
-
-        alone = replace(task, terms=one, weights={name: 1.0}, terminated=None)
-        try:
-            export_reward(alone)
-        except Exception as inner:
-            return f"reward term {name!r} does not export to ONNX: {_describe(inner)}"
-    if task.terminated is not None:
-        return f"terminated does not export to ONNX: {_describe(exc)}"
-    return f"the reward does not export to ONNX: {_describe(exc)}"
-
-
-def _compare_graph(task: Task, graph: Any) -> None:
-    """The exported graph must compute what the torch functions compute: a term whose value
-    depends on Python control flow over tensor values is traced for one branch only."""
-    from onnxruntime import InferenceSession
-
-    rng = np.random.default_rng(1)
-    batch = 64
-    obs = rng.standard_normal((batch, task.obs_dim)).astype(np.float32)
-    low, high = np.asarray(task.action_low), np.asarray(task.action_high)
-    act = (low + (high - low) * rng.random((batch, task.act_dim))).astype(np.float32)
-    nxt = (obs + 0.1 * rng.standard_normal(obs.shape)).astype(np.float32)
-    feeds = {"obs": obs, "act": act, "next_obs": nxt}
-    names = {i.name for i in graph.graph.input}
-    if "weights" in names:
-        feeds["weights"] = np.asarray(list(task.weights.values()), np.float32)
-    session = InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in graph.graph.output],
-                       session.run(None, {k: v for k, v in feeds.items() if k in names}),
-                       strict=True))  # fmt: skip
-    t_obs, t_act, t_nxt = (torch.from_numpy(x) for x in (obs, act, nxt))
-    with torch.no_grad():
-        if "reward" in outputs:
-            want = task.reward(t_obs, t_act, t_nxt).numpy()
-            if not np.allclose(outputs["reward"], want, rtol=1e-4, atol=1e-5, equal_nan=True):
-                raise ValueError("the reward's ONNX export computes other values than the torch "
-                                 "terms (does a term branch in Python on tensor values? use "
-                                 "torch.where)")  # fmt: skip
-        if "done" in outputs and task.terminated is not None:
-            want_done = task.terminated(t_nxt).numpy().astype(np.float32)
-            if not np.array_equal(outputs["done"], want_done):
-                raise ValueError(
-                    "terminated's ONNX export computes other values than torch "
-                    "(does it branch in Python on tensor values? use torch.where)"
-                )
-
-
-def _describe(exc: BaseException) -> str:
-    """``exc`` in one line: its innermost cause (the exporter wraps the error that matters),
-    without terminal colours."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [x.strip() for x in _ANSI.sub("", str(exc)).splitlines() if x.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
 
 
 __all__ = ["AUTO", "TASKS", "TaskSource", "check_task", "load_task", "task_source"]

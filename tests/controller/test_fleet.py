@@ -22,7 +22,8 @@ import zmq
 from controller.planners import Plan, Planner, PlannerSettings
 from controller.planners.base import IterationCost
 from controller.planners.batch import PlanRequest, plan_together
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator
+from controller.rollout.settings import RolloutSettings
 from controller.service import MPCService, ServiceSettings
 from controller.service.control import request
 from controller.tasks import get_task

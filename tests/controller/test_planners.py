@@ -4,6 +4,7 @@ anytime budget, determinism, non-finite predictions."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from controller.planners import OPTIMIZERS, Planner, PlannerSettings, make_optimizer
-from controller.planners.base import WarmStart, shift
+from controller.planners.base import IterationCost, WarmStart, shift
+from controller.planners.batch import PlanRequest, plan_together
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.tasks import get_task
 from models.export import export_ensemble
@@ -88,6 +90,38 @@ def test_warm_start_continues_from_the_shifted_previous_plan(evaluator: RolloutE
     np.testing.assert_allclose(first.actions[:, 0], np.r_[np.linspace(-1, 1, 6)[1:], 0.0])
     np.testing.assert_allclose(second.actions, shift(first.actions, np.zeros(1), 6))
     planner.reset()
+    assert (planner.plan(obs).actions == 0.0).all()
+
+
+def test_a_reset_while_a_plan_is_in_flight_starts_the_next_plan_cold(
+    evaluator: RolloutEvaluator,
+) -> None:
+    """The service's new-episode STATE can arrive while that robot's plan is in flight (admitted
+    into a batch between rounds): the old plan finishes and is sent, and what it leaves behind
+    must not warm-start the new episode. MPPI with one candidate plans its nominal unchanged,
+    so a warm plan is the shifted ramp and a cold one the middle of the bounds (0)."""
+    ramp = np.linspace(-1, 1, 6)[:, None]
+    obs = np.array([1.0, 0.0, 0.0])
+    settings = PlannerSettings(planner="mppi", population=1, horizon=6, iterations=2)
+    planner = Planner(evaluator, settings)
+    planner._warm = WarmStart(ramp)
+
+    def new_episode() -> list[PlanRequest]:
+        planner.reset()
+        return []
+
+    (sent,) = plan_together([PlanRequest(planner, obs)], IterationCost(), admit=new_episode)
+    assert sent.iterations == 2  # the reset came between the rounds of this plan
+    np.testing.assert_allclose(sent.actions[:, 0], np.r_[ramp[1:, 0], 0.0])
+    assert (planner.plan(obs).actions == 0.0).all()
+
+    # The same by hand: begin, reset, finish (no iteration ran: the fallback is sent).
+    planner._warm = WarmStart(ramp)
+    warm = planner.plan(obs)
+    assert (warm.actions != 0.0).any()
+    run = planner.begin(obs, None, time.perf_counter())
+    planner.reset()
+    assert run.finish().fallback
     assert (planner.plan(obs).actions == 0.0).all()
 
 

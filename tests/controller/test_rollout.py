@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator
+from controller.rollout.settings import RolloutSettings
 from controller.tasks import get_task
 from controller.tasks.base import Task
 from models.ensemble import EnsembleConfig, GaussianEnsemble

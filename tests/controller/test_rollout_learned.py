@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator
 from controller.rollout.graph import ModelGraph, build_rollout_graph
-from controller.rollout.reward_graph import export_reward, reward_graph, task_reward_graph
+from controller.rollout.settings import RolloutSettings
 from controller.tasks import TASKS, get_task
 from controller.tasks.base import Task
+from controller.tasks.export import export_reward, reward_graph, task_reward_graph
 from models.ensemble import EnsembleConfig
 from models.export import ModelFileError, export_ensemble
 from tests.controller.known_models import EXACT_LOGVAR, export_pendulum, rotating_routing

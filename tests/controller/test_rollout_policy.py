@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from controller.planners import Planner, PlannerSettings
-from controller.rollout.evaluator import RolloutEvaluator, RolloutSettings
+from controller.rollout.evaluator import RolloutEvaluator
 from controller.rollout.graph import ModelGraph, PolicyParts, build_rollout_graph
-from controller.rollout.reward_graph import task_reward_graph
+from controller.rollout.settings import RolloutSettings
+from controller.tasks.export import task_reward_graph
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble, write_with_metadata
 from models.policy.export import read_policy

@@ -28,7 +28,7 @@ from controller.planners import (
     PolicyActor,
     PolicyOptions,
 )
-from controller.planners.cem import CEMOptions
+from controller.planners.optimizers.cem import CEMOptions
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.service.control import request
 from models.policy.export import PolicyDirectory, PolicyRuntime

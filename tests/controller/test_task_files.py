@@ -173,7 +173,8 @@ def test_unknown_references_are_refused_with_every_way_to_name_a_task(tmp_path: 
     with pytest.raises(ValueError, match="does not exist"):
         load_task(str(tmp_path / "missing.py"))
     with pytest.raises(ValueError, match="defines no 'NOPE'"):
-        load_task(f"{_file(tmp_path, GOOD.replace('{WEIGHTS}', '{}'))}:NOPE")
+        good = GOOD.replace("{WEIGHTS}", '{"upright": 1.0, "ctrl": 0.1}')
+        load_task(f"{_file(tmp_path, good)}:NOPE")
 
 
 def test_a_gymnasium_id_nobody_wrote_a_task_for() -> None:

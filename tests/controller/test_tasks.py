@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import replace
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from controller.rollout.reward_graph import export_reward
 from controller.tasks import TASKS, get_task
 from controller.tasks.base import Task
+from controller.tasks.export import export_reward
 from sim_bridge.random_data import collect_random
 
 GYM_TASKS = [t for t in TASKS.values() if t.env_id is not None]
@@ -80,6 +85,27 @@ def test_terms_are_named_and_weights_validated() -> None:
         task.validated_weights({"ctrl": float("nan")})
     with pytest.raises(ValueError, match="unknown task"):
         get_task("walker")
+
+
+BAD_FIELDS: dict[str, tuple[dict[str, Any], str]] = {
+    "auto": ({"name": "auto"}, "name must be a non-empty string other than 'auto'"),
+    "nan period": ({"control_period": math.nan}, "control_period must be a positive, finite"),
+    "float steps": ({"episode_steps": 2.5}, "episode_steps must be an integer >= 1"),
+    "short bounds": ({"action_low": ()}, "action bounds must have 1 entries"),
+    "nan weight": ({"weights": {"upright": math.nan, "ctrl": 0.1}}, "weight 'upright' is nan"),
+    "no weights": ({"weights": {}}, "reward terms need weights"),
+    "both ends": ({"learn_termination": True, "terminated": lambda x: x[..., 0] > 0},
+                  "learn_termination is for a task without a terminated function"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_a_tasks_fields_are_checked_when_it_is_made(case: str) -> None:
+    """One place for every task, however it is made (here: a built-in one changed)."""
+    changes, message = BAD_FIELDS[case]
+    name = changes.get("name", "cartpole-swingup")
+    with pytest.raises(ValueError, match=f"^{name}: {re.escape(message)}"):
+        replace(get_task("cartpole-swingup"), **changes)
 
 
 @pytest.mark.parametrize("task", list(TASKS.values()), ids=lambda t: t.name)

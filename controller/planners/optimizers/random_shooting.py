@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from controller.planners.base import WarmStart
 from controller.planners.noise import uniform_candidates
-
-if TYPE_CHECKING:
-    from controller.planners.settings import PlannerSettings
+from controller.planners.optimizers.base import WarmStart
 
 
 @dataclass(frozen=True)
@@ -22,14 +18,23 @@ class RandomOptions:
 
 
 class RandomShooting:
-    """Random shooting over [H, A] sequences within [low, high]."""
+    """Random shooting over [H, A] sequences within [low, high].
+
+    ``population``: N candidates per iteration (the first iteration's last one is the warm
+    start); ``iterations``: per plan (every iteration samples alike).
+    """
 
     name = "random"
 
     def __init__(
-        self, options: RandomOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+        self,
+        population: int,
+        iterations: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        options: RandomOptions | None = None,
     ) -> None:
-        self.s = settings
+        self.n, self.iterations = population, iterations
         self.low, self.high = low, high
 
     def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
@@ -39,11 +44,11 @@ class RandomShooting:
         self.best_score = -math.inf
 
     def population(self, iteration: int) -> int:
-        return self.s.population
+        return self.n
 
     def ask(self, iteration: int) -> np.ndarray:
         h = len(self.warm)
-        candidates = uniform_candidates(self.rng, self.low, self.high, self.s.population, h)
+        candidates = uniform_candidates(self.rng, self.low, self.high, self.n, h)
         if iteration == 0:
             candidates[-1] = self.warm  # last: planners put policy proposals first
         return candidates

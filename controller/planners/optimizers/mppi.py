@@ -5,16 +5,12 @@ better), so no separate control-cost term: the task's reward carries it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from controller.checks import check_number
-from controller.planners.base import WarmStart
 from controller.planners.noise import gaussian_candidates
-
-if TYPE_CHECKING:
-    from controller.planners.settings import PlannerSettings
+from controller.planners.optimizers.base import WarmStart
 
 
 @dataclass(frozen=True)
@@ -32,16 +28,27 @@ class MPPIOptions:
 
 
 class MPPI:
-    """Model-predictive path integral control over [H, A] sequences within [low, high]."""
+    """Model-predictive path integral control over [H, A] sequences within [low, high].
+
+    ``population``: N candidates per iteration, the nominal sequence among them;
+    ``iterations``: per plan (every iteration samples alike). The nominal sequence's shift to
+    the next plan is the planner's.
+    """
 
     name = "mppi"
 
     def __init__(
-        self, options: MPPIOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+        self,
+        population: int,
+        iterations: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        options: MPPIOptions | None = None,
     ) -> None:
-        self.o, self.s = options, settings
+        self.n, self.iterations = population, iterations
+        self.o = MPPIOptions() if options is None else options
         self.low, self.high = low, high
-        self.sigma = options.noise_std * (high - low) / 2.0
+        self.sigma = self.o.noise_std * (high - low) / 2.0
 
     def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -49,11 +56,11 @@ class MPPI:
         self.score = float("nan")
 
     def population(self, iteration: int) -> int:
-        return self.s.population
+        return self.n
 
     def ask(self, iteration: int) -> np.ndarray:
         sigma = np.broadcast_to(self.sigma, self.mean.shape)
-        n = self.s.population
+        n = self.n
         candidates = gaussian_candidates(self.rng, self.mean, sigma, self.low, self.high, n)
         # The nominal sequence itself is always a candidate, last: policy proposals go first.
         candidates[-1] = self.mean

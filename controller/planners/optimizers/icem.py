@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from controller.checks import check_number
-from controller.planners.base import WarmStart
-from controller.planners.cem import EliteOptions, refit
 from controller.planners.noise import colored_candidates
-
-if TYPE_CHECKING:
-    from controller.planners.settings import PlannerSettings
+from controller.planners.optimizers.base import WarmStart
+from controller.planners.optimizers.elites import EliteGaussian, EliteOptions
 
 
 @dataclass(frozen=True)
@@ -43,45 +39,53 @@ class ICEMOptions(EliteOptions):
 
 
 class ICEM:
-    """iCEM over [H, A] sequences within [low, high]."""
+    """iCEM over [H, A] sequences within [low, high].
+
+    ``population``: N, the first iteration's sampled candidates (later ones decay);
+    ``iterations``: per plan, the last of which adds the mean as a candidate. The elites it
+    keeps into the next plan leave through ``carry``; the planner shifts them.
+    """
 
     name = "icem"
 
     def __init__(
-        self, options: ICEMOptions, settings: PlannerSettings, low: np.ndarray, high: np.ndarray
+        self,
+        population: int,
+        iterations: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        options: ICEMOptions | None = None,
     ) -> None:
-        self.o, self.s = options, settings
+        self.n, self.iterations = population, iterations
+        self.o = ICEMOptions() if options is None else options
         self.low, self.high = low, high
-        half = (high - low) / 2.0
-        self.init_std = options.init_std * half
-        self.min_std = options.min_std * half
-        self.n_elites = options.elites(settings.population)
-        self.n_keep = round(options.keep_elites * self.n_elites)
+        self.search = EliteGaussian(self.o, low, high)
+        self.n_elites = self.o.elites(population)
+        self.n_keep = round(self.o.keep_elites * self.n_elites)
 
     def begin(self, warm: WarmStart, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.mean = warm.mean.copy()
-        self.std = np.broadcast_to(self.init_std, self.mean.shape).copy()
-        kept = warm.elites if warm.elites is not None else np.empty((0, *self.mean.shape))
+        self.search.begin(warm, rng)
+        shape = self.search.mean.shape
+        kept = warm.elites if warm.elites is not None else np.empty((0, *shape))
         self.kept = kept[: self.n_keep]
         self.elites = self.kept
         self.best: np.ndarray | None = None
         self.best_score = -math.inf
 
     def _sampled(self, iteration: int) -> int:
-        n = math.ceil(self.s.population * self.o.population_decay**-iteration)
+        n = math.ceil(self.n * self.o.population_decay**-iteration)
         return max(n, 2 * self.n_elites)
 
     def population(self, iteration: int) -> int:
         kept = len(self.kept) if iteration == 0 else min(self.n_keep, len(self.elites))
-        return self._sampled(iteration) + kept + int(iteration == self.s.iterations - 1)
+        return self._sampled(iteration) + kept + int(iteration == self.iterations - 1)
 
     def ask(self, iteration: int) -> np.ndarray:
-        n, beta = self._sampled(iteration), self.o.noise_beta
-        parts = [colored_candidates(self.rng, beta, self.mean, self.std, self.low, self.high, n)]
+        s, n, beta = self.search, self._sampled(iteration), self.o.noise_beta
+        parts = [colored_candidates(s.rng, beta, s.mean, s.std, self.low, self.high, n)]
         parts.append(self.kept if iteration == 0 else self.elites[: self.n_keep])
-        if iteration == self.s.iterations - 1:
-            parts.append(self.mean[None])
+        if iteration == self.iterations - 1:
+            parts.append(s.mean[None])
         return np.clip(np.concatenate(parts), self.low, self.high)
 
     def tell(self, candidates: np.ndarray, scores: np.ndarray) -> None:
@@ -90,11 +94,11 @@ class ICEM:
         self.elites = candidates[top]
         if scores[top[0]] > self.best_score or self.best is None:
             self.best, self.best_score = candidates[top[0]].copy(), float(scores[top[0]])
-        self.mean, self.std = refit(self.mean, self.std, self.elites, self.o.alpha, self.min_std)
+        self.search.refit(self.elites)
 
     def solution(self) -> tuple[np.ndarray, float]:
         assert self.best is not None, "solution() before any tell()"
         return self.best, self.best_score
 
     def carry(self) -> WarmStart:
-        return WarmStart(self.mean, self.elites[: self.n_keep].copy())
+        return WarmStart(self.search.mean, self.elites[: self.n_keep].copy())
