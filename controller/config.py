@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from controller.checks import check_choice, check_int, check_number, parse_value
+from controller.checks import check_bool, check_choice, check_int, check_number, parse_value
 from controller.planners.registry import PLANNERS
 from controller.planners.settings import PlannerSettings
 from controller.service.settings import ServiceSettings
@@ -73,12 +73,9 @@ class RunSettings:
         check_int("episodes", self.episodes, 1, 1_000_000)
         check_int("robots", self.robots, 1, 64)
         check_int("max_steps", self.max_steps, 0, 10**12)
-        if not isinstance(self.realtime, bool):
-            raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
-        if not isinstance(self.videos, bool):
-            raise ValueError(f"videos must be true or false, got {self.videos!r}")
-        if not isinstance(self.dashboard, bool):
-            raise ValueError(f"dashboard must be true or false, got {self.dashboard!r}")
+        check_bool("realtime", self.realtime)
+        check_bool("videos", self.videos)
+        check_bool("dashboard", self.dashboard)
         check_int("dashboard_port", self.dashboard_port, 0, 65535)
         check_int("episode_steps", self.episode_steps, 0, 10_000_000)
         check_number("model_timeout_s", self.model_timeout_s, 0.0, 86400.0, low_open=True)

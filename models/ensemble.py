@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checks import check_bool, check_int, check_number
 from models.preprocess import feature_dim, make_preprocessor
 
 MAX_MEMBERS = 64
@@ -66,13 +67,19 @@ class EnsembleConfig:
     """Initial learned lower bound of the normalized log-variance."""
 
     def __post_init__(self) -> None:
-        _check_range("obs_dim", self.obs_dim, 1, MAX_DIM)
-        _check_range("act_dim", self.act_dim, 1, MAX_DIM)
-        _check_range("members", self.members, 1, MAX_MEMBERS)
-        _check_range("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
-        _check_range("hidden_units", self.hidden_units, 1, MAX_UNITS)
-        _check_range("reward_layers", self.reward_layers, 1, MAX_LAYERS)
-        _check_range("reward_units", self.reward_units, 1, MAX_UNITS)
+        check_int("obs_dim", self.obs_dim, 1, MAX_DIM)
+        check_int("act_dim", self.act_dim, 1, MAX_DIM)
+        check_int("members", self.members, 1, MAX_MEMBERS)
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        check_int("reward_layers", self.reward_layers, 1, MAX_LAYERS)
+        check_int("reward_units", self.reward_units, 1, MAX_UNITS)
+        check_bool("predict_reward", self.predict_reward)
+        check_bool("predict_done", self.predict_done)
+        check_number("init_max_logvar", self.init_max_logvar, -math.inf, math.inf, low_open=True,
+                     high_open=True)  # fmt: skip
+        check_number("init_min_logvar", self.init_min_logvar, -math.inf, math.inf, low_open=True,
+                     high_open=True)  # fmt: skip
         if not self.init_min_logvar < self.init_max_logvar:
             raise ValueError(
                 f"init_min_logvar ({self.init_min_logvar}) must be below "
@@ -112,11 +119,6 @@ class EnsembleConfig:
             "init_max_logvar": self.init_max_logvar,
             "init_min_logvar": self.init_min_logvar,
         }
-
-
-def _check_range(name: str, value: int, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
 class EnsembleLinear(nn.Module):

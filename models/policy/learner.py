@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.checks import check_bool, check_int, check_number
 from models.policy.export import PolicyDirectory, PolicyMetadata
 from models.policy.rollouts import (
     MAX_EPOCH,
@@ -83,16 +84,12 @@ class PolicyLearnerConfig:
     """Seeds the start-state draws, the rollouts and the batch draws."""
 
     def __post_init__(self) -> None:
-        _check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
-        if isinstance(self.real_ratio, bool) or not (
-            isinstance(self.real_ratio, int | float) and 0.0 <= self.real_ratio <= 1.0
-        ):
-            raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio!r}")
-        _check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
-        _check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        if not isinstance(self.naive, bool):
-            raise ValueError(f"naive must be true or false, got {self.naive!r}")
+        check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
+        check_number("real_ratio", self.real_ratio, 0.0, 1.0)
+        check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
+        check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_bool("naive", self.naive)
         if not isinstance(self.sac, SACConfig):
             raise ValueError(f"sac must be a SACConfig, got {type(self.sac).__name__}")
         RolloutSchedule(self.k_min, self.k_max, self.epoch_start, self.epoch_end)  # validates
@@ -145,7 +142,7 @@ class PolicyLearner:
 
     def load_model(self, model: EnsembleDynamics, version: int) -> None:
         """Branch from ``model`` (version ``version``, not older than the current one) on."""
-        _check_int("version", version, 0, 2**63 - 1)
+        check_int("version", version, 0, 2**63 - 1)
         if version < self.model_version:
             raise ValueError(f"model version {version} is older than {self.model_version}")
         cfg = model.config
@@ -177,7 +174,7 @@ class PolicyLearner:
         if self.model is None:
             raise RuntimeError("no dynamics model loaded: call load_model first")
         self._check_real(real)
-        _check_int("epoch", epoch, 0, MAX_EPOCH)
+        check_int("epoch", epoch, 0, MAX_EPOCH)
         k = self.schedule.length(epoch)
         rollouts = self._rollout(real, k)
         self.buffer.add(self.model_version, rollouts)
@@ -194,7 +191,7 @@ class PolicyLearner:
         Returns updates, the mean losses (NaN with no update), alpha, updates_total and
         buffer_rows."""
         self._check_real(real)
-        _check_int("updates", updates, 0, MAX_UPDATES)
+        check_int("updates", updates, 0, MAX_UPDATES)
         losses: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "alpha_loss": []}
         real_cols = _real_columns(real)
         for _ in range(updates):
@@ -289,8 +286,3 @@ def _real_columns(real: Transitions) -> dict[str, Tensor]:
         "next_obs": torch.as_tensor(real.next_obs, dtype=torch.float32),
         "done": torch.as_tensor(real.terminated, dtype=torch.float32),
     }
-
-
-def _check_int(name: str, value: int, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
