@@ -29,8 +29,8 @@ terminal rows at best (none once the controller stops failing), too few for a Br
 rank two models; the training report's holdout Brier score, on rows of the whole store, is in
 the metrics. A passing candidate becomes the next version in the model directory, and ``on_publish``
 is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
-loads the version at once); a failing one is kept under ``rejected/`` with a JSON file of why
-beside it (``rowsNNNNNNNN-TIME.json``: ``rows``, ``reason``, ``time``) and logged.
+loads the version at once); a failing one is logged and set aside under ``rejected/`` with a
+JSON file of why beside it (:meth:`models.registry.ModelDirectory.set_aside` owns that format).
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
 warm-starts from the newest one. The store is the single source of real data; model-generated
 rollouts (MBPO) can be added as another consumer of the current model.
@@ -69,7 +69,6 @@ import torch
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
-from models.fileio import write_atomic
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
 from models.store import TransitionReader, follow
@@ -128,8 +127,11 @@ class Retrain:
     rows: int
     """Transitions trained on."""
     seconds: float
+    """Wall-clock time of the retrain (training, export and gate)."""
     epochs: int
+    """Epochs trained (``TrainReport.epochs``)."""
     holdout_mse: float
+    """Training holdout: mean MSE of the members (normalized deltas)."""
     reward_nmse: float | None
     """Training holdout: MSE of the members' mean reward / variance of the held-out rewards
     (None when the reward is not predicted)."""
@@ -142,10 +144,16 @@ class Retrain:
     current_nmse: float | None
     """The current model's on the same rows (None for the first model)."""
     accepted: bool
+    """Whether the candidate passed the gate and was published."""
     reason: str
+    """Why it was accepted or rejected (the gate's comparison)."""
     version: int | None
     """The published version, or None when rejected."""
     wall_time: float
+    """When the retrain ended (UNIX seconds)."""
+    current_unreadable: int = 0
+    """Retrains so far (this one included) whose gate could not read the current model and so
+    let the candidate through unchecked against it (each one also logged at WARNING)."""
 
 
 class Learner:
@@ -182,6 +190,8 @@ class Learner:
         """The rows of the latest retrain (None before one in this process): what a policy
         trained beside the model learns from, so it follows the model's data step for step."""
         self.history: list[Retrain] = []
+        self.current_unreadable = 0
+        """Gates that opened because the current model could not be read (see ``_gate``)."""
         self._store_reader: TransitionReader | None = None
         self._resume()
 
@@ -278,7 +288,8 @@ class Learner:
             if accepted:
                 version = self._publish(candidate, model)
             else:
-                self._set_aside(candidate, len(data), reason)
+                log.warning("candidate on %d rows rejected: %s", len(data), reason)
+                self.directory.set_aside(candidate, len(data), reason)
         finally:
             candidate.unlink(missing_ok=True)
         self.trained_rows, self.trained = len(data), data
@@ -287,6 +298,7 @@ class Learner:
             holdout_mse=report.holdout_mse, reward_nmse=report.reward_nmse,
             done_brier=report.done_brier, gate_nmse=new_nmse, current_nmse=old_nmse,
             accepted=accepted, reason=reason, version=version, wall_time=time.time(),
+            current_unreadable=self.current_unreadable,
         )  # fmt: skip
         self.history.append(result)
         if self.metrics is not None:
@@ -308,22 +320,6 @@ class Learner:
                             "will find it in %s", published.version, type(exc).__name__, exc,
                             self.directory.root)  # fmt: skip
         return published.version
-
-    def _set_aside(self, candidate: Path, rows: int, reason: str) -> None:
-        """Keep a rejected candidate under ``rejected/`` and, beside it with the same stem, why
-        (``{"rows", "reason", "time"}``, written atomically: the service reads these files for
-        its ``history``)."""
-        rejected = self.directory.root / "rejected"
-        rejected.mkdir(exist_ok=True)
-        now = time.time()
-        stem = rejected / f"rows{rows:08d}-{int(now)}"
-        os.replace(candidate, stem.with_suffix(".onnx"))
-        log.warning("candidate on %d rows rejected: %s", rows, reason)
-        refusal = {"rows": rows, "reason": reason, "time": now}
-        try:
-            write_atomic(stem.with_suffix(".json"), json.dumps(refusal).encode())
-        except OSError as exc:  # the reason is in the log and the metrics: keep learning
-            log.warning("cannot write why beside %s: %s", stem.with_suffix(".onnx"), exc)
 
     def model_config(self, obs_dim: int, act_dim: int) -> EnsembleConfig:
         """The architecture this learner trains for S = ``obs_dim``, A = ``act_dim``."""
@@ -356,6 +352,11 @@ class Learner:
             old_runtime = OnnxEnsemble(latest.path, options=options)
             current = one_step_metrics(old_runtime, *rows, reward_var=reward_var)
         except Exception as exc:  # an unreadable current model must not block a good new one
+            # ...but the gate checked nothing against it: say so where an operator looks.
+            self.current_unreadable += 1
+            log.warning("the gate cannot read the current model v%d, so the candidate goes live "
+                        "unchecked against it (%d time(s) so far): %s", latest.version,
+                        self.current_unreadable, exc)  # fmt: skip
             return True, f"current model unreadable ({exc})", alone, None
         # The reward is compared only when both predict it (the flags may have changed).
         reward = metrics.reward_nmse is not None and current.reward_nmse is not None

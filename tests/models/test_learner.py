@@ -270,3 +270,27 @@ def test_the_gate_refuses_a_non_finite_or_diverged_reward(
     assert result is not None and not result.accepted, result
     assert "one-step nmse (reward included)" in result.reason
     assert ModelDirectory(models).versions() == [1]
+
+
+def test_an_unreadable_current_model_opens_the_gate_loudly_and_is_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, models, metrics = tmp_path / "store", tmp_path / "models", tmp_path / "learner.jsonl"
+    _append(store, 250, seed=21)
+    learner = _learner(store, models, CONFIG, metrics=metrics)
+    assert learner.step() and learner.history[-1].current_unreadable == 0
+    # A flipped byte in the serving model's weights: its graph hash no longer matches.
+    current = ModelDirectory(models).path_of(1)
+    raw = bytearray(current.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    current.write_bytes(bytes(raw))
+    caplog.set_level(logging.WARNING, logger="models.learner")
+    _append(store, 200, seed=22)
+    assert learner.step()
+    result = learner.history[-1]
+    assert result.accepted and result.reason.startswith("current model unreadable")
+    assert result.current_nmse is None and result.current_unreadable == 1
+    (warning,) = [r for r in caplog.records if "cannot read the current model" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "v1" in warning.getMessage()
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [line["current_unreadable"] for line in lines] == [0, 1]
