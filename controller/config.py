@@ -37,6 +37,18 @@ from models.policy.trainer import PolicyTrainerConfig
 T = TypeVar("T")
 SOURCES = ("task", "learned")
 """Where a run's reward and termination come from."""
+MOVED: dict[str, tuple[str, ...]] = {
+    "learner.members": ("learner.model.members",),
+    "learner.hidden_layers": ("learner.model.hidden_layers", "learner.model.reward_layers"),
+    "learner.hidden_units": ("learner.model.hidden_units", "learner.model.reward_units"),
+    "learner.max_epochs": ("learner.train.max_epochs",),
+    "learner.max_seconds": ("learner.train.max_seconds",),
+    "learner.seed": ("learner.train.seed",),
+}
+"""Keys of earlier versions -> the keys they set now (the learner's config composes the
+ensemble's and the training's own since 0.x). Still read, from files (a run's saved config
+that ``--resume`` reads again included) and flags alike: the old key sets each new one it
+stands for (``learner.hidden_layers`` set the reward network's depth too, and still does)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +157,9 @@ class Config:
         new one does not take are dropped (a run's saved config holds every option of the
         planner it ran), as a live switch does."""
         try:
-            data = tomllib.loads(path.read_text())
-            return updated(Config(), merged(_switched(data, overrides or {}), overrides or {}))
+            data = moved(tomllib.loads(path.read_text()))
+            flags = moved(overrides or {})
+            return updated(Config(), merged(_switched(data, flags), flags))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
             raise ValueError(f"config {path}: {exc}") from exc
 
@@ -163,11 +176,38 @@ def _switched(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return {**data, "planner": {k: v for k, v in saved.items() if k not in dropped}}
 
 
+def moved(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` with the keys of :data:`MOVED` under their new names; ValueError when a table
+    sets an old key and one of its new ones at once (which one was meant?)."""
+    out = merged(tree)
+    for old, new in MOVED.items():
+        section, name = old.split(".")
+        table = out.get(section)
+        if not isinstance(table, dict) or name not in table:
+            continue
+        value = table.pop(name)
+        for path in new:
+            *parents, leaf = path.split(".")
+            node = out
+            for key in parents:
+                child = node.setdefault(key, {})
+                if not isinstance(child, dict):
+                    raise ValueError(f"{'.'.join(parents)} must be a table, got {child!r}")
+                node = child
+            if leaf in node:
+                raise ValueError(f"{old} is now {' and '.join(new)}: set one of them, not both")
+            node[leaf] = value
+    return out
+
+
 def updated(obj: T, changes: Mapping[str, Any], where: str = "") -> T:
     """``obj`` (a frozen dataclass) with ``changes`` applied, nested tables into nested
-    dataclasses; every key and value checked (ValueError naming ``section.key``)."""
+    dataclasses; every key and value checked (ValueError naming ``section.key``). At the top
+    of a :class:`Config`, the keys of :data:`MOVED` are read under their new names."""
     if not isinstance(changes, Mapping):
         raise ValueError(f"{where.rstrip('.') or 'config'} must be a table, got {changes!r}")
+    if isinstance(obj, Config) and not where:
+        changes = moved(changes)
     if isinstance(obj, PlannerSettings):  # one flat namespace, shared with live tuning
         try:
             return obj.changed(changes)  # type: ignore[return-value]

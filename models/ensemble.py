@@ -121,6 +121,49 @@ class EnsembleConfig:
         }
 
 
+@dataclass(frozen=True)
+class EnsembleShape:
+    """The architecture a learner trains, before the task gives the dims: what a config file
+    sets (``[learner.model]``). :meth:`config` adds the dims, the outputs and the
+    preprocessing, which are the task's; the result is the model file's own record."""
+
+    members: int = 5
+    """E: ensemble members (1..MAX_MEMBERS)."""
+    hidden_layers: int = 3
+    """Hidden layers per member (1..MAX_LAYERS)."""
+    hidden_units: int = 200
+    """Units per hidden layer (1..MAX_UNITS)."""
+    reward_layers: int = 3
+    """Hidden layers of the learned reward's own network, per member (1..MAX_LAYERS)."""
+    reward_units: int = 200
+    """Units per hidden layer of the learned reward's network (1..MAX_UNITS)."""
+
+    def __post_init__(self) -> None:
+        check_int("members", self.members, 1, MAX_MEMBERS)
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        check_int("reward_layers", self.reward_layers, 1, MAX_LAYERS)
+        check_int("reward_units", self.reward_units, 1, MAX_UNITS)
+
+    def config(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        predict_reward: bool = False,
+        predict_done: bool = False,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> EnsembleConfig:
+        """This architecture for S = ``obs_dim``, A = ``act_dim`` and the task's outputs."""
+        return EnsembleConfig(
+            obs_dim=obs_dim, act_dim=act_dim, members=self.members,
+            hidden_layers=self.hidden_layers, hidden_units=self.hidden_units,
+            predict_reward=predict_reward, reward_layers=self.reward_layers,
+            reward_units=self.reward_units, predict_done=predict_done,
+            preprocess=dict(preprocess or {}),
+        )  # fmt: skip
+
+
 class EnsembleLinear(nn.Module):
     """E independent affine maps applied in one batched matmul: [E, B, in] -> [E, B, out]."""
 

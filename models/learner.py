@@ -59,14 +59,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.checks import check_bool, check_int, check_number
+from models.ensemble import EnsembleConfig, EnsembleShape, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
 from models.registry import ModelDirectory, ModelVersion
@@ -80,11 +81,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Everything the learner does; saved in the run's config.toml."""
+    """Everything the learner does (the config file's ``[learner]`` table); saved in the run's
+    config.toml. The architecture and the training are their own configs, composed here."""
 
-    members: int = 5
-    hidden_layers: int = 3
-    hidden_units: int = 200
+    model: EnsembleShape = field(default_factory=EnsembleShape)
+    """The ensemble's architecture (``[learner.model]``); the task adds its dims."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_seconds=60.0))
+    """Each retrain's training (``[learner.train]``): ``max_epochs`` (200: holdout early
+    stopping usually ends it sooner; with a few hundred rows an epoch is two or three gradient
+    steps: 15 epochs on 400 cartpole rows left a model worse than predicting the mean delta, 60
+    epochs one ten times better), ``max_seconds`` (60 s per retrain here) and ``seed`` (the
+    n-th retrain of a process seeds with ``seed + n``)."""
     min_transitions: int = 200
     """Transitions before the first model (until then the controller acts randomly)."""
     retrain_every: int = 200
@@ -93,31 +100,26 @@ class LearnerConfig:
     """Also retrain when a stored episode ended (terminated or truncated) since the last
     retrain, however few rows it added: tasks whose episodes end early (InvertedPendulum) get a
     model after every episode, as PETS trains after every trial."""
-    max_epochs: int = 200
-    """Epochs per retrain (holdout early stopping usually ends it sooner). With a few hundred
-    rows an epoch is two or three gradient steps: 15 epochs on 400 cartpole rows left a model
-    worse than predicting the mean delta, 60 epochs one ten times better."""
-    max_seconds: float = 60.0
-    """Wall-clock cap per retrain."""
     gate_rows: int = 400
     """Newest transitions the candidate and the current model are compared on."""
     gate_margin: float = 0.5
     """A candidate may be this much (relative) worse than the current model and still go live."""
     torch_threads: int = 1
+    """Torch threads of training (and ONNX Runtime threads of the gate): the planner keeps the
+    other cores."""
     poll_s: float = 0.2
-    seed: int = 0
+    """How often the store is looked at for new transitions when nothing is due (s)."""
 
     def __post_init__(self) -> None:
-        for name in ("members", "hidden_layers", "hidden_units", "min_transitions",
-                     "retrain_every", "max_epochs", "gate_rows", "torch_threads"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.retrain_at_episode_end, bool):
-            raise ValueError(f"retrain_at_episode_end must be true or false, "
-                             f"got {self.retrain_at_episode_end!r}")  # fmt: skip
-        if not (self.max_seconds > 0 and self.gate_margin >= 0 and self.poll_s > 0):
-            raise ValueError("max_seconds and poll_s must be > 0, gate_margin >= 0")
+        if not isinstance(self.model, EnsembleShape):
+            raise ValueError(f"model must be an EnsembleShape, got {type(self.model).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        for name in ("min_transitions", "retrain_every", "gate_rows", "torch_threads"):
+            check_int(name, getattr(self, name), 1)
+        check_bool("retrain_at_episode_end", self.retrain_at_episode_end)
+        check_number("gate_margin", self.gate_margin, 0.0)
+        check_number("poll_s", self.poll_s, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,7 @@ class Learner:
         started = time.perf_counter()
         model_config = self.model_config(data.obs.shape[1], data.act.shape[1])
         init = self.model if self.model is not None and self.model.config == model_config else None
-        train = TrainConfig(max_epochs=c.max_epochs, max_seconds=c.max_seconds,
-                            seed=c.seed + len(self.history))  # fmt: skip
+        train = replace(c.train, seed=c.train.seed + len(self.history))
         log.info("retraining on %d rows", len(data))
         model, report = train_ensemble(
             data.obs, data.act, data.next_obs,
@@ -323,13 +324,9 @@ class Learner:
 
     def model_config(self, obs_dim: int, act_dim: int) -> EnsembleConfig:
         """The architecture this learner trains for S = ``obs_dim``, A = ``act_dim``."""
-        c = self.config
-        return EnsembleConfig(
-            obs_dim=obs_dim, act_dim=act_dim, members=c.members, hidden_layers=c.hidden_layers,
-            hidden_units=c.hidden_units, predict_reward=self.predict_reward,
-            reward_layers=c.hidden_layers, reward_units=c.hidden_units,
-            predict_done=self.predict_done, preprocess=self.preprocess,
-        )  # fmt: skip
+        return self.config.model.config(obs_dim, act_dim, predict_reward=self.predict_reward,
+                                        predict_done=self.predict_done,
+                                        preprocess=self.preprocess)  # fmt: skip
 
     def _gate(
         self, candidate: Path, gate: Transitions, reward_var: float

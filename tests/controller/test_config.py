@@ -42,8 +42,40 @@ def test_no_field_is_declared_twice() -> None:
     for planner in OPTIMIZERS:  # every optimizer's options, not only the default one's
         names += [n for n in PlannerSettings.names(planner) if n not in names]
     repeated = sorted({n for n in names if names.count(n) > 1})
-    assert repeated == ["seed"]  # the run's resets, the planner's, the learner's, the policy's
-    assert names.count("seed") == 4
+    # Each part's own: the seeds of the run's resets, the planner, the learner's training and
+    # the policy; the batch of the model's training and of the policy's updates.
+    assert repeated == ["batch_size", "seed"]
+    assert names.count("seed") == 4 and names.count("batch_size") == 2
+
+
+def test_a_run_config_saved_with_the_learners_old_flat_keys_still_loads(tmp_path: Path) -> None:
+    """Before the learner's config composed the ensemble's and the training's, a saved run
+    (what ``tickmpc run --resume`` reads again) and ``--set`` flags wrote them flat."""
+    old = tmp_path / "old.toml"
+    old.write_text(
+        "[learner]\nmembers = 3\nhidden_layers = 2\nhidden_units = 64\n"
+        "max_epochs = 80\nmax_seconds = 30.0\nseed = 7\nmin_transitions = 50\n"
+    )
+    config = Config.load(old)
+    model, train = config.learner.model, config.learner.train
+    assert (model.members, model.hidden_layers, model.hidden_units) == (3, 2, 64)
+    assert (model.reward_layers, model.reward_units) == (2, 64)  # as the flat keys set them
+    assert (train.max_epochs, train.max_seconds, train.seed) == (80, 30.0, 7)
+    assert config.learner.min_transitions == 50
+    flags = parse_overrides(["learner.members=3", "learner.hidden_layers=2",
+                             "learner.hidden_units=64", "learner.max_epochs=80",
+                             "learner.max_seconds=30.0", "learner.seed=7",
+                             "learner.min_transitions=50"])  # fmt: skip
+    assert updated(Config(), flags) == config
+    config.save(tmp_path / "new.toml")  # written under the new keys, read back the same
+    saved = (tmp_path / "new.toml").read_text()
+    assert "[learner.model]" in saved and "[learner.train]" in saved
+    assert Config.load(tmp_path / "new.toml") == config
+    assert (
+        Config.load(old, moved_flags := {"learner": {"max_epochs": 5}}).learner.train.max_epochs
+        == 5
+    )
+    assert moved_flags == {"learner": {"max_epochs": 5}}  # the caller's tree is left alone
 
 
 def test_a_file_and_flags_are_checked_as_one_tree(tmp_path: Path) -> None:
@@ -67,7 +99,12 @@ def test_a_file_and_flags_are_checked_as_one_tree(tmp_path: Path) -> None:
         ("[service.runtime]\ndevice = 'tpu'\n", "device must be one of"),
         ("[run]\nepisodes = 0\n", r"episodes must be an integer in \[1, "),
         ("[run]\nrealtime = 'yes'\n", "run.realtime must be true or false"),
-        ("[learner]\nmembers = 2.5\n", "learner.members must be an integer"),
+        ("[learner]\nmembers = 2.5\n", "learner.model.members must be an integer"),
+        ("[learner.model]\nmembers = 2.5\n", "learner.model.members must be an integer"),
+        (
+            "[learner]\nmembers = 3\n[learner.model]\nmembers = 4\n",
+            "learner.members is now learner.model.members: set one of them, not both",
+        ),
         ("task = 'no-such-task'\n", "no-such-task"),
         ("[nope]\nx = 1\n", r"unknown key\(s\) \['nope'\]; the top level takes"),
         ("planner = 3\n", "planner must be a table"),
