@@ -44,11 +44,39 @@ MOVED: dict[str, tuple[str, ...]] = {
     "learner.max_epochs": ("learner.train.max_epochs",),
     "learner.max_seconds": ("learner.train.max_seconds",),
     "learner.seed": ("learner.train.seed",),
+    **{
+        f"policy.{name}": (f"policy.mbpo.{name}",)
+        for name in (
+            "real_ratio",
+            "rollout_batch",
+            "k_min",
+            "k_max",
+            "epoch_start",
+            "epoch_end",
+            "naive",
+            "buffer_versions",
+        )
+    },
+    "policy.layers": ("policy.mbpo.sac.hidden_layers", "policy.bptt.hidden_layers"),
+    "policy.units": ("policy.mbpo.sac.hidden_units", "policy.bptt.hidden_units"),
+    "policy.batch_size": ("policy.mbpo.sac.batch_size", "policy.bptt.batch"),
+    "policy.lr": (
+        "policy.mbpo.sac.actor_lr",
+        "policy.mbpo.sac.critic_lr",
+        "policy.mbpo.sac.alpha_lr",
+    ),
+    "policy.gamma": ("policy.mbpo.sac.discount", "policy.bptt.discount"),
+    "policy.bptt_horizon": ("policy.bptt.horizon",),
+    "policy.bptt_lr": ("policy.bptt.lr",),
+    "policy.grad_clip": ("policy.bptt.grad_clip",),
+    "policy.seed": ("policy.mbpo.seed", "policy.mbpo.sac.seed", "policy.bptt.seed"),
 }
-"""Keys of earlier versions -> the keys they set now (the learner's config composes the
-ensemble's and the training's own since 0.x). Still read, from files (a run's saved config
-that ``--resume`` reads again included) and flags alike: the old key sets each new one it
-stands for (``learner.hidden_layers`` set the reward network's depth too, and still does)."""
+"""Keys of earlier versions -> the keys they set now: the learner's and the policy trainer's
+configs compose the configs of the parts they feed instead of repeating their fields flat
+(under other names, for the policy's). Still read, from files (a run's saved config that
+``--resume`` reads again included) and flags alike: the old key sets each new one it stood for
+(``learner.hidden_layers`` set the reward network's depth too, ``policy.lr`` the three SAC
+learning rates, ``policy.seed`` every part's seed), so an old file means what it meant."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +137,16 @@ class Config:
     """"task": the task's termination (learned where the task asks for it); "learned": the
     model predicts whether a transition ends the episode from the robots' ``terminated``."""
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    """The service: its sockets, model directory, store and ONNX Runtime (``[service]``)."""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
+    """The planner's live settings, one flat table (``[planner]``; ``tickmpc tune`` changes
+    them while it runs)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The model's learner: retrain cadence, gate, architecture, training (``[learner]``)."""
     policy: PolicyTrainerConfig = field(default_factory=PolicyTrainerConfig)
     """The policy trained beside the model (``optimizer = "none"``: none)."""
     run: RunSettings = field(default_factory=RunSettings)
+    """What only ``tickmpc run`` reads (``[run]``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str):

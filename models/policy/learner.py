@@ -43,7 +43,6 @@ from models.policy.sac import SAC, SACConfig
 from models.registry import ModelVersion
 from models.transitions import Transitions
 
-MAX_UPDATES_PER_STEP = 10_000
 MAX_ROLLOUT_BATCH = 1_000_000
 MAX_UPDATES = 10**9
 
@@ -52,13 +51,12 @@ MAX_UPDATES = 10**9
 class PolicyLearnerConfig:
     """Hyperparameters of :class:`PolicyLearner`. Validated at construction.
 
-    Defaults follow MBPO's MuJoCo settings where they carry over: 20 policy updates per real
-    step, 5% real rows in each batch, k = 1 throughout, and the rollouts of the last few model
-    versions kept.
+    Defaults follow MBPO's MuJoCo settings where they carry over: 5% real rows in each batch,
+    k = 1 throughout, and the rollouts of the last few model versions kept. How many updates
+    to take (MBPO: 20 per real step) is the caller's: the policy trainer's
+    ``updates_per_step``, or ``step``'s ``updates``.
     """
 
-    updates_per_step: int = 20
-    """G: SAC gradient steps per new real row (1..MAX_UPDATES_PER_STEP)."""
     real_ratio: float = 0.05
     """Share of real rows in each SAC batch [0, 1]; round(real_ratio * batch_size) rows."""
     rollout_batch: int = 400
@@ -84,7 +82,6 @@ class PolicyLearnerConfig:
     """Seeds the start-state draws, the rollouts and the batch draws."""
 
     def __post_init__(self) -> None:
-        check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
         check_number("real_ratio", self.real_ratio, 0.0, 1.0)
         check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
         check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
@@ -153,17 +150,17 @@ class PolicyLearner:
             )
         self.model, self.model_version = model, version
 
-    def step(self, real: Transitions, epoch: int, updates: int | None = None) -> dict[str, float]:
-        """One MBPO round on ``real``, all real rows so far (earlier rows first): a rollout
-        round (:meth:`rollout`) and then ``updates`` gradient steps (:meth:`train`).
+    def new_rows(self, real: Transitions) -> int:
+        """Rows of ``real`` new since the latest rollout round (MBPO owes G updates for each)."""
+        return len(real) - self.real_rows_seen
 
-        ``updates``: gradient steps to take; None means G x the rows new since the previous
-        step. Returns updates (this step's), k, rollout_rows, model_reward_mean, the mean SAC
-        losses over the updates (critic_loss, actor_loss, alpha_loss; NaN with no update),
-        alpha, and the totals updates_total and buffer_rows.
+    def step(self, real: Transitions, epoch: int, updates: int) -> dict[str, float]:
+        """One MBPO round on ``real``, all real rows so far (earlier rows first): a rollout
+        round (:meth:`rollout`) and then ``updates`` gradient steps (:meth:`train`; MBPO takes
+        G x :meth:`new_rows`). Returns updates (this step's), k, rollout_rows,
+        model_reward_mean, the mean SAC losses over the updates (critic_loss, actor_loss,
+        alpha_loss; NaN with no update), alpha, and the totals updates_total and buffer_rows.
         """
-        if updates is None:
-            updates = self.config.updates_per_step * (len(real) - self.real_rows_seen)
         rolled = self.rollout(real, epoch)
         return {**rolled, **self.train(real, updates)}
 

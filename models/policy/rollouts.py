@@ -117,8 +117,7 @@ def branched_rollouts(
     The model runs in eval mode without gradients; its mode is restored afterwards.
     """
     cfg = model.config
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ROLLOUT_LENGTH:
-        raise ValueError(f"k must be an integer in [1, {MAX_ROLLOUT_LENGTH}], got {k!r}")
+    check_int("k", k, 1, MAX_ROLLOUT_LENGTH)
     if start_obs.dim() != 2 or start_obs.shape[1] != cfg.obs_dim:
         raise ValueError(f"start_obs must be [N, {cfg.obs_dim}], got {tuple(start_obs.shape)}")
     if reward_fn is None and not cfg.predict_reward:
