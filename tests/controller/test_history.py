@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 import zmq
 
 from controller.service import MPCService, ServiceSettings
@@ -23,8 +24,8 @@ from controller.service.control import request
 from controller.service.history import REJECTIONS_KEPT, VERSIONS_KEPT, History
 from controller.service.model_watch import ModelWatcher, PolicyWatcher
 from controller.tasks import TASKS, check_task, get_task
-from models.ensemble import EnsembleConfig
-from models.export import ModelMetadata, write_with_metadata
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.export import ModelMetadata, export_ensemble, write_with_metadata
 from models.policy.export import PolicyDirectory
 from models.policy.sac import SAC, SACConfig
 from models.registry import ModelDirectory
@@ -322,3 +323,33 @@ def test_a_model_refused_alone_and_with_the_policy_is_refused_for_its_own_fault(
     assert watcher.policy_errors == {}
     entries = History(models)._reply("cartpole-swingup", None, {}, {"model": watcher}, [])
     assert entries["rejected"][0]["reason"] == reason[:300]
+
+
+def test_a_model_that_fails_alone_is_not_refused_for_the_policys_fault(tmp_path: Path) -> None:
+    """The bug this guards: the policy file went bad after it was accepted, and the new model
+    predicts non-finite returns. Tried with the policy, the model fails on the policy's file;
+    alone, on its own outputs. The reason kept both, the model's own first (it used to keep
+    only the first, which blamed the policy)."""
+    models = tmp_path / "models"
+    policies = PolicyDirectory(models)
+    policies.publish(SAC(4, 1, np.array([-1.0]), np.array([1.0]), SACConfig(seed=0)),
+                     model_version=1, updates=0, real_rows=0, rollout_length=0)  # fmt: skip
+    policy_watcher = PolicyWatcher(models, CARTPOLE)
+    policy_watcher.load_now()
+    assert policy_watcher.accepted is not None
+    policies.path_of(1).write_bytes(b"overwritten after it was accepted")
+    broken = GaussianEnsemble(EnsembleConfig(obs_dim=4, act_dim=1, members=2, hidden_layers=1,
+                                             hidden_units=8))  # fmt: skip
+    with torch.no_grad():
+        for parameter in broken.parameters():
+            parameter.fill_(math.nan)
+    directory = ModelDirectory(models)
+    export_ensemble(broken, directory.path_of(1), member_batched=True)
+    directory.mark_latest(1)
+    watcher = ModelWatcher(models, CARTPOLE, RuntimeOptions(), policies=policy_watcher)
+    watcher.load_now()
+    assert watcher.take() is None
+    own, sep, composed = watcher.rejected[1].partition("; with policy p1: ")
+    assert own == "it predicts non-finite returns from the zero state"
+    assert sep and "p000001.onnx: not a valid ONNX file" in composed
+    assert watcher.policy_errors == {}  # the policy is not blamed for the model's fault
