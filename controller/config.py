@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from controller.checks import check_choice, check_int, check_number, parse_value
+from controller.checks import check_bool, check_choice, check_int, check_number, parse_value
 from controller.planners.registry import PLANNERS
 from controller.planners.settings import PlannerSettings
 from controller.service.settings import ServiceSettings
@@ -37,6 +37,46 @@ from models.policy.trainer import PolicyTrainerConfig
 T = TypeVar("T")
 SOURCES = ("task", "learned")
 """Where a run's reward and termination come from."""
+MOVED: dict[str, tuple[str, ...]] = {
+    "learner.members": ("learner.model.members",),
+    "learner.hidden_layers": ("learner.model.hidden_layers", "learner.model.reward_layers"),
+    "learner.hidden_units": ("learner.model.hidden_units", "learner.model.reward_units"),
+    "learner.max_epochs": ("learner.train.max_epochs",),
+    "learner.max_seconds": ("learner.train.max_seconds",),
+    "learner.seed": ("learner.train.seed",),
+    **{
+        f"policy.{name}": (f"policy.mbpo.{name}",)
+        for name in (
+            "real_ratio",
+            "rollout_batch",
+            "k_min",
+            "k_max",
+            "epoch_start",
+            "epoch_end",
+            "naive",
+            "buffer_versions",
+        )
+    },
+    "policy.layers": ("policy.mbpo.sac.hidden_layers", "policy.bptt.hidden_layers"),
+    "policy.units": ("policy.mbpo.sac.hidden_units", "policy.bptt.hidden_units"),
+    "policy.batch_size": ("policy.mbpo.sac.batch_size", "policy.bptt.batch"),
+    "policy.lr": (
+        "policy.mbpo.sac.actor_lr",
+        "policy.mbpo.sac.critic_lr",
+        "policy.mbpo.sac.alpha_lr",
+    ),
+    "policy.gamma": ("policy.mbpo.sac.discount", "policy.bptt.discount"),
+    "policy.bptt_horizon": ("policy.bptt.horizon",),
+    "policy.bptt_lr": ("policy.bptt.lr",),
+    "policy.grad_clip": ("policy.bptt.grad_clip",),
+    "policy.seed": ("policy.mbpo.seed", "policy.mbpo.sac.seed", "policy.bptt.seed"),
+}
+"""Keys of earlier versions -> the keys they set now: the learner's and the policy trainer's
+configs compose the configs of the parts they feed instead of repeating their fields flat
+(under other names, for the policy's). Still read, from files (a run's saved config that
+``--resume`` reads again included) and flags alike: the old key sets each new one it stood for
+(``learner.hidden_layers`` set the reward network's depth too, ``policy.lr`` the three SAC
+learning rates, ``policy.seed`` every part's seed), so an old file means what it meant."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +113,9 @@ class RunSettings:
         check_int("episodes", self.episodes, 1, 1_000_000)
         check_int("robots", self.robots, 1, 64)
         check_int("max_steps", self.max_steps, 0, 10**12)
-        if not isinstance(self.realtime, bool):
-            raise ValueError(f"realtime must be true or false, got {self.realtime!r}")
-        if not isinstance(self.videos, bool):
-            raise ValueError(f"videos must be true or false, got {self.videos!r}")
-        if not isinstance(self.dashboard, bool):
-            raise ValueError(f"dashboard must be true or false, got {self.dashboard!r}")
+        check_bool("realtime", self.realtime)
+        check_bool("videos", self.videos)
+        check_bool("dashboard", self.dashboard)
         check_int("dashboard_port", self.dashboard_port, 0, 65535)
         check_int("episode_steps", self.episode_steps, 0, 10_000_000)
         check_number("model_timeout_s", self.model_timeout_s, 0.0, 86400.0, low_open=True)
@@ -100,11 +137,16 @@ class Config:
     """"task": the task's termination (learned where the task asks for it); "learned": the
     model predicts whether a transition ends the episode from the robots' ``terminated``."""
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    """The service: its sockets, model directory, store and ONNX Runtime (``[service]``)."""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
+    """The planner's live settings, one flat table (``[planner]``; ``tickmpc tune`` changes
+    them while it runs)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The model's learner: retrain cadence, gate, architecture, training (``[learner]``)."""
     policy: PolicyTrainerConfig = field(default_factory=PolicyTrainerConfig)
     """The policy trained beside the model (``optimizer = "none"``: none)."""
     run: RunSettings = field(default_factory=RunSettings)
+    """What only ``tickmpc run`` reads (``[run]``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str):
@@ -148,8 +190,9 @@ class Config:
         new one does not take are dropped (a run's saved config holds every option of the
         planner it ran), as a live switch does."""
         try:
-            data = tomllib.loads(path.read_text())
-            return updated(Config(), merged(_switched(data, overrides or {}), overrides or {}))
+            data = moved(tomllib.loads(path.read_text()))
+            flags = moved(overrides or {})
+            return updated(Config(), merged(_switched(data, flags), flags))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
             raise ValueError(f"config {path}: {exc}") from exc
 
@@ -166,11 +209,38 @@ def _switched(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return {**data, "planner": {k: v for k, v in saved.items() if k not in dropped}}
 
 
+def moved(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` with the keys of :data:`MOVED` under their new names; ValueError when a table
+    sets an old key and one of its new ones at once (which one was meant?)."""
+    out = merged(tree)
+    for old, new in MOVED.items():
+        section, name = old.split(".")
+        table = out.get(section)
+        if not isinstance(table, dict) or name not in table:
+            continue
+        value = table.pop(name)
+        for path in new:
+            *parents, leaf = path.split(".")
+            node = out
+            for key in parents:
+                child = node.setdefault(key, {})
+                if not isinstance(child, dict):
+                    raise ValueError(f"{'.'.join(parents)} must be a table, got {child!r}")
+                node = child
+            if leaf in node:
+                raise ValueError(f"{old} is now {' and '.join(new)}: set one of them, not both")
+            node[leaf] = value
+    return out
+
+
 def updated(obj: T, changes: Mapping[str, Any], where: str = "") -> T:
     """``obj`` (a frozen dataclass) with ``changes`` applied, nested tables into nested
-    dataclasses; every key and value checked (ValueError naming ``section.key``)."""
+    dataclasses; every key and value checked (ValueError naming ``section.key``). At the top
+    of a :class:`Config`, the keys of :data:`MOVED` are read under their new names."""
     if not isinstance(changes, Mapping):
         raise ValueError(f"{where.rstrip('.') or 'config'} must be a table, got {changes!r}")
+    if isinstance(obj, Config) and not where:
+        changes = moved(changes)
     if isinstance(obj, PlannerSettings):  # one flat namespace, shared with live tuning
         try:
             return obj.changed(changes)  # type: ignore[return-value]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checks import check_bool, check_int, check_number
 from models.preprocess import feature_dim, make_preprocessor
 
 MAX_MEMBERS = 64
@@ -66,13 +67,19 @@ class EnsembleConfig:
     """Initial learned lower bound of the normalized log-variance."""
 
     def __post_init__(self) -> None:
-        _check_range("obs_dim", self.obs_dim, 1, MAX_DIM)
-        _check_range("act_dim", self.act_dim, 1, MAX_DIM)
-        _check_range("members", self.members, 1, MAX_MEMBERS)
-        _check_range("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
-        _check_range("hidden_units", self.hidden_units, 1, MAX_UNITS)
-        _check_range("reward_layers", self.reward_layers, 1, MAX_LAYERS)
-        _check_range("reward_units", self.reward_units, 1, MAX_UNITS)
+        check_int("obs_dim", self.obs_dim, 1, MAX_DIM)
+        check_int("act_dim", self.act_dim, 1, MAX_DIM)
+        check_int("members", self.members, 1, MAX_MEMBERS)
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        check_int("reward_layers", self.reward_layers, 1, MAX_LAYERS)
+        check_int("reward_units", self.reward_units, 1, MAX_UNITS)
+        check_bool("predict_reward", self.predict_reward)
+        check_bool("predict_done", self.predict_done)
+        check_number("init_max_logvar", self.init_max_logvar, -math.inf, math.inf, low_open=True,
+                     high_open=True)  # fmt: skip
+        check_number("init_min_logvar", self.init_min_logvar, -math.inf, math.inf, low_open=True,
+                     high_open=True)  # fmt: skip
         if not self.init_min_logvar < self.init_max_logvar:
             raise ValueError(
                 f"init_min_logvar ({self.init_min_logvar}) must be below "
@@ -114,9 +121,47 @@ class EnsembleConfig:
         }
 
 
-def _check_range(name: str, value: int, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+@dataclass(frozen=True)
+class EnsembleShape:
+    """The architecture a learner trains, before the task gives the dims: what a config file
+    sets (``[learner.model]``). :meth:`config` adds the dims, the outputs and the
+    preprocessing, which are the task's; the result is the model file's own record."""
+
+    members: int = 5
+    """E: ensemble members (1..MAX_MEMBERS)."""
+    hidden_layers: int = 3
+    """Hidden layers per member (1..MAX_LAYERS)."""
+    hidden_units: int = 200
+    """Units per hidden layer (1..MAX_UNITS)."""
+    reward_layers: int = 3
+    """Hidden layers of the learned reward's own network, per member (1..MAX_LAYERS)."""
+    reward_units: int = 200
+    """Units per hidden layer of the learned reward's network (1..MAX_UNITS)."""
+
+    def __post_init__(self) -> None:
+        check_int("members", self.members, 1, MAX_MEMBERS)
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        check_int("reward_layers", self.reward_layers, 1, MAX_LAYERS)
+        check_int("reward_units", self.reward_units, 1, MAX_UNITS)
+
+    def config(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        predict_reward: bool = False,
+        predict_done: bool = False,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> EnsembleConfig:
+        """This architecture for S = ``obs_dim``, A = ``act_dim`` and the task's outputs."""
+        return EnsembleConfig(
+            obs_dim=obs_dim, act_dim=act_dim, members=self.members,
+            hidden_layers=self.hidden_layers, hidden_units=self.hidden_units,
+            predict_reward=predict_reward, reward_layers=self.reward_layers,
+            reward_units=self.reward_units, predict_done=predict_done,
+            preprocess=dict(preprocess or {}),
+        )  # fmt: skip
 
 
 class EnsembleLinear(nn.Module):

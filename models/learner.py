@@ -29,8 +29,8 @@ terminal rows at best (none once the controller stops failing), too few for a Br
 rank two models; the training report's holdout Brier score, on rows of the whole store, is in
 the metrics. A passing candidate becomes the next version in the model directory, and ``on_publish``
 is called with it (``tickmpc learn --announce`` tells the service over its control socket, so it
-loads the version at once); a failing one is kept under ``rejected/`` with a JSON file of why
-beside it (``rowsNNNNNNNN-TIME.json``: ``rows``, ``reason``, ``time``) and logged.
+loads the version at once); a failing one is logged and set aside under ``rejected/`` with a
+JSON file of why beside it (:meth:`models.registry.ModelDirectory.set_aside` owns that format).
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
 warm-starts from the newest one. The store is the single source of real data; model-generated
 rollouts (MBPO) can be added as another consumer of the current model.
@@ -59,17 +59,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.checks import check_bool, check_int, check_number
+from models.ensemble import EnsembleConfig, EnsembleShape, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
-from models.fileio import write_atomic
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
 from models.store import TransitionReader, follow
@@ -81,11 +81,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Everything the learner does; saved in the run's config.toml."""
+    """Everything the learner does (the config file's ``[learner]`` table); saved in the run's
+    config.toml. The architecture and the training are their own configs, composed here."""
 
-    members: int = 5
-    hidden_layers: int = 3
-    hidden_units: int = 200
+    model: EnsembleShape = field(default_factory=EnsembleShape)
+    """The ensemble's architecture (``[learner.model]``); the task adds its dims."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_seconds=60.0))
+    """Each retrain's training (``[learner.train]``): ``max_epochs`` (200: holdout early
+    stopping usually ends it sooner; with a few hundred rows an epoch is two or three gradient
+    steps: 15 epochs on 400 cartpole rows left a model worse than predicting the mean delta, 60
+    epochs one ten times better), ``max_seconds`` (60 s per retrain here) and ``seed`` (the
+    n-th retrain of a process seeds with ``seed + n``)."""
     min_transitions: int = 200
     """Transitions before the first model (until then the controller acts randomly)."""
     retrain_every: int = 200
@@ -94,31 +100,26 @@ class LearnerConfig:
     """Also retrain when a stored episode ended (terminated or truncated) since the last
     retrain, however few rows it added: tasks whose episodes end early (InvertedPendulum) get a
     model after every episode, as PETS trains after every trial."""
-    max_epochs: int = 200
-    """Epochs per retrain (holdout early stopping usually ends it sooner). With a few hundred
-    rows an epoch is two or three gradient steps: 15 epochs on 400 cartpole rows left a model
-    worse than predicting the mean delta, 60 epochs one ten times better."""
-    max_seconds: float = 60.0
-    """Wall-clock cap per retrain."""
     gate_rows: int = 400
     """Newest transitions the candidate and the current model are compared on."""
     gate_margin: float = 0.5
     """A candidate may be this much (relative) worse than the current model and still go live."""
     torch_threads: int = 1
+    """Torch threads of training (and ONNX Runtime threads of the gate): the planner keeps the
+    other cores."""
     poll_s: float = 0.2
-    seed: int = 0
+    """How often the store is looked at for new transitions when nothing is due (s)."""
 
     def __post_init__(self) -> None:
-        for name in ("members", "hidden_layers", "hidden_units", "min_transitions",
-                     "retrain_every", "max_epochs", "gate_rows", "torch_threads"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.retrain_at_episode_end, bool):
-            raise ValueError(f"retrain_at_episode_end must be true or false, "
-                             f"got {self.retrain_at_episode_end!r}")  # fmt: skip
-        if not (self.max_seconds > 0 and self.gate_margin >= 0 and self.poll_s > 0):
-            raise ValueError("max_seconds and poll_s must be > 0, gate_margin >= 0")
+        if not isinstance(self.model, EnsembleShape):
+            raise ValueError(f"model must be an EnsembleShape, got {type(self.model).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        for name in ("min_transitions", "retrain_every", "gate_rows", "torch_threads"):
+            check_int(name, getattr(self, name), 1)
+        check_bool("retrain_at_episode_end", self.retrain_at_episode_end)
+        check_number("gate_margin", self.gate_margin, 0.0)
+        check_number("poll_s", self.poll_s, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,11 @@ class Retrain:
     rows: int
     """Transitions trained on."""
     seconds: float
+    """Wall-clock time of the retrain (training, export and gate)."""
     epochs: int
+    """Epochs trained (``TrainReport.epochs``)."""
     holdout_mse: float
+    """Training holdout: mean MSE of the members (normalized deltas)."""
     reward_nmse: float | None
     """Training holdout: MSE of the members' mean reward / variance of the held-out rewards
     (None when the reward is not predicted)."""
@@ -142,10 +146,16 @@ class Retrain:
     current_nmse: float | None
     """The current model's on the same rows (None for the first model)."""
     accepted: bool
+    """Whether the candidate passed the gate and was published."""
     reason: str
+    """Why it was accepted or rejected (the gate's comparison)."""
     version: int | None
     """The published version, or None when rejected."""
     wall_time: float
+    """When the retrain ended (UNIX seconds)."""
+    current_unreadable: int = 0
+    """Retrains so far (this one included) whose gate could not read the current model and so
+    let the candidate through unchecked against it (each one also logged at WARNING)."""
 
 
 class Learner:
@@ -182,6 +192,8 @@ class Learner:
         """The rows of the latest retrain (None before one in this process): what a policy
         trained beside the model learns from, so it follows the model's data step for step."""
         self.history: list[Retrain] = []
+        self.current_unreadable = 0
+        """Gates that opened because the current model could not be read (see ``_gate``)."""
         self._store_reader: TransitionReader | None = None
         self._resume()
 
@@ -246,8 +258,7 @@ class Learner:
         started = time.perf_counter()
         model_config = self.model_config(data.obs.shape[1], data.act.shape[1])
         init = self.model if self.model is not None and self.model.config == model_config else None
-        train = TrainConfig(max_epochs=c.max_epochs, max_seconds=c.max_seconds,
-                            seed=c.seed + len(self.history))  # fmt: skip
+        train = replace(c.train, seed=c.train.seed + len(self.history))
         log.info("retraining on %d rows", len(data))
         model, report = train_ensemble(
             data.obs, data.act, data.next_obs,
@@ -278,7 +289,8 @@ class Learner:
             if accepted:
                 version = self._publish(candidate, model)
             else:
-                self._set_aside(candidate, len(data), reason)
+                log.warning("candidate on %d rows rejected: %s", len(data), reason)
+                self.directory.set_aside(candidate, len(data), reason)
         finally:
             candidate.unlink(missing_ok=True)
         self.trained_rows, self.trained = len(data), data
@@ -287,6 +299,7 @@ class Learner:
             holdout_mse=report.holdout_mse, reward_nmse=report.reward_nmse,
             done_brier=report.done_brier, gate_nmse=new_nmse, current_nmse=old_nmse,
             accepted=accepted, reason=reason, version=version, wall_time=time.time(),
+            current_unreadable=self.current_unreadable,
         )  # fmt: skip
         self.history.append(result)
         if self.metrics is not None:
@@ -309,31 +322,11 @@ class Learner:
                             self.directory.root)  # fmt: skip
         return published.version
 
-    def _set_aside(self, candidate: Path, rows: int, reason: str) -> None:
-        """Keep a rejected candidate under ``rejected/`` and, beside it with the same stem, why
-        (``{"rows", "reason", "time"}``, written atomically: the service reads these files for
-        its ``history``)."""
-        rejected = self.directory.root / "rejected"
-        rejected.mkdir(exist_ok=True)
-        now = time.time()
-        stem = rejected / f"rows{rows:08d}-{int(now)}"
-        os.replace(candidate, stem.with_suffix(".onnx"))
-        log.warning("candidate on %d rows rejected: %s", rows, reason)
-        refusal = {"rows": rows, "reason": reason, "time": now}
-        try:
-            write_atomic(stem.with_suffix(".json"), json.dumps(refusal).encode())
-        except OSError as exc:  # the reason is in the log and the metrics: keep learning
-            log.warning("cannot write why beside %s: %s", stem.with_suffix(".onnx"), exc)
-
     def model_config(self, obs_dim: int, act_dim: int) -> EnsembleConfig:
         """The architecture this learner trains for S = ``obs_dim``, A = ``act_dim``."""
-        c = self.config
-        return EnsembleConfig(
-            obs_dim=obs_dim, act_dim=act_dim, members=c.members, hidden_layers=c.hidden_layers,
-            hidden_units=c.hidden_units, predict_reward=self.predict_reward,
-            reward_layers=c.hidden_layers, reward_units=c.hidden_units,
-            predict_done=self.predict_done, preprocess=self.preprocess,
-        )  # fmt: skip
+        return self.config.model.config(obs_dim, act_dim, predict_reward=self.predict_reward,
+                                        predict_done=self.predict_done,
+                                        preprocess=self.preprocess)  # fmt: skip
 
     def _gate(
         self, candidate: Path, gate: Transitions, reward_var: float
@@ -356,6 +349,11 @@ class Learner:
             old_runtime = OnnxEnsemble(latest.path, options=options)
             current = one_step_metrics(old_runtime, *rows, reward_var=reward_var)
         except Exception as exc:  # an unreadable current model must not block a good new one
+            # ...but the gate checked nothing against it: say so where an operator looks.
+            self.current_unreadable += 1
+            log.warning("the gate cannot read the current model v%d, so the candidate goes live "
+                        "unchecked against it (%d time(s) so far): %s", latest.version,
+                        self.current_unreadable, exc)  # fmt: skip
             return True, f"current model unreadable ({exc})", alone, None
         # The reward is compared only when both predict it (the flags may have changed).
         reward = metrics.reward_nmse is not None and current.reward_nmse is not None

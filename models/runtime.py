@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from models.checks import check_bool, check_choice, check_int
 from models.export import ModelFileError, ModelMetadata, read_verified
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,11 @@ class RuntimeOptions:
     of the GEMM rate in one call and at the ~70% of 10^3-row calls when chunked."""
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if not isinstance(self.chunk_rows, int) or not 0 <= self.chunk_rows <= MAX_CHUNK_ROWS:
-            raise ValueError(
-                f"chunk_rows must be an integer in [0, {MAX_CHUNK_ROWS}], got {self.chunk_rows!r}"
-            )
+        check_choice("device", self.device, DEVICES)
+        check_int("chunk_rows", self.chunk_rows, 0, MAX_CHUNK_ROWS)
         for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id", "rollout_slices"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
-                raise ValueError(f"{name} must be an integer in [0, {MAX_THREADS}], got {value!r}")
+            check_int(name, getattr(self, name), 0, MAX_THREADS)
+        check_bool("spin", self.spin)
 
 
 def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, object]]]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from models.checks import check_bool, check_int, check_number
 from models.ensemble import (
     EnsembleConfig,
     GaussianEnsemble,
@@ -94,22 +95,20 @@ class TrainConfig:
     """Seeds the split, the bootstrap, the shuffles and the initialization."""
 
     def __post_init__(self) -> None:
-        checks = (
-            ("max_epochs", 1 <= self.max_epochs <= 100_000, "[1, 100000]"),
-            ("batch_size", 1 <= self.batch_size <= 65_536, "[1, 65536]"),
-            ("learning_rate", 0 < self.learning_rate <= 1, "(0, 1]"),
-            ("weight_decay", 0 <= self.weight_decay < 1, "[0, 1)"),
-            ("holdout_fraction", 0 <= self.holdout_fraction <= 0.5, "[0, 0.5]"),
-            ("max_holdout_rows", self.max_holdout_rows >= 1, ">= 1"),
-            ("patience", self.patience >= 1, ">= 1"),
-            ("min_improvement", self.min_improvement >= 0, ">= 0"),
-            ("done_weight", 0 <= self.done_weight < math.inf, "[0, inf)"),
-            ("logvar_penalty", 0 <= self.logvar_penalty <= 1, "[0, 1]"),
-            ("max_seconds", self.max_seconds > 0, "> 0"),
-        )
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name} must be in {allowed}, got {getattr(self, name)!r}")
+        check_int("max_epochs", self.max_epochs, 1, 100_000)
+        check_int("batch_size", self.batch_size, 1, 65_536)
+        check_number("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0, 1.0, high_open=True)
+        check_number("holdout_fraction", self.holdout_fraction, 0.0, 0.5)
+        check_int("max_holdout_rows", self.max_holdout_rows, 1)
+        check_int("patience", self.patience, 1)
+        check_number("min_improvement", self.min_improvement, 0.0)
+        check_number("done_weight", self.done_weight, 0.0, math.inf, high_open=True)
+        check_number("logvar_penalty", self.logvar_penalty, 0.0, 1.0)
+        check_bool("bootstrap", self.bootstrap)
+        check_number("max_seconds", self.max_seconds, 0.0, low_open=True)
+        check_bool("calibrate", self.calibrate)
+        check_int("seed", self.seed, 0, 2**63 - 1)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from controller.config import Config, as_dict, merged, nested, parse_overrides, updated
+from controller.config import MOVED, Config, as_dict, merged, nested, parse_overrides, updated
 
 if TYPE_CHECKING:
     from sim_bridge.curve import CurveClient
@@ -28,6 +28,7 @@ DEFAULTS = as_dict(Config())
 def default_of(path: str) -> Any:
     """The dataclass default of a config field (``service.endpoint``)."""
     node: Any = DEFAULTS
+    path = MOVED.get(path, (path,))[0]  # a flag may still name a key by its old name
     for key in path.split("."):
         node = node.get(key) if isinstance(node, dict) else None
     return node

@@ -40,6 +40,7 @@ import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType, web
 
+from controller.checks import check_int, check_number
 from controller.dashboard.board import Board, Cursor
 from controller.dashboard.controls import controls
 from controller.service.control import request
@@ -76,6 +77,7 @@ class DashboardSettings:
     telemetry: str
     """The service's telemetry socket."""
     host: str = "127.0.0.1"
+    """The address the page is served on (loopback unless ``allow_remote``)."""
     port: int = 8765
     """0: any free port (the address is printed)."""
     allow_remote: bool = False
@@ -85,13 +87,14 @@ class DashboardSettings:
     videos: Path | None = None
     """A ``tickmpc run`` videos directory (with its index.json) whose videos the page plays."""
     status_period_s: float = 0.5
+    """How often the service's ``status`` is read (s)."""
     history_period_s: float = 2.0
+    """How often the service's ``history`` is read (s)."""
     push_period_s: float = 0.25
     """How often open pages get what changed: 4 updates a second."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        check_int("port", self.port, 0, 65535)
         if not is_loopback(self.host):
             if not self.allow_remote:
                 raise ValueError(
@@ -106,8 +109,7 @@ class DashboardSettings:
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
             raise ValueError(f"the access token must have at least {MIN_TOKEN_CHARS} characters")
         for name in ("status_period_s", "history_period_s", "push_period_s"):
-            if not 0 < getattr(self, name) <= 60:
-                raise ValueError(f"{name} must be in (0, 60], got {getattr(self, name)}")
+            check_number(name, getattr(self, name), 0.0, 60.0, low_open=True)
 
 
 class Dashboard:

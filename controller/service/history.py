@@ -4,10 +4,9 @@ as they went live (a model with the holdout metrics its file carries), and what 
 the way: the candidates the learner's gate rejected and the versions the service could not load.
 
 What the service sees happen is kept as it happens, in memory and bounded. The learner's
-refusals happen in another process, which writes one JSON file per refusal beside the rejected
-candidate (``<models>/rejected/rowsNNNNNNNN-TIME.json``: ``rows``, ``reason``, ``time``); those
-are read when the history is asked for, each file once. A file there that is not such a refusal
-is skipped and logged once: a stray file must not cost the dashboard its history.
+refusals happen in another process, which sets each refused candidate aside in the model
+directory (:meth:`models.registry.ModelDirectory.set_aside`, which owns that format); they are
+read with :class:`models.registry.Refusals` when the history is asked for, each file once.
 
 The limits below keep a reply under 1 MB: every list full is about 0.28 MB with ASCII robot ids
 and reasons, and 0.77 MB in the worst case, where every character of them is one JSON escapes to
@@ -16,10 +15,8 @@ twelve bytes (tests/controller/test_history.py builds it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -28,6 +25,7 @@ from typing import Any
 
 from controller.service.model_watch import VersionWatcher
 from models.export import ModelMetadata
+from models.registry import ModelDirectory
 from sim_bridge.protocol import control_reply
 
 log = logging.getLogger(__name__)
@@ -39,8 +37,6 @@ REJECTIONS_KEPT = 100
 """Refusals in a reply: the most recent."""
 REASON_CHARS = 300
 """A refusal's reason is cut to this many characters (an exception's text can be long)."""
-MAX_REFUSAL_BYTES = 64 * 1024
-"""A larger file in ``rejected/`` is not one the learner wrote."""
 
 
 class History:
@@ -51,7 +47,7 @@ class History:
         self.episodes: deque[dict[str, Any]] = deque(maxlen=EPISODES_KEPT)
         self.models: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
         self.policies: deque[dict[str, Any]] = deque(maxlen=VERSIONS_KEPT)
-        self.candidates = RejectedCandidates(models / "rejected") if models is not None else None
+        self.candidates = ModelDirectory(models).refusals() if models is not None else None
         self._changes = 0
         """Counts what was added, so a reply is encoded again only when it changed."""
         self._encoded: tuple[tuple[Any, ...], bytes] | None = None
@@ -114,7 +110,10 @@ class History:
         return self._encoded[1]
 
     def _candidates(self) -> tuple[dict[str, Any], ...]:
-        return () if self.candidates is None else tuple(self.candidates.read())
+        if self.candidates is None:
+            return ()
+        return tuple({"what": "candidate", "version": None, "reason": r.reason[:REASON_CHARS],
+                      "time": r.time} for r in self.candidates.read())  # fmt: skip
 
     def reply(
         self,
@@ -156,61 +155,6 @@ class History:
             "policies": list(self.policies),
             "rejected": rejected[-REJECTIONS_KEPT:],
         }
-
-
-class RejectedCandidates:
-    """The learner's refusals in ``directory``, as ``history`` entries: each JSON file is read
-    once, known by name and inode (a file replaced under its name is read again)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._entries: dict[tuple[str, int], dict[str, Any] | None] = {}
-        """(name, inode) -> its entry, or None for a file that is not a refusal."""
-        self._unreadable = False
-
-    def read(self) -> list[dict[str, Any]]:
-        """The refusals now in the directory (none while it does not exist)."""
-        try:
-            with os.scandir(self.directory) as found:
-                files = [(e.name, e.inode()) for e in found
-                         if e.name.endswith(".json") and not e.name.startswith(".")]  # fmt: skip
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            if not self._unreadable:  # said once; each request would say it again
-                log.warning("cannot list the learner's refusals in %s: %s", self.directory, exc)
-                self._unreadable = True
-            return []
-        self._unreadable = False
-        known = self._entries
-        self._entries = {key: known[key] if key in known else self._parse(key[0]) for key in files}
-        return [entry for entry in self._entries.values() if entry is not None]
-
-    def _parse(self, name: str) -> dict[str, Any] | None:
-        path = self.directory / name
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_REFUSAL_BYTES + 1)
-            if len(raw) > MAX_REFUSAL_BYTES:
-                raise ValueError(f"over {MAX_REFUSAL_BYTES} bytes")
-            refusal = json.loads(raw)
-            if not isinstance(refusal, dict):
-                raise ValueError("not a JSON object")
-            rows, reason, when = refusal["rows"], refusal["reason"], refusal["time"]
-            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-                raise ValueError(f"rows is {rows!r}")
-            if not isinstance(reason, str):
-                raise ValueError(f"reason is {reason!r}")
-            if finite_or_none(when) is None:
-                raise ValueError(f"time is {when!r}")
-        except FileNotFoundError:  # removed since it was listed: gone from the next listing
-            return None
-        except (OSError, ValueError, KeyError, RecursionError) as exc:
-            log.warning("%s is not a refusal of the learner (rows, reason, time): skipped (%s)",
-                        path, exc)  # fmt: skip
-            return None
-        return {"what": "candidate", "version": None, "reason": reason[:REASON_CHARS],
-                "time": float(when)}  # fmt: skip
 
 
 def finite_or_none(value: object) -> float | None:

@@ -164,16 +164,20 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
         try:
             evaluator = self._load_with(model, policy)
         except Exception as exc:  # a new version must leave the old one serving
-            alone = None  # whose fault was it? a new model without the policy
+            alone, own = None, None  # whose fault was it? a new model without the policy
             if model is not self._model and policy is not None:
-                alone = self._without_policy(model)
+                alone, own = self._without_policy(model)
             if policy is not None and (model is self._model or alone is not None):
                 self.policy_errors[policy.version] = str(exc)
                 log.error("policy p%d does not compose with %s: %s", policy.version, name, exc)
             if alone is None:
                 if model is not self._model:
-                    self._reject(model.version, str(exc))
-                    log.error("%s rejected, keeping the current one: %s", name, exc)
+                    # Both reasons: the model's own, and what the try with the policy said.
+                    why = str(exc)
+                    if own is not None and policy is not None and own != why:
+                        why = f"{own}; with policy p{policy.version}: {exc}"
+                    self._reject(model.version, why)
+                    log.error("%s rejected, keeping the current one: %s", name, why)
                 else:
                     self._composed = key  # tried: the evaluator serving stays
                 return
@@ -187,11 +191,12 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
         with_policy = f" with policy p{composed}" if composed else ""
         log.info("%s loaded from %s%s", name, model.path, with_policy)
 
-    def _without_policy(self, model: ModelVersion) -> RolloutEvaluator | None:
+    def _without_policy(self, model: ModelVersion) -> tuple[RolloutEvaluator | None, str | None]:
+        """The model loaded alone, or None and why not (the model's own fault)."""
         try:
-            return self._load_with(model, None)
-        except Exception:  # the model's own fault: the caller rejects it
-            return None
+            return self._load_with(model, None), None
+        except Exception as exc:  # the caller rejects it, with this reason and its own
+            return None, str(exc)
 
     def _load_with(self, model: ModelVersion, policy: ModelVersion | None) -> RolloutEvaluator:
         evaluator = RolloutEvaluator(

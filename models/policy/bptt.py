@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.checks import check_int, check_number
 from models.policy.rollouts import EnsembleDynamics, RewardFn, drawn_outputs
-from models.policy.sac import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Actor, SACConfig, _is_int
+from models.policy.sac import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Actor, SACConfig
 
 MAX_HORIZON = 10_000
 
@@ -58,19 +59,14 @@ class BPTTConfig:
     """Seeds the actor's initialization (under a forked global RNG)."""
 
     def __post_init__(self) -> None:
-        checks = (
-            ("horizon", _is_int(self.horizon, 1, MAX_HORIZON), f"[1, {MAX_HORIZON}]"),
-            ("lr", 0 < self.lr <= 1, "(0, 1]"),
-            ("grad_clip", 0 < self.grad_clip < math.inf, "(0, inf)"),
-            ("batch", _is_int(self.batch, 1, MAX_BATCH), f"[1, {MAX_BATCH}]"),
-            ("discount", 0 < self.discount <= 1, "(0, 1]"),
-            ("hidden_layers", _is_int(self.hidden_layers, 1, MAX_LAYERS), f"[1, {MAX_LAYERS}]"),
-            ("hidden_units", _is_int(self.hidden_units, 1, MAX_UNITS), f"[1, {MAX_UNITS}]"),
-            ("seed", _is_int(self.seed, 0, 2**63 - 1), "[0, 2**63)"),
-        )
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name} must be in {allowed}, got {getattr(self, name)!r}")
+        check_int("horizon", self.horizon, 1, MAX_HORIZON)
+        check_number("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_number("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
+        check_int("batch", self.batch, 1, MAX_BATCH)
+        check_number("discount", self.discount, 0.0, 1.0, low_open=True)
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        check_int("seed", self.seed, 0, 2**63 - 1)
 
 
 @contextmanager
@@ -200,8 +196,7 @@ class BPTTOptimizer:
         norms: dict[int, float] = {}
         with _frozen(model):
             for h in horizons:
-                if not _is_int(h, 1, MAX_HORIZON):
-                    raise ValueError(f"horizons must be integers in [1, {MAX_HORIZON}], got {h!r}")
+                check_int("horizons", h, 1, MAX_HORIZON)
                 gen = torch.Generator().manual_seed(seed)
                 ret = self.imagined_return(model, start_obs, h, gen).mean()
                 if not ret.requires_grad:  # e.g. a step reward of hard thresholds at H = 1

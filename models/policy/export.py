@@ -35,6 +35,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from models.checks import check_choice, check_int
 from models.export import (
     PREFIX,
     ModelFileError,
@@ -138,9 +139,7 @@ class PolicyMetadata:
             ("real_rows", 0, 2**63 - 1),
             ("rollout_length", 0, 2**31 - 1),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+            check_int(name, getattr(self, name), lo, hi)
         for name in ("low", "high"):
             bound = getattr(self, name)
             if len(bound) != self.act_dim or not all(_finite_number(x) for x in bound):
@@ -154,8 +153,7 @@ class PolicyMetadata:
             raise ValueError(f"created_unix must be a finite number, got {self.created_unix!r}")
         if not isinstance(self.graph_sha256, str) or not _HEX64.match(self.graph_sha256):
             raise ValueError(f"graph_sha256 must be 64 hex digits, got {self.graph_sha256!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
     def to_props(self) -> dict[str, str]:
         return {

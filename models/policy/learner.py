@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.checks import check_bool, check_int, check_number
 from models.policy.export import PolicyDirectory, PolicyMetadata
 from models.policy.rollouts import (
     MAX_EPOCH,
@@ -42,7 +43,6 @@ from models.policy.sac import SAC, SACConfig
 from models.registry import ModelVersion
 from models.transitions import Transitions
 
-MAX_UPDATES_PER_STEP = 10_000
 MAX_ROLLOUT_BATCH = 1_000_000
 MAX_UPDATES = 10**9
 
@@ -51,13 +51,12 @@ MAX_UPDATES = 10**9
 class PolicyLearnerConfig:
     """Hyperparameters of :class:`PolicyLearner`. Validated at construction.
 
-    Defaults follow MBPO's MuJoCo settings where they carry over: 20 policy updates per real
-    step, 5% real rows in each batch, k = 1 throughout, and the rollouts of the last few model
-    versions kept.
+    Defaults follow MBPO's MuJoCo settings where they carry over: 5% real rows in each batch,
+    k = 1 throughout, and the rollouts of the last few model versions kept. How many updates
+    to take (MBPO: 20 per real step) is the caller's: the policy trainer's
+    ``updates_per_step``, or ``step``'s ``updates``.
     """
 
-    updates_per_step: int = 20
-    """G: SAC gradient steps per new real row (1..MAX_UPDATES_PER_STEP)."""
     real_ratio: float = 0.05
     """Share of real rows in each SAC batch [0, 1]; round(real_ratio * batch_size) rows."""
     rollout_batch: int = 400
@@ -83,16 +82,11 @@ class PolicyLearnerConfig:
     """Seeds the start-state draws, the rollouts and the batch draws."""
 
     def __post_init__(self) -> None:
-        _check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
-        if isinstance(self.real_ratio, bool) or not (
-            isinstance(self.real_ratio, int | float) and 0.0 <= self.real_ratio <= 1.0
-        ):
-            raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio!r}")
-        _check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
-        _check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        if not isinstance(self.naive, bool):
-            raise ValueError(f"naive must be true or false, got {self.naive!r}")
+        check_number("real_ratio", self.real_ratio, 0.0, 1.0)
+        check_int("rollout_batch", self.rollout_batch, 1, MAX_ROLLOUT_BATCH)
+        check_int("buffer_versions", self.buffer_versions, 1, MAX_VERSIONS)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_bool("naive", self.naive)
         if not isinstance(self.sac, SACConfig):
             raise ValueError(f"sac must be a SACConfig, got {type(self.sac).__name__}")
         RolloutSchedule(self.k_min, self.k_max, self.epoch_start, self.epoch_end)  # validates
@@ -145,7 +139,7 @@ class PolicyLearner:
 
     def load_model(self, model: EnsembleDynamics, version: int) -> None:
         """Branch from ``model`` (version ``version``, not older than the current one) on."""
-        _check_int("version", version, 0, 2**63 - 1)
+        check_int("version", version, 0, 2**63 - 1)
         if version < self.model_version:
             raise ValueError(f"model version {version} is older than {self.model_version}")
         cfg = model.config
@@ -156,17 +150,17 @@ class PolicyLearner:
             )
         self.model, self.model_version = model, version
 
-    def step(self, real: Transitions, epoch: int, updates: int | None = None) -> dict[str, float]:
-        """One MBPO round on ``real``, all real rows so far (earlier rows first): a rollout
-        round (:meth:`rollout`) and then ``updates`` gradient steps (:meth:`train`).
+    def new_rows(self, real: Transitions) -> int:
+        """Rows of ``real`` new since the latest rollout round (MBPO owes G updates for each)."""
+        return len(real) - self.real_rows_seen
 
-        ``updates``: gradient steps to take; None means G x the rows new since the previous
-        step. Returns updates (this step's), k, rollout_rows, model_reward_mean, the mean SAC
-        losses over the updates (critic_loss, actor_loss, alpha_loss; NaN with no update),
-        alpha, and the totals updates_total and buffer_rows.
+    def step(self, real: Transitions, epoch: int, updates: int) -> dict[str, float]:
+        """One MBPO round on ``real``, all real rows so far (earlier rows first): a rollout
+        round (:meth:`rollout`) and then ``updates`` gradient steps (:meth:`train`; MBPO takes
+        G x :meth:`new_rows`). Returns updates (this step's), k, rollout_rows,
+        model_reward_mean, the mean SAC losses over the updates (critic_loss, actor_loss,
+        alpha_loss; NaN with no update), alpha, and the totals updates_total and buffer_rows.
         """
-        if updates is None:
-            updates = self.config.updates_per_step * (len(real) - self.real_rows_seen)
         rolled = self.rollout(real, epoch)
         return {**rolled, **self.train(real, updates)}
 
@@ -177,7 +171,7 @@ class PolicyLearner:
         if self.model is None:
             raise RuntimeError("no dynamics model loaded: call load_model first")
         self._check_real(real)
-        _check_int("epoch", epoch, 0, MAX_EPOCH)
+        check_int("epoch", epoch, 0, MAX_EPOCH)
         k = self.schedule.length(epoch)
         rollouts = self._rollout(real, k)
         self.buffer.add(self.model_version, rollouts)
@@ -194,7 +188,7 @@ class PolicyLearner:
         Returns updates, the mean losses (NaN with no update), alpha, updates_total and
         buffer_rows."""
         self._check_real(real)
-        _check_int("updates", updates, 0, MAX_UPDATES)
+        check_int("updates", updates, 0, MAX_UPDATES)
         losses: dict[str, list[float]] = {"critic_loss": [], "actor_loss": [], "alpha_loss": []}
         real_cols = _real_columns(real)
         for _ in range(updates):
@@ -289,8 +283,3 @@ def _real_columns(real: Transitions) -> dict[str, Tensor]:
         "next_obs": torch.as_tensor(real.next_obs, dtype=torch.float32),
         "done": torch.as_tensor(real.terminated, dtype=torch.float32),
     }
-
-
-def _check_int(name: str, value: int, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")

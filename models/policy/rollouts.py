@@ -27,6 +27,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from models.checks import check_int
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.transitions import Transitions
 
@@ -116,8 +117,7 @@ def branched_rollouts(
     The model runs in eval mode without gradients; its mode is restored afterwards.
     """
     cfg = model.config
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ROLLOUT_LENGTH:
-        raise ValueError(f"k must be an integer in [1, {MAX_ROLLOUT_LENGTH}], got {k!r}")
+    check_int("k", k, 1, MAX_ROLLOUT_LENGTH)
     if start_obs.dim() != 2 or start_obs.shape[1] != cfg.obs_dim:
         raise ValueError(f"start_obs must be [N, {cfg.obs_dim}], got {tuple(start_obs.shape)}")
     if reward_fn is None and not cfg.predict_reward:
@@ -300,10 +300,10 @@ class RolloutSchedule:
     """Epoch where the rise ends (epoch_start..MAX_EPOCH)."""
 
     def __post_init__(self) -> None:
-        _check_int("k_min", self.k_min, 1, MAX_ROLLOUT_LENGTH)
-        _check_int("k_max", self.k_max, self.k_min, MAX_ROLLOUT_LENGTH)
-        _check_int("epoch_start", self.epoch_start, 0, MAX_EPOCH)
-        _check_int("epoch_end", self.epoch_end, self.epoch_start, MAX_EPOCH)
+        check_int("k_min", self.k_min, 1, MAX_ROLLOUT_LENGTH)
+        check_int("k_max", self.k_max, self.k_min, MAX_ROLLOUT_LENGTH)
+        check_int("epoch_start", self.epoch_start, 0, MAX_EPOCH)
+        check_int("epoch_end", self.epoch_end, self.epoch_start, MAX_EPOCH)
 
     @classmethod
     def constant(cls, k: int) -> RolloutSchedule:
@@ -311,7 +311,7 @@ class RolloutSchedule:
 
     def length(self, epoch: int) -> int:
         """The rollout length k at ``epoch`` (>= 0), rounded down as MBPO does."""
-        _check_int("epoch", epoch, 0, MAX_EPOCH)
+        check_int("epoch", epoch, 0, MAX_EPOCH)
         if epoch <= self.epoch_start:
             return self.k_min
         if epoch >= self.epoch_end:
@@ -319,8 +319,3 @@ class RolloutSchedule:
         # Integer arithmetic: a float fraction can land just below a whole k and lose a step.
         rise = (epoch - self.epoch_start) * (self.k_max - self.k_min)
         return self.k_min + rise // (self.epoch_end - self.epoch_start)
-
-
-def _check_int(name: str, value: int, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checks import check_int, check_number
 from models.preprocess import feature_dim, make_preprocessor
 
 MAX_LAYERS = 16
@@ -72,30 +73,16 @@ class SACConfig:
     """Seeds the initialization and the action noise."""
 
     def __post_init__(self) -> None:
-        checks = (
-            ("hidden_layers", _is_int(self.hidden_layers, 1, MAX_LAYERS), f"[1, {MAX_LAYERS}]"),
-            ("hidden_units", _is_int(self.hidden_units, 1, MAX_UNITS), f"[1, {MAX_UNITS}]"),
-            ("actor_lr", 0 < self.actor_lr <= 1, "(0, 1]"),
-            ("critic_lr", 0 < self.critic_lr <= 1, "(0, 1]"),
-            ("alpha_lr", 0 < self.alpha_lr <= 1, "(0, 1]"),
-            ("discount", 0 < self.discount <= 1, "(0, 1]"),
-            ("tau", 0 < self.tau <= 1, "(0, 1]"),
-            ("batch_size", _is_int(self.batch_size, 1, MAX_BATCH), f"[1, {MAX_BATCH}]"),
-            ("init_alpha", 0 < self.init_alpha < math.inf, "(0, inf)"),
-            (
-                "target_entropy",
-                self.target_entropy is None or math.isfinite(self.target_entropy),
-                "None or finite",
-            ),
-            ("seed", _is_int(self.seed, 0, 2**63 - 1), "[0, 2**63)"),
-        )
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name} must be in {allowed}, got {getattr(self, name)!r}")
-
-
-def _is_int(value: object, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        check_int("hidden_layers", self.hidden_layers, 1, MAX_LAYERS)
+        check_int("hidden_units", self.hidden_units, 1, MAX_UNITS)
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "discount", "tau"):
+            check_number(name, getattr(self, name), 0.0, 1.0, low_open=True)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_number("init_alpha", self.init_alpha, 0.0, math.inf, low_open=True, high_open=True)
+        if self.target_entropy is not None:
+            check_number("target_entropy", self.target_entropy, -math.inf, math.inf,
+                         low_open=True, high_open=True)  # fmt: skip
+        check_int("seed", self.seed, 0, 2**63 - 1)
 
 
 def mlp(in_dim: int, out_dim: int, cfg: SACConfig) -> nn.Sequential:
@@ -264,9 +251,8 @@ class SAC(nn.Module):
     ) -> None:
         super().__init__()
         cfg = config if config is not None else SACConfig()
-        for name, dim in (("obs_dim", obs_dim), ("act_dim", act_dim)):
-            if not _is_int(dim, 1, MAX_UNITS):
-                raise ValueError(f"{name} must be an integer in [1, {MAX_UNITS}], got {dim!r}")
+        check_int("obs_dim", obs_dim, 1, MAX_UNITS)
+        check_int("act_dim", act_dim, 1, MAX_UNITS)
         self.config = cfg
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.target_entropy = (

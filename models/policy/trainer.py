@@ -33,113 +33,65 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from models.checks import check_choice, check_int, check_number
 from models.policy.bptt import BPTTConfig, BPTTOptimizer
 from models.policy.export import PolicyDirectory, read_policy
 from models.policy.learner import PolicyLearner, PolicyLearnerConfig
 from models.policy.rollouts import DoneFn, EnsembleDynamics, RewardFn
-from models.policy.sac import SACConfig
 from models.registry import ModelVersion
 from models.transitions import Transitions
 
 log = logging.getLogger(__name__)
+MAX_UPDATES_PER_STEP = 10_000
 OPTIMIZERS = ("none", "sac", "bptt")
 """``none``: no policy is trained."""
 
 
 @dataclass(frozen=True)
 class PolicyTrainerConfig:
-    """The policy's training, flat (the config file's ``[policy]`` table). Validated by the
-    parts' own configs at construction."""
+    """The policy's training (the config file's ``[policy]`` table): the trainer's own
+    schedule, and the configs of the two optimizers it feeds, composed as they are
+    (``[policy.mbpo]`` with its agent in ``[policy.mbpo.sac]``, and ``[policy.bptt]``).
+    Validated at construction (each part checks its own fields)."""
 
     optimizer: str = "none"
     """"none", "sac" (MBPO) or "bptt" (backprop through the model)."""
     updates_per_step: int = 20
-    """G: gradient steps owed per real row (MBPO: 20 on MuJoCo)."""
-    real_ratio: float = 0.05
-    """SAC: share of real rows in each batch (MBPO: 0.05)."""
-    rollout_batch: int = 100_000
-    """SAC: start states per rollout round (MBPO: 100,000 every 250 steps)."""
+    """G: gradient steps owed per real row, for either optimizer (MBPO: 20 on MuJoCo)."""
     rollout_every: int = 250
     """SAC: new real rows between rollout rounds (one is also made for each new model)."""
-    k_min: int = 1
-    """SAC: rollout length up to epoch_start."""
-    k_max: int = 1
-    """SAC: rollout length from epoch_end on."""
-    epoch_start: int = 0
-    """SAC: epoch where the rollout length starts rising."""
-    epoch_end: int = 0
-    """SAC: epoch where it reaches k_max."""
     epoch_rows: int = 1000
-    """Real rows per epoch of the schedule (MBPO: 1000 environment steps)."""
-    naive: bool = False
-    """SAC: start rollouts at the episodes' initial states (with k the episode length: the
-    seeds' naive Dyna)."""
-    buffer_versions: int = 3
-    """SAC: model versions whose rollouts are kept."""
-    layers: int = 2
-    """Hidden layers of the actor (and each critic)."""
-    units: int = 256
-    """Units per hidden layer."""
-    batch_size: int = 256
-    """Rows (SAC) or start states (BPTT) per update."""
-    lr: float = 3e-4
-    """SAC: Adam learning rate of actor, critics and temperature."""
-    gamma: float = 0.99
-    """Discount of the policy's return (the planner's is planner.discount)."""
-    bptt_horizon: int = 10
-    """BPTT: imagined steps differentiated through."""
-    bptt_lr: float = 1e-3
-    """BPTT: Adam learning rate of the actor."""
-    grad_clip: float = 10.0
-    """BPTT: largest global gradient norm applied."""
+    """Real rows per epoch of the rollout-length schedule (MBPO: 1000 environment steps)."""
     chunk_updates: int = 250
     """Updates per chunk of work (a due retrain or a stop waits at most one chunk)."""
     publish_every_s: float = 30.0
     """While behind, publish at least this often (caught up, it publishes at once)."""
-    seed: int = 0
+    mbpo: PolicyLearnerConfig = field(
+        default_factory=lambda: PolicyLearnerConfig(rollout_batch=100_000)
+    )
+    """SAC on branched model rollouts (``optimizer = "sac"``): the real share, the rollouts
+    (100,000 start states per round here, as MBPO), their length schedule and the agent."""
+    bptt: BPTTConfig = field(default_factory=BPTTConfig)
+    """Backprop through the model (``optimizer = "bptt"``): horizon, learning rate, clip,
+    batch, discount, the actor's size and seed."""
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
-                             f"{self.optimizer!r}")  # fmt: skip
-        for name, lo in (("rollout_every", 1), ("epoch_rows", 1), ("chunk_updates", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-        if not (isinstance(self.publish_every_s, int | float) and self.publish_every_s > 0):
-            raise ValueError(f"publish_every_s must be > 0, got {self.publish_every_s!r}")
-        self.learner_config()  # the parts check their own fields
-        self.bptt_config()
-
-    def sac_config(self) -> SACConfig:
-        return SACConfig(
-            hidden_layers=self.layers, hidden_units=self.units, actor_lr=self.lr,
-            critic_lr=self.lr, alpha_lr=self.lr, discount=self.gamma,
-            batch_size=self.batch_size, seed=self.seed,
-        )  # fmt: skip
-
-    def learner_config(self) -> PolicyLearnerConfig:
-        return PolicyLearnerConfig(
-            updates_per_step=self.updates_per_step, real_ratio=self.real_ratio,
-            rollout_batch=self.rollout_batch, k_min=self.k_min, k_max=self.k_max,
-            epoch_start=self.epoch_start, epoch_end=self.epoch_end,
-            buffer_versions=self.buffer_versions, naive=self.naive, sac=self.sac_config(),
-            seed=self.seed,
-        )  # fmt: skip
-
-    def bptt_config(self) -> BPTTConfig:
-        return BPTTConfig(
-            horizon=self.bptt_horizon, lr=self.bptt_lr, grad_clip=self.grad_clip,
-            batch=self.batch_size, discount=self.gamma, hidden_layers=self.layers,
-            hidden_units=self.units, seed=self.seed,
-        )  # fmt: skip
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_int("updates_per_step", self.updates_per_step, 1, MAX_UPDATES_PER_STEP)
+        for name in ("rollout_every", "epoch_rows", "chunk_updates"):
+            check_int(name, getattr(self, name), 1)
+        check_number("publish_every_s", self.publish_every_s, 0.0, low_open=True)
+        if not isinstance(self.mbpo, PolicyLearnerConfig):
+            raise ValueError(f"mbpo must be a PolicyLearnerConfig, got {self.mbpo!r}")
+        if not isinstance(self.bptt, BPTTConfig):
+            raise ValueError(f"bptt must be a BPTTConfig, got {self.bptt!r}")
 
 
 class _BPTT:
@@ -202,15 +154,15 @@ class PolicyTrainer:
         self.directory = PolicyDirectory(directory)
         self.algorithm: PolicyLearner | _BPTT
         if config.optimizer == "sac":
-            self.algorithm = PolicyLearner(config.learner_config(), obs_dim, act_dim, low, high,
+            self.algorithm = PolicyLearner(config.mbpo, obs_dim, act_dim, low, high,
                                            reward_fn=reward_fn, done_fn=done_fn,
                                            preprocess=preprocess)  # fmt: skip
         else:
             if reward_fn is None:
                 log.info("bptt: the imagined reward is the model's learned reward")
-            optimizer = BPTTOptimizer(config.bptt_config(), obs_dim, act_dim, low, high,
+            optimizer = BPTTOptimizer(config.bptt, obs_dim, act_dim, low, high,
                                       reward_fn=reward_fn, preprocess=preprocess)  # fmt: skip
-            self.algorithm = _BPTT(optimizer, config.seed)
+            self.algorithm = _BPTT(optimizer, config.bptt.seed)
         self.model_version = 0
         self.version = 0
         """The newest published policy version (0: none)."""

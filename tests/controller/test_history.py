@@ -16,23 +16,27 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 import zmq
 
 from controller.service import MPCService, ServiceSettings
 from controller.service.control import request
 from controller.service.history import REJECTIONS_KEPT, VERSIONS_KEPT, History
+from controller.service.model_watch import ModelWatcher, PolicyWatcher
 from controller.tasks import TASKS, check_task, get_task
-from models.ensemble import EnsembleConfig
-from models.export import ModelMetadata, write_with_metadata
+from models.ensemble import EnsembleConfig, GaussianEnsemble
+from models.export import ModelMetadata, export_ensemble, write_with_metadata
 from models.policy.export import PolicyDirectory
 from models.policy.sac import SAC, SACConfig
 from models.registry import ModelDirectory
-from models.runtime import read_model
+from models.runtime import RuntimeOptions, read_model
 from sim_bridge import protocol as p
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.link import BridgeLink
 from sim_bridge.mujoco_bridge import MujocoBridge
+from tests.controller.known_models import export_pendulum
 from tests.controller.service_fixtures import (
+    CARTPOLE,
     FAST,
     LOOPBACK,
     SPEC,
@@ -155,7 +159,7 @@ def test_refusals_of_the_learner_and_of_the_service_are_listed_and_foreign_files
     PolicyDirectory(models).path_of(1).write_bytes(b"corrupted policy file")
     PolicyDirectory(models).mark_latest(1)
     wait_for(lambda: "1" in running.service.status()["rejected_policies"], 10)
-    with caplog.at_level(logging.WARNING, logger="controller.service.history"):
+    with caplog.at_level(logging.WARNING, logger="models.registry"):
         reply = history(running)
         assert history(running)["rejected"] == reply["rejected"]  # and no file read again
     candidate, model, policy = reply["rejected"]  # by time: the candidate's is years ago
@@ -288,3 +292,64 @@ def test_a_holdout_that_is_not_an_object_is_shown_as_none() -> None:
                              code_sha256="", graph_sha256="", extra={})  # fmt: skip
     kept.model_live(3, metadata)
     assert kept.models[-1]["holdout_mse"] is None and kept.models[-1]["train_rows"] == 10
+
+
+def test_a_model_refused_alone_and_with_the_policy_is_refused_for_its_own_fault(
+    tmp_path: Path,
+) -> None:
+    """The watcher tries a new model with the policy, then alone to see whose fault it was; a
+    model that fails both ways is refused with its own reason (and the other where it differs),
+    the policy is not blamed, and the history lists the reason."""
+    models = tmp_path / "models"
+    publish_cartpole(models, 1)
+    PolicyDirectory(models).publish(
+        SAC(4, 1, np.array([-1.0]), np.array([1.0]), SACConfig(seed=0)),
+        model_version=1, updates=0, real_rows=0, rollout_length=0,
+    )  # fmt: skip
+    policies = PolicyWatcher(models, CARTPOLE)
+    policies.load_now()
+    watcher = ModelWatcher(models, CARTPOLE, RuntimeOptions(), policies=policies)
+    watcher.load_now()
+    taken = watcher.take()
+    assert taken is not None and taken[0] == 1 and taken[1].policy_version == 1
+    export_pendulum(ModelDirectory(models).path_of(2))  # 3 observations: not the cartpole's 4
+    ModelDirectory(models).mark_latest(2)
+    watcher.load_now()
+    assert watcher.take() is None
+    reason = watcher.rejected[2]
+    assert reason.endswith("model dims (obs 3, act 1) do not match task cartpole-swingup "
+                           "(obs 4, act 1)"), reason  # fmt: skip
+    assert "with policy" not in reason  # the same fault both ways is said once
+    assert watcher.policy_errors == {}
+    entries = History(models)._reply("cartpole-swingup", None, {}, {"model": watcher}, [])
+    assert entries["rejected"][0]["reason"] == reason[:300]
+
+
+def test_a_model_that_fails_alone_is_not_refused_for_the_policys_fault(tmp_path: Path) -> None:
+    """The bug this guards: the policy file went bad after it was accepted, and the new model
+    predicts non-finite returns. Tried with the policy, the model fails on the policy's file;
+    alone, on its own outputs. The reason kept both, the model's own first (it used to keep
+    only the first, which blamed the policy)."""
+    models = tmp_path / "models"
+    policies = PolicyDirectory(models)
+    policies.publish(SAC(4, 1, np.array([-1.0]), np.array([1.0]), SACConfig(seed=0)),
+                     model_version=1, updates=0, real_rows=0, rollout_length=0)  # fmt: skip
+    policy_watcher = PolicyWatcher(models, CARTPOLE)
+    policy_watcher.load_now()
+    assert policy_watcher.accepted is not None
+    policies.path_of(1).write_bytes(b"overwritten after it was accepted")
+    broken = GaussianEnsemble(EnsembleConfig(obs_dim=4, act_dim=1, members=2, hidden_layers=1,
+                                             hidden_units=8))  # fmt: skip
+    with torch.no_grad():
+        for parameter in broken.parameters():
+            parameter.fill_(math.nan)
+    directory = ModelDirectory(models)
+    export_ensemble(broken, directory.path_of(1), member_batched=True)
+    directory.mark_latest(1)
+    watcher = ModelWatcher(models, CARTPOLE, RuntimeOptions(), policies=policy_watcher)
+    watcher.load_now()
+    assert watcher.take() is None
+    own, sep, composed = watcher.rejected[1].partition("; with policy p1: ")
+    assert own == "it predicts non-finite returns from the zero state"
+    assert sep and "p000001.onnx: not a valid ONNX file" in composed
+    assert watcher.policy_errors == {}  # the policy is not blamed for the model's fault

@@ -225,6 +225,28 @@ def test_model_directory_versions_and_latest(tmp_path: Path) -> None:
         models.mark_latest(7)
 
 
+def test_refused_candidates_set_aside_in_one_second_keep_their_own_names_and_reasons(
+    tmp_path: Path,
+) -> None:
+    models = ModelDirectory(tmp_path / "models")
+    assert models.refusals().read() == []  # no rejected/ yet
+    kept = []
+    for k in range(3):  # well inside one second (and the rows are the same): one base name
+        candidate = tmp_path / "models" / f".candidate-{k}.onnx"
+        candidate.parent.mkdir(exist_ok=True)
+        candidate.write_bytes(f"candidate {k}".encode())
+        kept.append(models.set_aside(candidate, 600, f"reason {k}"))
+        assert not candidate.exists()
+    assert len(set(kept)) == 3
+    assert [p.read_bytes() for p in kept] == [b"candidate 0", b"candidate 1", b"candidate 2"]
+    seconds = {int(json.loads(p.with_suffix(".json").read_text())["time"]) for p in kept}
+    if len(seconds) == 1:  # the usual case: the second refusal of a second is -2, then -3
+        (second,) = seconds
+        assert [p.stem for p in kept] == [f"rows00000600-{second}{k}" for k in ("", "-2", "-3")]
+    refusals = sorted(models.refusals().read(), key=lambda r: r.time)
+    assert [(r.rows, r.reason) for r in refusals] == [(600, f"reason {k}") for k in range(3)]
+
+
 def test_reader_never_sees_partial_model(tmp_path: Path) -> None:
     """Publish repeatedly while another process loads whatever LATEST names."""
     root = tmp_path / "models"

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from models.ensemble import EnsembleShape
 from models.learner import Learner, LearnerConfig, ModelVersion
 from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
 from models.store import TransitionWriter
+from models.train import TrainConfig
 from models.transitions import Transitions
 from sim_bridge.random_data import collect_random
 
@@ -28,9 +31,11 @@ def _learner(store: Path, models: Path, config: LearnerConfig, **kwargs: Any) ->
     return Learner(store, models, config, preprocess=PRE, **kwargs)
 
 
+SMALL = EnsembleShape(members=3, hidden_layers=2, hidden_units=64, reward_layers=2,
+                      reward_units=64)  # fmt: skip
 CONFIG = LearnerConfig(
-    members=3, hidden_layers=2, hidden_units=64, min_transitions=200, retrain_every=200,
-    max_epochs=80,
+    model=SMALL, train=TrainConfig(max_epochs=80, max_seconds=60.0), min_transitions=200,
+    retrain_every=200,
 )  # fmt: skip
 
 
@@ -80,8 +85,8 @@ def test_a_candidate_worse_than_the_current_model_is_kept_aside_not_published(
     _learner(store, models, CONFIG).step()
     _append(store, 200, seed=5)
     # An untrainable candidate (one epoch of a fresh tiny model) against a trained current one.
-    weak = LearnerConfig(**{**CONFIG.__dict__, "max_epochs": 1, "hidden_units": 8,
-                            "gate_margin": 0.0})  # fmt: skip
+    weak = replace(CONFIG, model=replace(SMALL, hidden_units=8, reward_units=8),
+                   train=replace(CONFIG.train, max_epochs=1), gate_margin=0.0)  # fmt: skip
     learner = _learner(store, models, weak)
     before = time.time()
     result = learner.retrain_now()
@@ -108,8 +113,8 @@ def test_an_episode_end_triggers_a_retrain_before_retrain_every_rows_and_is_anno
     _append(store, 30, seed=7)  # a running episode: 30 rows of the 200 needed
     assert not learner.step()
     _append(store, 12, seed=8, end=True)  # the episode ends (e.g. the pole fell)
-    steps_only = _learner(store, models, LearnerConfig(**{**CONFIG.__dict__,
-                         "retrain_at_episode_end": False}))  # fmt: skip
+    steps_only = _learner(store, models, replace(CONFIG,
+                         retrain_at_episode_end=False))  # fmt: skip
     assert not steps_only.step()
     assert learner.step() and learner.history[-1].rows == 242
     assert announced == ([1, 2] if learner.history[-1].accepted else [1])
@@ -161,8 +166,8 @@ def test_a_stop_request_interrupts_a_running_retrain_and_publishes_nothing(
     store, models = tmp_path / "store", tmp_path / "models"
     _append(store, 600, seed=11)
     # The default architecture on 600 rows trains for 5-20 s before early stopping.
-    slow = LearnerConfig(**{**CONFIG.__dict__, "members": 5, "hidden_layers": 3,
-                            "hidden_units": 200, "max_epochs": 100_000})  # fmt: skip
+    slow = replace(CONFIG, model=EnsembleShape(members=5, hidden_layers=3, hidden_units=200),
+                   train=replace(CONFIG.train, max_epochs=100_000))  # fmt: skip
     announced: list[ModelVersion] = []
     learner = _learner(store, models, slow, on_publish=announced.append)
     thread = threading.Thread(target=learner.run, daemon=True)
@@ -187,10 +192,7 @@ def test_learner_config_refuses_a_non_boolean_episode_end_switch() -> None:
         LearnerConfig(retrain_at_episode_end="yes")  # type: ignore[arg-type]
 
 
-PENDULUM = LearnerConfig(
-    members=3, hidden_layers=2, hidden_units=64, min_transitions=200, retrain_every=200,
-    max_epochs=40,
-)  # fmt: skip
+PENDULUM = replace(CONFIG, train=replace(CONFIG.train, max_epochs=40))
 """For InvertedPendulum-v5 rows: random actions end an episode every ~6 steps, so a few hundred
 rows hold dozens of terminal ones."""
 
@@ -270,3 +272,27 @@ def test_the_gate_refuses_a_non_finite_or_diverged_reward(
     assert result is not None and not result.accepted, result
     assert "one-step nmse (reward included)" in result.reason
     assert ModelDirectory(models).versions() == [1]
+
+
+def test_an_unreadable_current_model_opens_the_gate_loudly_and_is_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, models, metrics = tmp_path / "store", tmp_path / "models", tmp_path / "learner.jsonl"
+    _append(store, 250, seed=21)
+    learner = _learner(store, models, CONFIG, metrics=metrics)
+    assert learner.step() and learner.history[-1].current_unreadable == 0
+    # A flipped byte in the serving model's weights: its graph hash no longer matches.
+    current = ModelDirectory(models).path_of(1)
+    raw = bytearray(current.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    current.write_bytes(bytes(raw))
+    caplog.set_level(logging.WARNING, logger="models.learner")
+    _append(store, 200, seed=22)
+    assert learner.step()
+    result = learner.history[-1]
+    assert result.accepted and result.reason.startswith("current model unreadable")
+    assert result.current_nmse is None and result.current_unreadable == 1
+    (warning,) = [r for r in caplog.records if "cannot read the current model" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "v1" in warning.getMessage()
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [line["current_unreadable"] for line in lines] == [0, 1]

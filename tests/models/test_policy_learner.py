@@ -31,8 +31,9 @@ STEP = 0.1
 REAL_REWARD = 1000.0
 LOW, HIGH = np.array([-1.0]), np.array([1.0])
 SMALL_SAC = SACConfig(hidden_units=32, batch_size=16, seed=3)
+G = 2
+"""Updates per new real row in these tests (the caller's, as the policy trainer's)."""
 CONFIG = PolicyLearnerConfig(
-    updates_per_step=2,
     real_ratio=0.25,
     rollout_batch=50,
     k_min=2,
@@ -104,7 +105,7 @@ def _spy(learner: PolicyLearner) -> list[dict[str, Tensor]]:
 def test_step_rolls_out_updates_and_mixes_real_rows() -> None:
     learner = _learner()
     batches = _spy(learner)
-    m = learner.step(_real(10), epoch=0)
+    m = learner.step(_real(10), epoch=0, updates=G * 10)
 
     assert m["updates"] == 2 * 10 and m["k"] == 2
     assert m["rollout_rows"] == 50 * 2 and len(learner.buffer) == 100
@@ -121,19 +122,20 @@ def test_step_rolls_out_updates_and_mixes_real_rows() -> None:
     assert m["model_reward_mean"] <= 0
     assert all(np.isfinite(m[k]) for k in ("critic_loss", "actor_loss", "alpha_loss", "alpha"))
 
-    # Only the 3 new rows count next time; an explicit count overrides G x new rows.
-    assert learner.step(_real(13), epoch=1)["updates"] == 6
+    # Only the 3 new rows count next time.
+    assert learner.new_rows(_real(13)) == 3
+    assert learner.step(_real(13), epoch=1, updates=G * 3)["updates"] == 6
     assert learner.step(_real(13), epoch=2, updates=4)["updates"] == 4
     assert learner.updates == 30 and len(batches) == 30
     with pytest.raises(ValueError, match="fewer"):
-        learner.step(_real(5), epoch=3)
+        learner.step(_real(5), epoch=3, updates=G)
 
 
 def test_step_is_reproducible() -> None:
     runs = []
     for _ in range(2):
         learner = _learner()
-        m = learner.step(_real(10), epoch=0)
+        m = learner.step(_real(10), epoch=0, updates=G * 10)
         runs.append(
             (
                 m,
@@ -152,7 +154,7 @@ def test_all_real_or_all_model_batches() -> None:
     for ratio, expected in ((1.0, 16), (0.0, 0)):
         learner = _learner(dataclasses.replace(CONFIG, real_ratio=ratio))
         batches = _spy(learner)
-        learner.step(_real(4), epoch=0)
+        learner.step(_real(4), epoch=0, updates=G * 4)
         assert [int((b["reward"] == REAL_REWARD).sum()) for b in batches] == [expected] * 8
 
 
@@ -165,7 +167,7 @@ def test_step_passes_done_fn_to_rollouts() -> None:
 
     learner = _learner(dataclasses.replace(CONFIG, k_min=3, k_max=3), done_fn=done_fn)
     batches = _spy(learner)
-    m = learner.step(_real(10), epoch=0)
+    m = learner.step(_real(10), epoch=0, updates=G * 10)
     # Every row ends at its first step, so three-step rollouts stop after one.
     assert calls == [50] and m["rollout_rows"] == 50 and m["k"] == 3
     for b in batches:
@@ -176,7 +178,7 @@ def test_step_passes_done_fn_to_rollouts() -> None:
 def test_step_needs_a_model_and_checks_it() -> None:
     learner = PolicyLearner(CONFIG, S, A, LOW, HIGH, reward_fn=_reward)
     with pytest.raises(RuntimeError, match="load_model"):
-        learner.step(_real(3), epoch=0)
+        learner.step(_real(3), epoch=0, updates=G * 3)
     learner.load_model(Integrator(), version=4)
     with pytest.raises(ValueError, match="older"):
         learner.load_model(Integrator(), version=3)
@@ -189,7 +191,6 @@ def test_step_needs_a_model_and_checks_it() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("updates_per_step", 0),
         ("real_ratio", 1.5),
         ("real_ratio", True),
         ("rollout_batch", 0),
@@ -208,7 +209,7 @@ def test_config_refuses_bad_values(field: str, value: Any) -> None:
 
 def test_publish_records_training_counts(tmp_path: Path) -> None:
     learner = _learner()
-    learner.step(_real(10), epoch=0)
+    learner.step(_real(10), epoch=0, updates=G * 10)
     directory = PolicyDirectory(tmp_path)
     version, meta = learner.publish(directory, real_rows=10)
     assert version.version == 1 and version.path == tmp_path / "p000001.onnx"
@@ -236,7 +237,6 @@ def test_sac_learns_to_drive_x_to_zero() -> None:
     makes are small (0.1 a) and alpha 1 keeps the policy near-uniform for this short run.
     """
     config = PolicyLearnerConfig(
-        updates_per_step=20,
         real_ratio=0.05,
         rollout_batch=256,
         k_min=1,

@@ -8,18 +8,25 @@ Shapes: N rows, S = 1 observation, A = 1 action.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from models.policy.bptt import BPTTConfig
 from models.policy.export import PolicyDirectory, PolicyRuntime, read_policy
+from models.policy.learner import PolicyLearnerConfig
+from models.policy.sac import SACConfig
 from models.policy.trainer import PolicyTrainer, PolicyTrainerConfig
 from tests.models.test_policy_learner import HIGH, LOW, Integrator, _real, _reward
 
 SMALL = PolicyTrainerConfig(
-    optimizer="sac", updates_per_step=3, rollout_batch=40, rollout_every=10, units=32,
-    batch_size=16, chunk_updates=25, publish_every_s=3600.0, seed=1,
+    optimizer="sac", updates_per_step=3, rollout_every=10, chunk_updates=25,
+    publish_every_s=3600.0,
+    mbpo=PolicyLearnerConfig(rollout_batch=40, sac=SACConfig(hidden_units=32, batch_size=16,
+                                                             seed=1), seed=1),
+    bptt=BPTTConfig(hidden_units=32, batch=16, seed=1),
 )  # fmt: skip
 
 
@@ -79,14 +86,15 @@ def test_a_trainer_of_another_optimizer_starts_fresh(tmp_path: Path) -> None:
     sac = _trainer(tmp_path)
     sac.set_model(Integrator(), 1)
     _drain(sac, 10)
-    bptt = _trainer(tmp_path, PolicyTrainerConfig(**{**SMALL.__dict__, "optimizer": "bptt"}))
+    bptt = _trainer(tmp_path, replace(SMALL, optimizer="bptt"))
     assert bptt.updates == 0 and bptt.version == 0
 
 
 def test_bptt_trains_through_the_model_and_exports_a_zero_value(tmp_path: Path) -> None:
-    config = PolicyTrainerConfig(optimizer="bptt", updates_per_step=2, bptt_horizon=5,
-                                 bptt_lr=1e-2, units=32, batch_size=32,
-                                 chunk_updates=50, publish_every_s=3600.0, seed=2)  # fmt: skip
+    config = PolicyTrainerConfig(optimizer="bptt", updates_per_step=2, chunk_updates=50,
+                                 publish_every_s=3600.0,
+                                 bptt=BPTTConfig(horizon=5, lr=1e-2, hidden_units=32, batch=32,
+                                                 seed=2))  # fmt: skip
     trainer = _trainer(tmp_path, config)
     trainer.set_model(Integrator(), 3)
     _drain(trainer, 100)  # 200 updates
@@ -106,9 +114,11 @@ def test_settings_are_checked() -> None:
         PolicyTrainerConfig(optimizer="ppo")
     with pytest.raises(ValueError, match="rollout_every"):
         PolicyTrainerConfig(rollout_every=0)
-    with pytest.raises(ValueError, match="real_ratio"):
-        PolicyTrainerConfig(real_ratio=1.5)
+    with pytest.raises(ValueError, match=r"updates_per_step must be an integer in \[1, "):
+        PolicyTrainerConfig(updates_per_step=0)
+    with pytest.raises(ValueError, match=r"real_ratio must be a number in \[0.0, 1.0\]"):
+        PolicyTrainerConfig(mbpo=PolicyLearnerConfig(real_ratio=1.5))
     with pytest.raises(ValueError, match="horizon"):
-        PolicyTrainerConfig(bptt_horizon=0)
+        PolicyTrainerConfig(bptt=BPTTConfig(horizon=0))
     with pytest.raises(ValueError, match="no policy to train"):
         PolicyTrainer(Path("."), PolicyTrainerConfig(), 1, 1, LOW, HIGH)
