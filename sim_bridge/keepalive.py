@@ -16,10 +16,8 @@ control loop pays one uncontended lock release and acquire per hook.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +39,7 @@ class KeepAlive:
         self._failure: BaseException | None = None
         """What the keeper's use of the link raised (a Refused WELCOME), for the bridge."""
         self._last_try = time.perf_counter()
+        self._away = _Away(self)
         self._thread = threading.Thread(
             target=self._keep, name=f"keepalive-{link.spec.robot}", daemon=True
         )
@@ -52,15 +51,16 @@ class KeepAlive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def away(self) -> Iterator[None]:
-        """Lend the link to the keeper while the block runs (a robot hook); what the keeper's
-        use of it raised is raised here afterwards."""
+    def away(self) -> _Away:
+        """``with keeper.away(): hook()`` lends the link to the keeper while the hook runs;
+        what the keeper's use of it raised is raised when the block ends."""
+        return self._away
+
+    def _lend(self) -> None:
         self._holder.release()
-        try:
-            yield
-        finally:
-            self._holder.acquire()
+
+    def _take_back(self) -> None:
+        self._holder.acquire()
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -94,3 +94,19 @@ class KeepAlive:
                 return
             finally:
                 self._holder.release()
+
+
+class _Away:
+    """The context of :meth:`KeepAlive.away`: one object for every call (it runs twice a tick,
+    where a generator-based context manager would cost microseconds)."""
+
+    __slots__ = ("_keeper",)
+
+    def __init__(self, keeper: KeepAlive) -> None:
+        self._keeper = keeper
+
+    def __enter__(self) -> None:
+        self._keeper._lend()
+
+    def __exit__(self, *exc: object) -> None:
+        self._keeper._take_back()
