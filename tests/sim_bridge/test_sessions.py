@@ -32,8 +32,9 @@ from tests.controller.service_fixtures import (
     wait_for,
 )
 
-STALE_S = 0.5
-"""The services' ``stale_after_s``: a hook three times as long would lose the session."""
+STALE_S = 1.0
+"""The services' ``stale_after_s``: a hook twice as long would lose the session (the bridges
+beat every 0.1 s)."""
 STEPS = 5
 
 
@@ -84,7 +85,7 @@ def served(tmp_path: Path) -> Iterator[Running]:
 
 
 def test_a_bridge_busy_between_episodes_keeps_its_session(served: Running) -> None:
-    bridge = Busy("busy-1", lambda _: time.sleep(3 * STALE_S))
+    bridge = Busy("busy-1", lambda ended: time.sleep(2 * STALE_S if ended == 1 else 0.0))
     stats = bridge.run(served.endpoint, mode="lockstep", episodes=2)
     assert stats.episodes == 2 and stats.actions == 2 * STEPS
     # Never forgotten: one HELLO, no unknown_robot, the service counted both episodes.
