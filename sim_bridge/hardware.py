@@ -115,7 +115,8 @@ class _Episode:
     last_fresh: float
     """perf_counter time of the last ACTION applied (or of the episode's start)."""
     last_heard: float
-    """perf_counter time of the last message from the controller (or of a reconnect)."""
+    """perf_counter time of the last message from the controller (or of a reconnect; in
+    lockstep, of the STATE awaited: the controller owes nothing between ACTION and STATE)."""
     next_tick: float
     """perf_counter time the current tick ends."""
     step: int = 0
