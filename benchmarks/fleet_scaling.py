@@ -118,7 +118,7 @@ def measure(
     times = np.array([r["time"] for r in planned])
     wall = float(times.max() - times.min()) + TASK.control_period
     misses = sum(r["deadline_miss"] for r in planned)
-    returns = [round(float(r), 1) for s in stats for r in s.returns]
+    returns = [round(r, 1) for s in stats for r in s.returns if r is not None]  # all known
     return {
         "robots": count, "mode": mode, "population": population, "ticks": len(planned),
         "deadline_misses": int(misses), "miss_pct": round(100.0 * misses / len(planned), 2),

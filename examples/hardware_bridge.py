@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = bridge.run(args.connect, mode="realtime", episodes=args.episodes)
             summary = {
                 "episodes": stats.episodes,
-                "returns": [round(r, 2) for r in stats.returns],
+                "returns": [None if r is None else round(r, 2) for r in stats.returns],
                 "ticks": stats.ticks,
                 "safe_stops": stats.safe_actions,
                 "late_actions": stats.late_actions,

@@ -5,6 +5,10 @@ receives ACTIONs, and starts over with a fresh socket when the controller goes s
 Reconnecting is a new socket rather than ZeroMQ's automatic reconnect: the old socket may hold
 queued, now stale, STATEs, and a restarted controller does not know the robot until it hears
 HELLO again (it answers ``unknown_robot`` to anything else, which also triggers a HELLO).
+
+A link is used by one thread at a time (ZeroMQ sockets are not thread-safe); its waits wake
+when its ``stop`` event is set (sim_bridge.stopping), and while connecting when the security
+handshake fails for good (sim_bridge.handshake).
 """
 
 from __future__ import annotations
@@ -15,88 +19,20 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from sim_bridge import protocol as p
 from sim_bridge.curve import CurveClient
+from sim_bridge.handshake import HandshakeWatch
+from sim_bridge.spec import RobotSpec
+from sim_bridge.stopping import StopEvent
+
+__all__ = ["BridgeLink", "LinkStats", "Refused", "RobotSpec", "describe"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RobotSpec:
-    """What a bridge tells the controller in HELLO."""
-
-    robot: str
-    """Robot id, unique among the controller's robots (1-32 UTF-8 bytes)."""
-    task: str
-    """Task name the controller must serve (e.g. "cartpole-swingup")."""
-    obs_dim: int
-    act_dim: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
-    control_period: float
-    """Seconds per tick."""
-    reward: bool = False
-    """The robot reports each step's reward in its STATEs (required by a controller that
-    learns the reward)."""
-
-    def __post_init__(self) -> None:
-        if not p.robot_id_ok(self.robot):
-            raise ValueError(f"robot id {self.robot!r} must be 1-32 printable UTF-8 bytes")
-        if not self.task or self.obs_dim < 1 or self.act_dim < 1:
-            raise ValueError("a robot needs a task name and obs_dim, act_dim >= 1")
-        low, high = np.asarray(self.action_low, float), np.asarray(self.action_high, float)
-        if low.shape != (self.act_dim,) or high.shape != (self.act_dim,):
-            raise ValueError(f"action bounds need {self.act_dim} values each")
-        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
-            raise ValueError("action bounds must be finite with every low below its high")
-        if not (np.isfinite(self.control_period) and self.control_period > 0):
-            raise ValueError(f"control_period must be > 0 seconds, got {self.control_period}")
-
-    def differences(self, served: Mapping[str, Any]) -> list[str]:
-        """How the served task's spec (SPEC_FIELDS and SPEC_ARRAYS, as from
-        :func:`describe` or a WELCOME) differs from this robot, one phrase per difference,
-        within the tolerances the controller allows a HELLO. The task name is not compared:
-        the controller names its task its own way, and accepts aliases (the gym id)."""
-        found = []
-        if (served["obs_dim"], served["act_dim"]) != (self.obs_dim, self.act_dim):
-            found.append(f"dims obs {served['obs_dim']}, act {served['act_dim']} "
-                         f"(this robot: obs {self.obs_dim}, act {self.act_dim})")  # fmt: skip
-        for name in p.SPEC_ARRAYS:
-            mine, theirs = np.asarray(getattr(self, name)), np.asarray(served[name])
-            if mine.shape != theirs.shape or not np.allclose(
-                theirs, mine, rtol=p.BOUNDS_RTOL, atol=p.BOUNDS_ATOL
-            ):
-                found.append(f"{name} {theirs.tolist()} (this robot: {mine.tolist()})")
-        if not math.isclose(served["control_period"], self.control_period, rel_tol=p.PERIOD_RTOL):
-            found.append(f"control period {served['control_period']} s "
-                         f"(this robot: {self.control_period} s)")  # fmt: skip
-        if served.get("learns_reward") and not self.reward:
-            found.append("the controller learns the reward from the robots' STATEs, and this "
-                         "robot reports none (RobotSpec.reward is false)")  # fmt: skip
-        return found
-
-    def hello(self, mode: str) -> p.Message:
-        return p.make(
-            p.HELLO,
-            self.robot,
-            time=time.time(),
-            task=self.task,
-            obs_dim=self.obs_dim,
-            act_dim=self.act_dim,
-            control_period=self.control_period,
-            mode=mode,
-            reward=self.reward,
-            action_low=np.asarray(self.action_low, np.float64),
-            action_high=np.asarray(self.action_high, np.float64),
-        )
 
 
 @dataclass
@@ -111,6 +47,8 @@ class LinkStats:
     bad_actions: int = 0
     """ACTIONs whose ``action`` was not act_dim long (logged, dropped)."""
     hellos: int = 0
+    heartbeats: int = 0
+    """HEARTBEATs sent (to keep the session alive while the bridge sent nothing else)."""
     reconnects: int = 0
     errors: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=100))
     """(code, reason) of ERRORs the controller sent, newest last."""
@@ -125,25 +63,45 @@ class Refused(RuntimeError):
     another spec, or refused a DESCRIBE: retrying cannot help."""
 
 
+BACKLOG = 64
+"""Messages read while the bridge's thread was away (see :meth:`BridgeLink.take_in`) kept for
+its next ``receive``; the oldest go first (a backlog that long holds only stale ACTIONs)."""
+
+
 class BridgeLink:
     """One robot's connection to the controller at ``endpoint`` (e.g. ``tcp://127.0.0.1:5555``)."""
 
     def __init__(
-        self, endpoint: str, spec: RobotSpec, mode: str, curve: CurveClient | None = None
+        self,
+        endpoint: str,
+        spec: RobotSpec,
+        mode: str,
+        curve: CurveClient | None = None,
+        stop: StopEvent | None = None,
     ) -> None:
-        """``curve``: the keys for a controller that requires CurveZMQ (sim_bridge.curve)."""
+        """``curve``: the keys for a controller that requires CurveZMQ (sim_bridge.curve);
+        ``stop``: set, it ends every wait of the link at once (``receive`` returns None)."""
         if mode not in ("lockstep", "realtime"):
             raise ValueError(f"mode must be lockstep or realtime, got {mode!r}")
         self.endpoint, self.spec, self.mode, self.curve = endpoint, spec, mode, curve
+        self.stop = stop
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket: zmq.Socket[bytes] | None = None
-        self._monitor: zmq.Socket[bytes] | None = None
+        self._handshake: HandshakeWatch | None = None
+        self._poller = zmq.Poller()
         self.welcome: p.Message | None = None
         self.served_spec: dict[str, Any] | None = None
         """The spec of the served task from the last WELCOME (see ``p.spec_of``)."""
         self.stats = LinkStats()
+        self.last_sent = self.last_heard = time.perf_counter()
+        """perf_counter times of the last message sent, and of the last one received (or of
+        the socket's opening)."""
         self._seq = 0
+        self._hello_seq = 0
+        """The sequence number when HELLO was last said: an ``unknown_robot`` for a message
+        sent before it needs no HELLO of its own."""
         self._sent_at: dict[int, float] = {}
+        self._backlog: deque[p.Message] = deque(maxlen=BACKLOG)
         self._open()
 
     @property
@@ -164,6 +122,7 @@ class BridgeLink:
             self.stats.dropped_sends += 1
             return False
         self.stats.sent += 1
+        self.last_sent = time.perf_counter()
         if msg.type == p.STATE:
             self._sent_at = {msg.seq: time.perf_counter()}
         return True
@@ -171,21 +130,64 @@ class BridgeLink:
     def say_hello(self) -> None:
         self.welcome = None
         self.stats.hellos += 1
+        self._hello_seq = self._seq
         self.send(self.spec.hello(self.mode))
 
+    def keep_alive(self) -> None:
+        """Tell the controller the robot is still here: HEARTBEAT, or HELLO again while the
+        last HELLO is unanswered."""
+        if not self.welcomed:
+            self.say_hello()
+        elif self.send(p.make(p.HEARTBEAT, self.spec.robot, seq=self.next_seq(),
+                              time=time.time())):  # fmt: skip
+            self.stats.heartbeats += 1
+
     def receive(self, timeout_s: float) -> p.Message | None:
-        """The next message from the controller within ``timeout_s``, or None.
+        """The next message from the controller within ``timeout_s``, or None (also at once
+        when ``stop`` is set).
 
         WELCOME is remembered, and raises :class:`Refused` when its spec is not this robot's;
         ERROR ``unknown_robot`` makes the link say HELLO again; an ERROR ``mismatch`` raises
         :class:`Refused`. An ACTION of the wrong length is dropped (None). Every other message
-        is also returned to the caller.
+        is also returned to the caller, those :meth:`take_in` kept first.
         """
-        assert self.socket is not None
-        if not self.socket.poll(max(0, int(timeout_s * 1000))):
+        if self._backlog:
+            return self._backlog.popleft()
+        if self._wait(timeout_s, self._poller) is not self.socket:
             return None
+        return self._read()
+
+    def take_in(self) -> None:
+        """Read every message waiting, as ``receive`` does (WELCOME, ``unknown_robot``,
+        ``mismatch``), keeping them for the next ``receive``, but HEARTBEATs, which say only
+        that the controller is there (``last_heard``). For another thread that holds the link
+        while the bridge's thread is away (sim_bridge.keepalive)."""
+        while self._wait(0.0, self._poller) is self.socket:
+            msg = self._read()
+            if msg is not None and msg.type != p.HEARTBEAT:
+                self._backlog.append(msg)
+
+    def _wait(self, timeout_s: float, poller: zmq.Poller) -> Any:
+        """Poll ``poller`` up to ``timeout_s``; what woke it: the socket, the stop event, the
+        handshake monitor, or None at the timeout. The stop event wins over the others."""
+        if self.stop is not None and self.stop.is_set():
+            return self.stop
+        ready = dict(poller.poll(max(0, int(timeout_s * 1000))))
+        if not ready:
+            return None
+        if self.stop is not None and self.stop.fileno() in ready:  # polled by descriptor
+            return self.stop
+        return self.socket if self.socket in ready else self._monitor_socket()
+
+    def _monitor_socket(self) -> zmq.Socket[bytes] | None:
+        return None if self._handshake is None else self._handshake.monitor
+
+    def _read(self) -> p.Message | None:
+        """Read one message from the socket (it is readable) and act on it (see receive)."""
+        assert self.socket is not None
         frames = self.socket.recv_multipart()
         now = time.perf_counter()
+        self.last_heard = now
         try:
             msg = p.decode(frames)
         except p.ProtocolError as exc:
@@ -209,7 +211,11 @@ class BridgeLink:
             log.warning("%s: controller says %s: %s", self.spec.robot, msg["code"], msg["reason"])
             if msg["code"] == "mismatch":
                 raise Refused(msg["reason"])
-            if msg["code"] == "unknown_robot":
+            if msg["code"] == "unknown_robot" and not 0 <= msg["answers"] <= self._hello_seq:
+                # Forgotten (silent too long) or a restarted controller: a new session. An
+                # ERROR for a message sent before the last HELLO is answered by that HELLO.
+                log.warning("%s: the controller does not know this robot: saying HELLO again",
+                            self.spec.robot)  # fmt: skip
                 self.say_hello()
         elif msg.type == p.ACTION and msg["answers"] in self._sent_at:
             self.stats.round_trip_s.append(now - self._sent_at.pop(msg["answers"]))
@@ -221,23 +227,36 @@ class BridgeLink:
     ) -> p.Message | None:
         """Say HELLO (again every ``retry_s``) until WELCOME; raises TimeoutError or Refused.
 
-        Returns None if ``stop`` is set first.
+        Returns None if ``stop`` (or the link's own) is set first. A security handshake that
+        the controller refuses for good (no keys, a key it does not accept, the wrong
+        controller key) raises Refused with the reason as soon as it is known: retrying cannot
+        help. A link that loses its controller later goes on reconnecting as before.
         """
-        assert self.socket is not None
+        assert self.socket is not None and self._handshake is not None
         end = time.monotonic() + timeout_s
-        # With IMMEDIATE a send before the connection is up is dropped: wait until it is.
-        self.socket.poll(int(min(timeout_s, retry_s) * 1000), zmq.POLLOUT)
+        connecting = zmq.Poller()
+        for polled in (self.socket, self._handshake.monitor, self.stop):
+            if polled is not None:
+                connecting.register(polled, zmq.POLLIN)
+        # With IMMEDIATE a send before the connection is up is dropped: wait until it is (or
+        # its handshake failed, or a stop).
+        connecting.modify(self.socket, zmq.POLLOUT)
+        connecting.poll(int(min(timeout_s, retry_s) * 1000))
+        connecting.modify(self.socket, zmq.POLLIN)
         while True:
-            if stop is not None and stop.is_set():
-                return None
             self.say_hello()
             until = min(end, time.monotonic() + retry_s)
-            while (left := until - time.monotonic()) > 0:
-                self.receive(left)
-                if self.welcome is not None:
-                    return self.welcome
-            if why := self._handshake_failure():
-                raise Refused(f"{self.endpoint}: {why}")
+            while True:
+                if why := self._handshake.failure():
+                    raise Refused(f"{self.endpoint}: {why}")
+                if any(s is not None and s.is_set() for s in (stop, self.stop)):
+                    return None
+                if (left := until - time.monotonic()) <= 0:
+                    break
+                if self._wait(left, connecting) is self.socket:
+                    self._read()
+                    if self.welcome is not None:
+                        return self.welcome
             if time.monotonic() >= end:
                 raise TimeoutError(f"no WELCOME from {self.endpoint} within {timeout_s} s")
 
@@ -252,6 +271,7 @@ class BridgeLink:
         self._close_socket()
         self._open()
         self.say_hello()
+        self.last_heard = time.perf_counter()  # a fresh socket's silence starts now
 
     def message(self, type: str, episode: int, **values: Any) -> p.Message:
         """A message of ``type`` from this robot with the next sequence number."""
@@ -265,36 +285,23 @@ class BridgeLink:
 
     def _open(self) -> None:
         self.socket = _dealer(self.context, self.curve)
-        # Watched from before it connects: a refused handshake is over within milliseconds.
-        self._monitor = self.socket.get_monitor_socket(HANDSHAKE_FAILURES)
+        self._handshake = HandshakeWatch(self.socket, self.endpoint, self.curve is not None)
         self.socket.connect(self.endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        if self.stop is not None:
+            self._poller.register(self.stop, zmq.POLLIN)
         self.welcome = None
         self._sent_at = {}
+        self._backlog.clear()  # answers to the old socket's messages
 
     def _close_socket(self, linger_ms: int = 0) -> None:
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
         if self.socket is not None:
-            self.socket.disable_monitor()
             self.socket.close(linger=linger_ms)
             self.socket = None
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-            self._monitor = None
-
-    def _handshake_failure(self) -> str | None:
-        """Why the controller refused the connection's security handshake, if it did: a
-        controller that requires CurveZMQ and a bridge without keys, or with keys it does
-        not accept (retrying cannot help). Checked while connecting only: a link that loses
-        its controller later goes on reconnecting as before."""
-        while self._monitor is not None and self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                return "the controller does not accept this bridge's CurveZMQ key"
-            if self.curve is None:
-                return ("the security handshake failed: the controller requires CurveZMQ "
-                        "keys (see docs/protocol.md, Authentication)")  # fmt: skip
-            return ("the security handshake failed: is the controller's public key "
-                    "(--server-key) the right one?")  # fmt: skip
-        return None
 
 
 def describe(
@@ -309,12 +316,17 @@ def describe(
 
     Asks with DESCRIBE (again every ``retry_s``) on a socket of its own, so it needs no HELLO
     and disturbs no session: a bridge can call it before it has a RobotSpec, to build or check
-    one. Raises TimeoutError, or Refused when the controller answers with an ERROR.
+    one. Raises TimeoutError, or Refused when the controller answers with an ERROR or refuses
+    the security handshake for good (see :meth:`BridgeLink.connect`).
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = _dealer(context, curve)
+    watch = HandshakeWatch(sock, endpoint, curve is not None)
     sock.connect(endpoint)
     end = time.monotonic() + timeout_s
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(watch.monitor, zmq.POLLIN)
     try:
         sock.poll(int(min(timeout_s, retry_s) * 1000), zmq.POLLOUT)  # see BridgeLink.connect
         seq = 0
@@ -324,7 +336,11 @@ def describe(
             with contextlib.suppress(zmq.Again):  # not connected yet: asked again below
                 sock.send_multipart(p.encode(ask), zmq.NOBLOCK)
             until = time.monotonic() + min(left, retry_s)
-            while (wait := until - time.monotonic()) > 0 and sock.poll(math.ceil(wait * 1000)):
+            while (wait := until - time.monotonic()) > 0:
+                if why := watch.failure():
+                    raise Refused(f"{endpoint}: {why}")
+                if sock not in dict(poller.poll(math.ceil(wait * 1000))):
+                    continue
                 try:
                     msg = p.decode(sock.recv_multipart())
                 except p.ProtocolError as exc:
@@ -336,12 +352,8 @@ def describe(
                     raise Refused(f"{endpoint} refused DESCRIBE: {msg['code']}: {msg['reason']}")
         raise TimeoutError(f"no SPEC from {endpoint} within {timeout_s} s")
     finally:
+        watch.close()
         sock.close(linger=0)
-
-
-HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-"""The refusals retrying cannot mend (a connection dropped mid-handshake, as a restarting
-controller's, is EVENT_HANDSHAKE_FAILED_NO_DETAIL and is retried)."""
 
 
 def _dealer(

@@ -195,7 +195,8 @@ def bridge(
         stats, link = sim.stats, sim.stats.link
         summary = {
             "robot": sim.spec.robot, "episodes": stats.episodes,
-            "returns": [round(r, 3) for r in stats.returns], "ticks": stats.ticks,
+            "returns": [None if r is None else round(r, 3) for r in stats.returns],
+            "ticks": stats.ticks,
             "actions": stats.actions, "safe_actions": stats.safe_actions,
             "late_actions": stats.late_actions, "reconnects": link.reconnects,
             "dropped_sends": link.dropped_sends, "bad_actions": link.bad_actions,
