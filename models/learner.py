@@ -32,8 +32,9 @@ is called with it (``tickmpc learn --announce`` tells the service over its contr
 loads the version at once); a failing one is logged and set aside under ``rejected/`` with a
 JSON file of why beside it (:meth:`models.registry.ModelDirectory.set_aside` owns that format).
 The torch weights of each version are kept beside it (``vNNNNNN.pt``), so a restarted learner
-warm-starts from the newest one. The store is the single source of real data; model-generated
-rollouts (MBPO) can be added as another consumer of the current model.
+warm-starts from the newest one. The store is the single source of real data; the policy learner
+(:mod:`models.policy.trainer`, MBPO or backprop through the model) consumes each accepted
+version beside it.
 
 Stopping and announcing, decided so that a dying service costs the learner nothing:
 
