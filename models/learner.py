@@ -70,6 +70,7 @@ from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
 from models.fileio import write_atomic
+from models.progress import append_record
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
 from models.store import TransitionReader, follow
@@ -290,8 +291,7 @@ class Learner:
         )  # fmt: skip
         self.history.append(result)
         if self.metrics is not None:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(asdict(result)) + "\n")
+            append_record(self.metrics, asdict(result))
         log.info("retrain on %d rows: version %s (%s)", len(data), version, reason)
         return result
 
