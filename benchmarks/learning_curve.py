@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+import bench_common  # noqa: F401  (this checkout on sys.path)
 from controller.config import Config, parse_overrides, updated
 from controller.run.loop import run_closed_loop
 from controller.run.rundir import RunDir
