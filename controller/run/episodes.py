@@ -31,7 +31,7 @@ class Episodes:
         self._misses: dict[str, int] = {}
         """Each robot's deadline misses so far (the service counts them cumulatively)."""
 
-    def round(self, index: int, robots: int = 1) -> list[dict[str, Any]]:
+    def play_round(self, index: int, robots: int = 1) -> list[dict[str, Any]]:
         """Run episodes ``index..index+robots-1`` (0-based) at once, one per robot (robot r's
         resets seeded with ``run.seed + 1000 (index + r)``), record them and return their
         lines in robot order. RuntimeError when a child or a robot stopped."""

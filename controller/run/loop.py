@@ -100,7 +100,7 @@ def run_closed_loop(
         if on_start is not None:
             on_start(loop)
         for index in range(first_episode, total, config.run.robots):
-            done = loop.episodes.round(index, min(config.run.robots, total - index))
+            done = loop.episodes.play_round(index, min(config.run.robots, total - index))
             steps += sum(line["steps"] for line in done)
             last = index + len(done) == total or 0 < config.run.max_steps <= steps
             if not config.run.realtime and not last:
