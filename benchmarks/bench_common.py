@@ -1,19 +1,78 @@
-"""Timing helpers and the planner benchmarks' model, shared by the benchmark scripts."""
+"""What the benchmark scripts share: the repository on ``sys.path``, timing helpers, the planner
+benchmarks' configurations and model, and a telemetry reader.
+
+Every script imports this module before any package of the product: run as a script
+(``python benchmarks/NAME.py``), it then imports this checkout's ``controller``, ``models`` and
+``sim_bridge``, not an installed copy's.
+"""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import zmq
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root (a benchmark's subprocesses run there)."""
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from controller.tasks.base import Task
-from models.ensemble import EnsembleConfig, GaussianEnsemble
-from sim_bridge import protocol as p
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zmq  # noqa: E402
+
+from controller.tasks.base import Task  # noqa: E402
+from models.ensemble import EnsembleConfig, GaussianEnsemble  # noqa: E402
+from sim_bridge import protocol as p  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """One planner configuration of the CPU-side benchmarks (planner_cpu, planner_pieces)."""
+
+    name: str
+    task: str
+    planner: str
+    population: int
+    horizon: int
+    iterations: int
+    layers: int
+    """Hidden layers of the E=5 x 200-unit ensemble (make_model)."""
+    plans: int
+    """Plans timed per sampling path."""
+    quick_plans: int
+    """The same with --quick."""
+
+
+PLAN_CONFIGS = [
+    PlanConfig("cartpole-cem", "cartpole-swingup", "cem", 200, 15, 3, 4, 100, 25),
+    PlanConfig("cartpole-icem", "cartpole-swingup", "icem", 200, 25, 3, 3, 100, 25),
+    PlanConfig("cartpole-mppi", "cartpole-swingup", "mppi", 500, 25, 3, 3, 40, 10),
+    PlanConfig("cheetah-mppi", "half-cheetah", "mppi", 200, 25, 3, 3, 40, 10),
+    PlanConfig("cheetah-cem", "half-cheetah", "cem", 400, 30, 5, 4, 15, 4),
+    PlanConfig("cheetah-icem", "half-cheetah", "icem", 1000, 30, 5, 3, 15, 4),
+]
+"""Realistic configurations: cartpole and half-cheetah, H 15-30, A 1-6, N 200-1000, 3-5
+iterations."""
+
+
+@contextmanager
+def sampling_path(path: str) -> Iterator[None]:
+    """Sample every batch with numpy or with the numba kernels (``controller.planners.kernels``),
+    whatever its size (the product switches at ``kernels.MIN_ELEMENTS``)."""
+    from controller.planners import kernels
+
+    saved = kernels.MIN_ELEMENTS
+    kernels.MIN_ELEMENTS = 0 if path == "numba" else 1 << 62
+    try:
+        yield
+    finally:
+        kernels.MIN_ELEMENTS = saved
 
 
 def time_call(fn: Callable[[], object], *, min_seconds: float, min_calls: int = 3) -> np.ndarray:

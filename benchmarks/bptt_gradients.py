@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bench_common  # noqa: F401  (this checkout on sys.path)
+from controller.run import RunDir
 from controller.tasks import load_task
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.policy.bptt import BPTTConfig, BPTTOptimizer
@@ -36,14 +38,14 @@ from sim_bridge.mujoco_bridge import make_env
 HORIZONS = (1, 2, 5, 10, 20, 50, 100)
 
 
-def learned_model(run: Path) -> tuple[GaussianEnsemble, np.ndarray, int]:
+def learned_model(run: RunDir) -> tuple[GaussianEnsemble, np.ndarray, int]:
     """The newest model of a run, its store's observations, and its version."""
-    latest = ModelDirectory(run / "models").latest()
+    latest = ModelDirectory(run.models).latest()
     if latest is None:
-        raise SystemExit(f"{run} has no model")
+        raise SystemExit(f"{run.root} has no model")
     model = GaussianEnsemble(OnnxEnsemble(latest.path).metadata.config)
     model.load_state_dict(torch.load(latest.path.with_suffix(".pt"), weights_only=True))
-    return model, TransitionReader(run / "store").read_all().obs, latest.version
+    return model, TransitionReader(run.store).read_all().obs, latest.version
 
 
 def random_model(task_name: str, rows: int) -> tuple[GaussianEnsemble, np.ndarray, int]:
@@ -82,7 +84,7 @@ def main() -> None:
     task = load_task(args.task)
     started = time.perf_counter()
     if args.run is not None:
-        model, states, version = learned_model(args.run)
+        model, states, version = learned_model(RunDir(args.run))
     else:
         model, states, version = random_model(args.task, 2000 if args.quick else 5000)
     horizons = [h for h in HORIZONS if not args.quick or h <= 50]

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from bench_common import make_model, read_telemetry
+from controller.run import RunDir
 from controller.service.control import request
 from controller.tasks import get_task
 from models.registry import ModelDirectory
@@ -57,9 +58,9 @@ def models_dir(run: Path | None, where: Path) -> str:
     if run is None:
         target.publish(make_model(TASK, 3))
         return "untrained"
-    latest = ModelDirectory(run / "models").latest()
+    latest = ModelDirectory(RunDir(run).models).latest()
     if latest is None:
-        raise SystemExit(f"{run}/models holds no model")
+        raise SystemExit(f"{RunDir(run).models} holds no model")
     where.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(latest.path, target.path_of(latest.version))
     target.mark_latest(latest.version)

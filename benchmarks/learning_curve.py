@@ -45,8 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from controller.closed_loop import run_closed_loop
+import bench_common  # noqa: F401  (this checkout on sys.path)
 from controller.config import Config, parse_overrides, updated
+from controller.run.loop import run_closed_loop
+from controller.run.rundir import RunDir
+from models.progress import read_records
 
 THRESHOLD = 170.0
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -246,12 +249,13 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{run_dir} exists: give another --out")
     cpu = _cpu_seconds()
     started, began = time.perf_counter(), time.time()
-    lines, codes = run_closed_loop(config, run_dir)
+    run = RunDir(run_dir)
+    lines, codes = run_closed_loop(config, run)
     wall = time.perf_counter() - started
     cpu = _cpu_seconds() - cpu
     returns = [float(x["return"]) for x in lines]
     steps = np.cumsum([int(x["steps"]) for x in lines]).tolist()
-    ticks = [json.loads(x) for x in (run_dir / "metrics" / "ticks.jsonl").read_text().splitlines()]
+    ticks = run.tick_lines()
     planned = [t for t in ticks if t["planner"] != "explore"]
     plan_ms = np.array([t["plan_ms"] for t in planned]) if planned else np.zeros(1)
     swaps = [b["plan_ms"] for a, b in itertools.pairwise(planned)
@@ -284,7 +288,7 @@ def measure(config: Config, run_dir: Path) -> dict[str, Any]:
             for k in STEP_CHECKPOINTS
             if (i := next((j for j, s in enumerate(steps) if s >= k), None)) is not None
         },
-        "policy": policy_figures(run_dir),
+        "policy": policy_figures(run),
     }
 
 
@@ -298,11 +302,10 @@ def held(returns: list[float], steps: list[int], level: float) -> int | None:
     return None
 
 
-def policy_figures(run_dir: Path) -> dict[str, Any] | None:
+def policy_figures(run: RunDir) -> dict[str, Any] | None:
     """The policy trainer's last published line: versions, updates, the update-to-data ratio
     it sustained."""
-    path = run_dir / "metrics" / "policy.jsonl"
-    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    lines = read_records(run.policy_metrics)
     if not lines:
         return None
     last = lines[-1]

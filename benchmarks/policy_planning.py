@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+import bench_common  # noqa: F401  (this checkout on sys.path)
 from controller.planners import Planner, PlannerSettings
 from controller.rollout.evaluator import RolloutEvaluator
+from controller.run import RunDir
 from controller.tasks import load_task
 from controller.tasks.base import Task
 from models.policy.export import PolicyDirectory
@@ -61,14 +63,14 @@ class Level:
         return PlannerSettings().changed(changes)
 
 
-def load_run(run: Path) -> tuple[Task, Path, Path]:
+def load_run(run: RunDir) -> tuple[Task, Path, Path]:
     """A run's task, newest model file and newest policy file."""
-    config = tomllib.loads((run / "config.toml").read_text())
+    config = tomllib.loads(run.config.read_text())
     task = load_task(config["task"])
-    model = ModelDirectory(run / "models").latest()
-    policy = PolicyDirectory(run / "models").latest()
+    model = ModelDirectory(run.models).latest()
+    policy = PolicyDirectory(run.models).latest()
     if model is None or policy is None:
-        raise SystemExit(f"{run}: needs a model and a policy (run it with --policy sac)")
+        raise SystemExit(f"{run.root}: needs a model and a policy (run it with --policy sac)")
     return task, model.path, policy.path
 
 
@@ -92,7 +94,7 @@ def episode(
 def measure(
     run: Path, levels: list[Level], args: argparse.Namespace
 ) -> tuple[str, list[dict[str, Any]]]:
-    task, model_path, policy_path = load_run(run)
+    task, model_path, policy_path = load_run(RunDir(run))
     evaluator = RolloutEvaluator(model_path, task, policy_path=policy_path)
     env = make_env(task.env_id or task.name, task.env_kwargs)
     max_steps = args.max_steps or task.episode_steps

@@ -41,8 +41,10 @@ import mujoco
 import numpy as np
 from mujoco import rollout
 
+import bench_common  # noqa: F401  (this checkout on sys.path)
 from controller.planners.base import WarmStart, shift_warm_start
 from controller.planners.optimizers.cem import CEM, CEMOptions
+from controller.run import RunDir
 from controller.tasks import load_task
 from models.registry import ModelDirectory
 from models.runtime import OnnxEnsemble
@@ -59,8 +61,9 @@ def default_runs() -> list[Path]:
     """The CEM InvertedPendulum runs that exist under the benchmarks' usual directories."""
     found = []
     for d in sorted({Path(p) for g in DEFAULT_GLOBS for p in glob.glob(g)}):
-        if (d / "config.toml").exists() and (d / "store").is_dir():
-            cfg = tomllib.loads((d / "config.toml").read_text())
+        run = RunDir(d)
+        if run.config.exists() and run.store.is_dir():
+            cfg = tomllib.loads(run.config.read_text())
             if cfg.get("planner", {}).get("planner") == "cem":
                 found.append(d)
     return found
@@ -213,22 +216,22 @@ def pole_kick(t: Any, dt: float) -> dict[str, float | None]:
             for k, m in zones.items()}  # fmt: skip
 
 
-def diagnose(run: Path, quick: bool) -> dict[str, Any]:
-    cfg = tomllib.loads((run / "config.toml").read_text())
+def diagnose(run: RunDir, quick: bool) -> dict[str, Any]:
+    cfg = tomllib.loads(run.config.read_text())
     task = load_task(cfg["task"])
     assert task.env_id is not None
-    t = TransitionReader(run / "store").read_all()
+    t = TransitionReader(run.store).read_all()
     eps = episodes(t)
     horizon = int(cfg["planner"]["horizon"])
     last = eps[-LAST:]
-    summary = {"run": str(run), "planner": cfg["planner"]["planner"],
+    summary = {"run": str(run.root), "planner": cfg["planner"]["planner"],
                "config_episodes": cfg["run"]["episodes"], "episodes": len(eps), "rows": len(t),
                "best_return": max(e["return"] for e in eps),
                "at_rail_all": sum(e["at_rail"] for e in eps),
                "at_rail_last": sum(e["at_rail"] for e in last), "last": len(last),
                "last_returns": [e["return"] for e in last],
                "drift": drift(eps, t, horizon)}  # fmt: skip
-    latest = ModelDirectory(run / "models").latest()
+    latest = ModelDirectory(run.models).latest()
     if latest is not None:
         model = OnnxEnsemble(latest.path)
         rng = np.random.default_rng(0)
@@ -274,7 +277,7 @@ def main() -> None:
         raise SystemExit("no run directory: pass --run")
     results = []
     for run in runs:
-        s = diagnose(run, args.quick)
+        s = diagnose(RunDir(run), args.quick)
         print_run(s)
         results.append(s)
     env = make_env("InvertedPendulum-v5")

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import timeit
-from pathlib import Path
 
 import numpy as np
 import torch
 
-# Run as a script from the repo root without relying on the editable install.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from controller.tasks import TASKS  # noqa: E402
-from controller.tasks.base import Task  # noqa: E402
+import bench_common  # noqa: F401  (this checkout on sys.path)
+from controller.tasks import TASKS
+from controller.tasks.base import Task
 
 
 def per_task(task: Task, number: int, repeats: int) -> dict[str, float]:

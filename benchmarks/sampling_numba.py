@@ -33,18 +33,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-# Run as a script from the repo root without relying on the editable install.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from models import sampling  # noqa: E402
+import bench_common  # noqa: F401  (this checkout on sys.path)
+from models import sampling
 
 # Checked before this module imports numba: the product must not pull it in for sampling.
 PRODUCT_IMPORTS_NUMBA = "numba" in sys.modules

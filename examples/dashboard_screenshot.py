@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from controller.dashboard import browser
+from controller.run import RunDir
 
 LAST_TICK = """
 const trace = window.tickmpc.robots["sim-0"];
@@ -52,8 +53,7 @@ def main() -> None:
     driver = browser.chromium(args.width, 1000)
     try:
         driver.get(url)
-        episodes = run_dir / "metrics" / "episodes.jsonl"
-        while not (episodes.exists() and len(episodes.read_text().splitlines()) >= args.after):
+        while RunDir(run_dir).completed() < args.after:
             if run.poll() is not None:
                 sys.exit("the run ended before the screenshot")
             time.sleep(0.5)

@@ -53,7 +53,6 @@ Stopping and announcing, decided so that a dying service costs the learner nothi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -71,6 +70,7 @@ from models.checks import check_bool, check_int, check_number
 from models.ensemble import EnsembleConfig, EnsembleShape, GaussianEnsemble
 from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
+from models.progress import append_record
 from models.registry import ModelDirectory, ModelVersion
 from models.runtime import OnnxEnsemble, RuntimeOptions
 from models.store import TransitionReader, follow
@@ -304,8 +304,7 @@ class Learner:
         )  # fmt: skip
         self.history.append(result)
         if self.metrics is not None:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(asdict(result)) + "\n")
+            append_record(self.metrics, asdict(result))
         log.info("retrain on %d rows: version %s (%s)", len(data), version, reason)
         return result
 

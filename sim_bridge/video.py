@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import mujoco
 import numpy as np
 
+from sim_bridge.lifeline import child_env, watch_parent
+
 if TYPE_CHECKING:
     from sim_bridge.mujoco_bridge import Recording, SimulatedTask
 
@@ -255,7 +257,7 @@ class EpisodeVideos:
         job = self._scratch / f"{video.episode}.npz"
         np.savez(job, qpos=recording.qpos, mocap_pos=recording.mocap_pos,
                  mocap_quat=recording.mocap_quat)  # fmt: skip
-        env = dict(os.environ)
+        env = child_env()  # a render does not outlive the run (sim_bridge.lifeline)
         if not env.get("MUJOCO_GL"):  # the user's choice (glfw with a display, osmesa) stands
             env["MUJOCO_GL"] = "egl"
             env.pop("PYOPENGL_PLATFORM", None)
@@ -378,6 +380,7 @@ def _add_marks(scene: Any, camera: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The render process: ``python -m sim_bridge.video MODEL.mjb JOB.npz OUT.webm --fps F
     --size WxH``; prints the result as one JSON line."""
+    watch_parent()  # a run killed outright cannot end us itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's, which ends us itself
     os.nice(19)
     parser = argparse.ArgumentParser(prog="python -m sim_bridge.video")

@@ -22,6 +22,7 @@ from controller.cli.common import (
     default_of,
 )
 from controller.config import Config
+from controller.run import RunDir
 
 DEFAULT_TELEMETRY = default_of("service.telemetry")
 TOKEN_ENV = "TICKMPC_DASHBOARD_TOKEN"
@@ -30,14 +31,13 @@ TOKEN_ENV = "TICKMPC_DASHBOARD_TOKEN"
 def service_of(path: Path) -> tuple[Config, Path | None]:
     """The service config of ``--service`` (a config file, or a ``tickmpc run`` directory
     with its config.toml) and the run's videos directory (None for a config file)."""
-    run_dir = path if path.is_dir() else None
-    config_file = path / "config.toml" if run_dir is not None else path
+    run = RunDir(path) if path.is_dir() else None
     try:
-        config = Config.load(config_file)
+        config = Config.load(run.config if run is not None else path)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: --service {path}: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    return config, (run_dir / "videos" if run_dir is not None else None)
+    return config, (run.videos if run is not None else None)
 
 
 @app.command("dashboard")

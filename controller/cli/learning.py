@@ -265,12 +265,10 @@ def run(
     directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from controller.closed_loop import (
-        ClosedLoop,
-        plot_learning_curve,
-        resumed_task,
-        run_closed_loop,
-    )
+    from controller.run.loop import ClosedLoop, run_closed_loop
+    from controller.run.plot import plot_learning_curve
+    from controller.run.rundir import RunDir
+    from controller.run.task_copy import resumed_task
     from controller.tasks import AUTO
 
     named = {
@@ -288,8 +286,9 @@ def run(
         if config_file is not None:
             typer.echo("error: --resume takes the run's own config.toml, not --config", err=True)
             raise typer.Exit(code=1)
+        run = RunDir(resume)
         try:
-            kept = resumed_task(resume)
+            kept = resumed_task(run)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
@@ -299,19 +298,18 @@ def run(
                            f"copy: {kept})", err=True)  # fmt: skip
                 raise typer.Exit(code=1)
             named["task"] = kept
-        saved = compose(resume / "config.toml", None, {"task": kept})
-        config = compose(resume / "config.toml", sets, named)
+        saved = compose(run.config, None, {"task": kept})
+        config = compose(run.config, sets, named)
         changed = [k for k in ("reward", "termination")
                    if getattr(config, k) != getattr(saved, k)]  # fmt: skip
         if changed:
             typer.echo(f"error: a run's {' and '.join(changed)} cannot change on --resume (the "
                        "models learned what it started with)", err=True)  # fmt: skip
             raise typer.Exit(code=1)
-        first = ClosedLoop.completed(resume)
-        run_dir = resume
+        first = run.completed()
     else:
         config = compose(config_file, sets, named)
-        run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        run = RunDir(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if config.task == AUTO:
         typer.echo("error: tickmpc run simulates the robot, so it needs a task to simulate, "
                    "not auto (serve and learn take auto)", err=True)  # fmt: skip
@@ -320,7 +318,7 @@ def run(
         typer.echo("error: --planner policy acts with a trained policy: give --policy sac or "
                    "--policy bptt to train one", err=True)  # fmt: skip
         raise typer.Exit(code=1)
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {run.root}")
     if config.steps < config.learner.min_transitions:
         console.print(
             f"note: the first model comes after learner.min_transitions = "
@@ -344,18 +342,16 @@ def run(
             if loop.dashboard_url is not None:
                 progress.console.print(f"dashboard: {loop.dashboard_url}")
             elif config.run.dashboard:
-                progress.console.print(
-                    f"dashboard: did not start, see {run_dir}/logs/dashboard.log"
-                )
+                progress.console.print(f"dashboard: did not start, see {run.log('dashboard')}")
 
         # SIGTERM stops a run as Ctrl-C does: its service, learner, dashboard and renders stop
         # with it instead of living on without it.
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            lines, codes = run_closed_loop(config, run_dir, first_episode=first, on_episode=show,
+            lines, codes = run_closed_loop(config, run, first_episode=first, on_episode=show,
                                            on_start=started)  # fmt: skip
         except KeyboardInterrupt:
-            console.print("stopped; resume with --resume " + str(run_dir))
+            console.print(f"stopped; resume with --resume {run.root}")
             raise typer.Exit(code=130) from None
         except (RuntimeError, TimeoutError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -372,9 +368,9 @@ def run(
     console.print(f"processes exited: {codes}")
     served = config.resolved_task()
     reference = served.reference_return if served is not None else None
-    console.print(f"learning curve: {plot_learning_curve(run_dir, config.task, reference)}")
+    console.print(f"learning curve: {plot_learning_curve(run, config.task, reference)}")
     if config.run.videos:
-        show_videos(run_dir / "videos")
+        show_videos(run.videos)
 
 
 def show_videos(directory: Path) -> None:

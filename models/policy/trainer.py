@@ -28,7 +28,6 @@ Shapes: B batch, S observation, A action.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -45,6 +44,7 @@ from models.policy.bptt import BPTTConfig, BPTTOptimizer
 from models.policy.export import PolicyDirectory, read_policy
 from models.policy.learner import PolicyLearner, PolicyLearnerConfig
 from models.policy.rollouts import DoneFn, EnsembleDynamics, RewardFn
+from models.progress import append_record
 from models.registry import ModelVersion
 from models.transitions import Transitions
 
@@ -257,8 +257,7 @@ class PolicyTrainer:
             **{k: v for k, v in self._last.items() if math.isfinite(v)}, "wall_time": time.time(),
         }  # fmt: skip
         if self.metrics is not None:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(line) + "\n")
+            append_record(self.metrics, line)
         log.info("policy p%d published (%d updates on %d rows, model v%d)", version.version,
                  self.updates, self.real_rows, self.model_version)  # fmt: skip
         if self.on_publish is not None:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from controller.closed_loop import keep_task_copy, resumed_task
 from controller.config import Config, updated
+from controller.run.rundir import RunDir
+from controller.run.task_copy import keep_task_copy, resumed_task
 from controller.tasks import load_task, task_source
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "inverted_double_pendulum.py"
@@ -155,9 +156,10 @@ def test_a_run_keeps_a_copy_that_loads_as_the_original_did(tmp_path: Path) -> No
     only Task is not called TASK loads from the copy too."""
     path = _file(tmp_path, GOOD.replace("{WEIGHTS}", '{"upright": 1.0, "ctrl": 0.1}')
                  .replace("TASK = Task(", "ARM = Task("))  # fmt: skip
-    config = keep_task_copy(updated(Config(), {"task": str(path)}), tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    config = keep_task_copy(updated(Config(), {"task": str(path)}), run)
     assert config.task == str((tmp_path / "run" / "task" / "task.py").resolve())
-    assert resumed_task(tmp_path / "run") == config.task
+    assert resumed_task(run) == config.task
     task = config.resolved_task()
     assert task is not None and task.name == "toy-arm"
 
