@@ -27,7 +27,7 @@ import torch
 from bench_common import gemm_gflops, time_call
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import export_ensemble
-from models.runtime import OnnxEnsemble, RuntimeOptions
+from models.runtime import OnnxEnsemble, RuntimeConfig
 
 
 def flops_per_row(model: GaussianEnsemble) -> int:
@@ -81,7 +81,7 @@ def main() -> None:
             path = Path(tmp) / f"e5_{layers}x200.onnx"
             export_ensemble(model, path)
             runtime = OnnxEnsemble(
-                path, options=RuntimeOptions(intra_op_threads=args.threads, spin=True)
+                path, options=RuntimeConfig(intra_op_threads=args.threads, spin=True)
             )
             fpr = flops_per_row(model)
             print(f"\nE=5 {layers}x200: {fpr / 1e3:.1f} kFLOP per member-row")

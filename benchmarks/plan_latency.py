@@ -13,7 +13,7 @@ Also measured, because the design depends on them:
   what building and loading an unrolled graph for a new horizon would stall;
 - how the batch is cut: one iteration of the reduced and the PETS configuration evaluated in
   one session using every core, and cut into 2 and 4 slices run at once on single-threaded
-  sessions (``RuntimeOptions.rollout_slices``);
+  sessions (``RuntimeConfig.rollout_slices``);
 - the anytime margin: plans given half their usual time, and how far past the budget they end.
 
     python benchmarks/plan_latency.py [--quick] [--device cuda]
@@ -53,7 +53,7 @@ from models.ensemble import GaussianEnsemble
 from models.policy.export import PolicyDirectory
 from models.policy.sac import SAC, SACConfig
 from models.registry import ModelDirectory
-from models.runtime import RuntimeOptions, create_session, read_model
+from models.runtime import RuntimeConfig, create_session, read_model
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def eager_plan_seconds(
 
 
 def measure_config(
-    config: Config, tmp: Path, quick: bool, gemm: float, options: RuntimeOptions
+    config: Config, tmp: Path, quick: bool, gemm: float, options: RuntimeConfig
 ) -> dict[str, object]:
     task = get_task(config.task)
     model = make_model(task, config.layers)
@@ -304,7 +304,7 @@ def horizon_design(tmp: Path, threads: int, reps: int) -> dict[str, float]:
     version, _ = ModelDirectory(tmp / "horizon").publish(make_model(task, 4))
     data, _ = read_model(version.path)
     model = ModelGraph(onnx.load_from_string(data), 5, task.obs_dim, task.act_dim, True)
-    options = RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=0)
+    options = RuntimeConfig(intra_op_threads=threads, spin=True, rollout_slices=0)
     n, h = 200, 15
     rng = np.random.default_rng(0)
     perms = np.stack([rng.permutation(n) for _ in range(h)])
@@ -346,7 +346,7 @@ def slicing(tmp: Path, threads: int, reps: int) -> list[dict[str, object]]:
         actions = rng.uniform(-1, 1, (n, 15, 1)).astype(np.float32)
         ms: dict[int, float] = {}
         for slices in (1, 2, 4):
-            options = RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=slices)
+            options = RuntimeConfig(intra_op_threads=threads, spin=True, rollout_slices=slices)
             evaluator = RolloutEvaluator(version.path, task, options=options)
             run = functools.partial(evaluator.evaluate, obs, actions, settings, rng)
             calls = reps if n * settings.particles < 1000 else max(1, reps // 20)
@@ -364,7 +364,7 @@ def anytime_margin(tmp: Path, threads: int, plans: int) -> dict[str, float]:
     evaluator = RolloutEvaluator(
         version.path,
         task,
-        options=RuntimeOptions(intra_op_threads=threads, spin=True, rollout_slices=0),
+        options=RuntimeConfig(intra_op_threads=threads, spin=True, rollout_slices=0),
     )
     planner = Planner(evaluator, PlannerSettings(population=200, horizon=15, iterations=3))
     obs = start_state(task)
@@ -398,8 +398,8 @@ def main() -> None:
     if not chosen:
         parser.error(f"no configuration among {[c.name for c in CONFIGS]} in {args.configs!r}")
     # An idle benchmark process: spinning workers and one slice per core (the service runs
-    # neither; see RuntimeOptions), as the figures in docs/planning.md were measured.
-    options = RuntimeOptions(
+    # neither; see RuntimeConfig), as the figures in docs/planning.md were measured.
+    options = RuntimeConfig(
         device=args.device, intra_op_threads=args.threads, spin=True, rollout_slices=0
     )
     torch.set_num_threads(args.threads)

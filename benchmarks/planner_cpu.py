@@ -34,7 +34,7 @@ from controller.planners import Planner, PlannerSettings, kernels
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.tasks import get_task
 from models.registry import ModelDirectory
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeConfig
 
 
 class _TimedSession:
@@ -77,8 +77,8 @@ def plan_breakdown(config: PlanConfig, tmp: Path, plans: int) -> dict[str, Any]:
     kernels.compile_now()  # else the first "numba" plans would draw with numpy until compiled
     task = get_task(config.task)
     version, _ = ModelDirectory(tmp / config.name).publish(make_model(task, config.layers))
-    # RuntimeOptions' defaults are the service's: one session, no spinning.
-    evaluator = RolloutEvaluator(version.path, task, options=RuntimeOptions())
+    # RuntimeConfig's defaults are the service's: one session, no spinning.
+    evaluator = RolloutEvaluator(version.path, task, options=RuntimeConfig())
     ort, evaluate, ask, tell = [0.0], [0.0], [0.0], [0.0]
     for mode, sessions in evaluator.sessions.items():
         evaluator.sessions[mode] = [_TimedSession(s, ort) for s in sessions]

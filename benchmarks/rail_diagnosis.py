@@ -43,7 +43,7 @@ from mujoco import rollout
 
 import bench_common  # noqa: F401  (this checkout on sys.path)
 from controller.planners.base import WarmStart, shift_warm_start
-from controller.planners.optimizers.cem import CEM, CEMOptions
+from controller.planners.optimizers.cem import CEM, CEMSettings
 from controller.run import RunDir
 from controller.tasks import load_task
 from models.registry import ModelDirectory
@@ -184,7 +184,7 @@ def oracle_episode(env: Any, horizon: int, seed: int, steps: int) -> dict[str, A
     through MuJoCo itself, a perfect model: does the cart still drift to the rail?"""
     sim = env.unwrapped
     low, high = sim.action_space.low.astype(np.float64), sim.action_space.high.astype(np.float64)
-    cem = CEM(100, 3, low, high, CEMOptions())
+    cem = CEM(100, 3, low, high, CEMSettings())
     fill, rng = (low + high) / 2.0, np.random.default_rng(seed)
     warm, data = WarmStart(np.broadcast_to(fill, (horizon, 1)).copy()), mujoco.MjData(sim.model)
     state, spec = np.zeros(mujoco.mj_stateSize(sim.model, FULL)), FULL

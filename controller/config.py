@@ -1,7 +1,7 @@
 """The one configuration tree: what a run, the service and the learner are set up with.
 
 ``Config`` is composed of the parts' own frozen dataclasses, so no field is declared twice:
-``[service]`` (:class:`~controller.service.settings.ServiceSettings`, with its ONNX Runtime
+``[service]`` (:class:`~controller.service.settings.ServiceConfig`, with its ONNX Runtime
 options under ``[service.runtime]``), ``[planner]`` (the live settings, one flat table, see
 :mod:`controller.planners.settings`), ``[learner]`` (:class:`~models.learner.LearnerConfig`),
 ``[policy]`` (:class:`~models.policy.trainer.PolicyTrainerConfig`) and ``[run]`` (what only
@@ -29,7 +29,7 @@ import tomli_w
 from controller.checks import check_bool, check_choice, check_int, check_number, parse_value
 from controller.planners.registry import PLANNERS
 from controller.planners.settings import PlannerSettings
-from controller.service.settings import ServiceSettings
+from controller.service.settings import ServiceConfig
 from controller.tasks import AUTO, Task, load_task
 from models.learner import LearnerConfig
 from models.policy.trainer import PolicyTrainerConfig
@@ -80,7 +80,7 @@ learning rates, ``policy.seed`` every part's seed), so an old file means what it
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunConfig:
     """What only ``tickmpc run`` reads: the episodes of the simulated robot."""
 
     episodes: int = 10
@@ -136,7 +136,7 @@ class Config:
     termination: str = "task"
     """"task": the task's termination (learned where the task asks for it); "learned": the
     model predicts whether a transition ends the episode from the robots' ``terminated``."""
-    service: ServiceSettings = field(default_factory=ServiceSettings)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     """The service: its sockets, model directory, store and ONNX Runtime (``[service]``)."""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     """The planner's live settings, one flat table (``[planner]``; ``tickmpc tune`` changes
@@ -145,7 +145,7 @@ class Config:
     """The model's learner: retrain cadence, gate, architecture, training (``[learner]``)."""
     policy: PolicyTrainerConfig = field(default_factory=PolicyTrainerConfig)
     """The policy trained beside the model (``optimizer = "none"``: none)."""
-    run: RunSettings = field(default_factory=RunSettings)
+    run: RunConfig = field(default_factory=RunConfig)
     """What only ``tickmpc run`` reads (``[run]``)."""
 
     def __post_init__(self) -> None:

@@ -72,7 +72,7 @@ from models.evaluate import OneStepMetrics, one_step_metrics
 from models.export import export_ensemble
 from models.progress import append_record
 from models.registry import ModelDirectory, ModelVersion
-from models.runtime import OnnxEnsemble, RuntimeOptions
+from models.runtime import OnnxEnsemble, RuntimeConfig
 from models.store import TransitionReader, follow
 from models.train import TrainConfig, train_ensemble
 from models.transitions import Transitions
@@ -333,7 +333,7 @@ class Learner:
     ) -> tuple[bool, str, float, float | None]:
         """(accepted, reason, candidate's error, current model's error) on the ``gate`` rows;
         ``reward_var``: the variance of all stored rewards (see the module docstring)."""
-        options = RuntimeOptions(intra_op_threads=self.config.torch_threads, spin=False)
+        options = RuntimeConfig(intra_op_threads=self.config.torch_threads, spin=False)
         runtime = OnnxEnsemble(candidate, options=options)
         far = np.concatenate([gate.obs, gate.obs * 10.0])
         outputs = runtime.predict_named(far, np.concatenate([gate.act, gate.act]))

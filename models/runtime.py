@@ -26,7 +26,7 @@ MAX_CHUNK_ROWS = 1 << 24
 
 
 @dataclass(frozen=True)
-class RuntimeOptions:
+class RuntimeConfig:
     """How to run a model in ONNX Runtime."""
 
     device: str = "cpu"
@@ -70,7 +70,7 @@ class RuntimeOptions:
         check_bool("spin", self.spin)
 
 
-def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, object]]]:
+def select_providers(options: RuntimeConfig) -> list[str | tuple[str, dict[str, object]]]:
     """Execution providers in preference order for ``options.device``."""
     available = ort.get_available_providers()
     wants_cuda = options.device in ("cuda", "auto")
@@ -85,7 +85,7 @@ def select_providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str,
     return ["CPUExecutionProvider"]
 
 
-def create_session(data: bytes, options: RuntimeOptions, source: str) -> ort.InferenceSession:
+def create_session(data: bytes, options: RuntimeConfig, source: str) -> ort.InferenceSession:
     """An ONNX Runtime session for the serialized graph ``data``; ``source`` names it in errors."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
@@ -122,10 +122,10 @@ class OnnxEnsemble:
         *,
         obs_dim: int | None = None,
         act_dim: int | None = None,
-        options: RuntimeOptions | None = None,
+        options: RuntimeConfig | None = None,
     ) -> None:
         self.path = Path(path)
-        self.options = options or RuntimeOptions()
+        self.options = options or RuntimeConfig()
         data, self.metadata = read_model(self.path)
         cfg = self.metadata.config
         checks = (("obs_dim", obs_dim, cfg.obs_dim), ("act_dim", act_dim, cfg.act_dim))

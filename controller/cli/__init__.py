@@ -52,10 +52,10 @@ def model_info(
     import numpy as np
 
     from models.export import ModelFileError
-    from models.runtime import OnnxEnsemble, RuntimeOptions
+    from models.runtime import OnnxEnsemble, RuntimeConfig
 
     try:
-        runtime = OnnxEnsemble(path, options=RuntimeOptions(device=device))
+        runtime = OnnxEnsemble(path, options=RuntimeConfig(device=device))
     except (ModelFileError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

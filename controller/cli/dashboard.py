@@ -93,7 +93,7 @@ def dashboard(
     fallbacks, iterations, predicted and received return, reward terms, actions, learning
     curves, model versions and rejections, episode videos, and its settings to change. Prints
     the page's address."""
-    from controller.dashboard.server import Dashboard, DashboardSettings, is_loopback, serve
+    from controller.dashboard.server import Dashboard, DashboardConfig, is_loopback, serve
 
     config, run_videos = service_of(service) if service is not None else (None, None)
     if config is not None and keys is None and config.service.keys is not None:
@@ -102,7 +102,7 @@ def dashboard(
     if token is None and allow_remote and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     try:
-        settings = DashboardSettings(
+        settings = DashboardConfig(
             control=control or (config.service.control if config else DEFAULT_CONTROL),
             telemetry=telemetry or (config.service.telemetry if config else DEFAULT_TELEMETRY),
             host=host,

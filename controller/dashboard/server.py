@@ -69,7 +69,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class DashboardSettings:
+class DashboardConfig:
     """Where the dashboard listens and what it reads."""
 
     control: str
@@ -115,7 +115,7 @@ class DashboardSettings:
 class Dashboard:
     """The aiohttp application and the readers that feed its board."""
 
-    def __init__(self, settings: DashboardSettings, curve: CurveClient | None = None) -> None:
+    def __init__(self, settings: DashboardConfig, curve: CurveClient | None = None) -> None:
         self.settings, self.curve = settings, curve
         self.board = Board()
         self._pages: set[web.WebSocketResponse] = set()

@@ -3,7 +3,7 @@ the learned policy instead."""
 
 from controller.planners.base import Plan, WarmStart
 from controller.planners.planner import Planner
-from controller.planners.policy import POLICY, PolicyActor, PolicyOptions
+from controller.planners.policy import POLICY, PolicyActor, PolicySettings
 from controller.planners.registry import OPTIMIZERS, OPTIONS, PLANNERS
 from controller.planners.settings import PlannerSettings, make_optimizer
 
@@ -16,7 +16,7 @@ __all__ = [
     "Planner",
     "PlannerSettings",
     "PolicyActor",
-    "PolicyOptions",
+    "PolicySettings",
     "WarmStart",
     "make_optimizer",
 ]

@@ -28,7 +28,7 @@ maps to a finite pre-tanh mean."""
 
 
 @dataclass(frozen=True)
-class PolicyOptions:
+class PolicySettings:
     """The options of planner "policy"."""
 
     explore: bool = True

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from controller.planners.optimizers import OPTIMIZERS
-from controller.planners.policy import POLICY, PolicyOptions
+from controller.planners.policy import POLICY, PolicySettings
 
 __all__ = ["OPTIMIZERS", "OPTIONS", "PLANNERS"]
 
 PLANNERS = (*OPTIMIZERS, POLICY)
 OPTIONS: Mapping[str, type] = MappingProxyType(
-    {**{name: entry.options for name, entry in OPTIMIZERS.items()}, POLICY: PolicyOptions}
+    {**{name: entry.options for name, entry in OPTIMIZERS.items()}, POLICY: PolicySettings}
 )
 """Each planner's options dataclass (every field defaulted and validated on construction)."""

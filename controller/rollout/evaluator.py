@@ -40,7 +40,7 @@ from controller.rollout.settings import RolloutSettings
 from controller.tasks.base import Task
 from controller.tasks.export import task_reward_graph
 from models.export import ModelMetadata
-from models.runtime import RuntimeOptions, create_session, read_model, select_providers
+from models.runtime import RuntimeConfig, create_session, read_model, select_providers
 
 
 class RolloutEvaluator:
@@ -49,7 +49,7 @@ class RolloutEvaluator:
     Construction reads and verifies the model file, composes the rollout graphs and loads them
     into ONNX Runtime: do it off the hot path, then swap the new evaluator in. On the CPU a
     batch is cut into slices evaluated at once on single-threaded sessions, one per core
-    (``RuntimeOptions.rollout_slices``).
+    (``RuntimeConfig.rollout_slices``).
 
     ``device_random`` (default: on when the sessions run on CUDA) lets the graph draw the
     sampling noise and member orders itself and runs it through IOBinding: per iteration only
@@ -71,14 +71,14 @@ class RolloutEvaluator:
         model_path: str | os.PathLike[str],
         task: Task,
         *,
-        options: RuntimeOptions | None = None,
+        options: RuntimeConfig | None = None,
         device_random: bool | None = None,
         policy_path: str | os.PathLike[str] | None = None,
         policy_version: int = 0,
     ) -> None:
         self.path = Path(model_path)
         self.task = task
-        self.options = options or RuntimeOptions()
+        self.options = options or RuntimeConfig()
         self.device = _device(self.options)
         self.device_random = self.device == "cuda" if device_random is None else device_random
         data, self.metadata = read_model(self.path)
@@ -329,13 +329,13 @@ class RolloutEvaluator:
             self._shape = shape
 
 
-def _device(options: RuntimeOptions) -> str:
+def _device(options: RuntimeConfig) -> str:
     """Where the rollout sessions run: "cuda" or "cpu"."""
     first = select_providers(options)[0]
     return "cuda" if (first if isinstance(first, str) else first[0]).startswith("CUDA") else "cpu"
 
 
-def _slice_count(options: RuntimeOptions, device: str) -> int:
+def _slice_count(options: RuntimeConfig, device: str) -> int:
     if options.rollout_slices:
         return options.rollout_slices
     if device == "cuda":

@@ -18,7 +18,7 @@ from controller.rollout.parts import Mode
 from controller.rollout.settings import RolloutSettings
 
 MIN_SLICE_ROWS = 16
-"""A batch is cut into slices of at least this many particle rows (see RuntimeOptions)."""
+"""A batch is cut into slices of at least this many particle rows (see RuntimeConfig)."""
 
 
 @dataclass

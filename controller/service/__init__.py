@@ -2,6 +2,6 @@
 hot-swaps models and takes live settings (see docs/protocol.md and docs/architecture.md)."""
 
 from controller.service.server import MPCService
-from controller.service.settings import ServiceSettings
+from controller.service.settings import ServiceConfig
 
-__all__ = ["MPCService", "ServiceSettings"]
+__all__ = ["MPCService", "ServiceConfig"]

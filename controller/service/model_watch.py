@@ -33,11 +33,11 @@ from controller.rollout.settings import RolloutSettings
 from controller.tasks import Task
 from models.policy.export import PolicyDirectory, PolicyRuntime
 from models.registry import ModelDirectory, ModelVersion, VersionedDirectory
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-POLICY_RUNTIME = RuntimeOptions(intra_op_threads=1)
+POLICY_RUNTIME = RuntimeConfig(intra_op_threads=1)
 """A policy runs on one observation per tick: measured on 2 cores, a 4-dim SAC policy answers
 in 21 us on one thread and 30 us with ONNX Runtime's default pool, whose hand-offs cost more
 than a row this small gains."""
@@ -135,7 +135,7 @@ class ModelWatcher(VersionWatcher[RolloutEvaluator]):
         self,
         root: Path,
         task: Task,
-        options: RuntimeOptions,
+        options: RuntimeConfig,
         poll_s: float = 0.5,
         policies: PolicyWatcher | None = None,
     ) -> None:
@@ -230,7 +230,7 @@ class PolicyWatcher(VersionWatcher[PolicyActor]):
     """
 
     def __init__(
-        self, root: Path, task: Task, poll_s: float = 0.5, options: RuntimeOptions = POLICY_RUNTIME
+        self, root: Path, task: Task, poll_s: float = 0.5, options: RuntimeConfig = POLICY_RUNTIME
     ) -> None:
         super().__init__(PolicyDirectory(root), poll_s)
         self.task, self.options = task, options

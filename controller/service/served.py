@@ -18,7 +18,7 @@ from controller.planners import PlannerSettings, PolicyActor
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.service.model_watch import ModelWatcher, PolicyWatcher, VersionWatcher
 from controller.service.recorder import Recorder
-from controller.service.settings import ServiceSettings
+from controller.service.settings import ServiceConfig
 from controller.service.telemetry import Subscriptions
 from controller.tasks import Task
 from models.store import TransitionReader, TransitionWriter
@@ -93,7 +93,7 @@ class ServedTask:
     def __init__(
         self,
         task: Task,
-        settings: ServiceSettings,
+        settings: ServiceConfig,
         planner: PlannerSettings,
         subscriptions: Subscriptions,
     ) -> None:

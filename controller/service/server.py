@@ -40,7 +40,7 @@ from controller.service.history import History
 from controller.service.outbox import Outbox
 from controller.service.served import NO_VERSIONS, ServedTask
 from controller.service.session import Pending, RobotSession, Transition
-from controller.service.settings import ServiceSettings
+from controller.service.settings import ServiceConfig
 from controller.service.telemetry import Subscriptions
 from controller.tasks import Task
 from controller.tasks.generic import robot_task
@@ -64,7 +64,7 @@ class MPCService:
     def __init__(
         self,
         task: Task | None,
-        settings: ServiceSettings,
+        settings: ServiceConfig,
         planner: PlannerSettings | None = None,
     ) -> None:
         planner = planner or PlannerSettings()

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from controller.checks import check_number
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeConfig
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -30,7 +30,7 @@ def check_endpoint(name: str, endpoint: str, allow_remote: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class ServiceSettings:
+class ServiceConfig:
     """Fixed for the service's lifetime (the live settings are PlannerSettings)."""
 
     endpoint: str = "tcp://127.0.0.1:5555"
@@ -64,7 +64,7 @@ class ServiceSettings:
     """Plan the robots waiting in a pass together, each optimizer iteration one rollout run
     for all of them (False: one robot after another, each plan a run of its own; kept to
     measure what batching gains, benchmarks/fleet_scaling.py)."""
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """ONNX Runtime options of the rollout sessions (device, threads, spinning, slices)."""
 
     def __post_init__(self) -> None:

@@ -46,7 +46,7 @@ from models.export import (
 )
 from models.policy.sac import Actor
 from models.registry import ModelVersion, VersionedDirectory
-from models.runtime import RuntimeOptions, create_session
+from models.runtime import RuntimeConfig, create_session
 
 FORMAT_VERSION = 1
 KIND = "policy"
@@ -284,7 +284,7 @@ class PolicyRuntime:
         *,
         obs_dim: int | None = None,
         act_dim: int | None = None,
-        options: RuntimeOptions | None = None,
+        options: RuntimeConfig | None = None,
     ) -> None:
         self.path = Path(path)
         data, self.metadata = read_policy(self.path)
@@ -298,7 +298,7 @@ class PolicyRuntime:
                     f"{self.path}: policy has {name}={actual}, expected {expected}"
                 )
         self.session: ort.InferenceSession = create_session(
-            data, options or RuntimeOptions(), str(self.path)
+            data, options or RuntimeConfig(), str(self.path)
         )
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from controller.planners import PlannerSettings
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from controller.tasks import get_task
 from models.registry import ModelDirectory
 from sim_bridge import protocol as p
@@ -54,7 +54,7 @@ def publish_cartpole(models: Path, version: int = 1) -> None:
 def start_service(root: Path, planner: PlannerSettings = FAST, **settings: object) -> Running:
     service = MPCService(
         CARTPOLE,
-        ServiceSettings(
+        ServiceConfig(
             endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
             models=root / "models", store=root / "store",
             **{"stale_after_s": 60.0, "model_poll_s": 0.1, **settings},  # type: ignore[arg-type]

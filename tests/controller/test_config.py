@@ -11,7 +11,7 @@ import pytest
 
 from controller.config import MOVED, Config, as_dict, parse_overrides, updated
 from controller.planners import OPTIMIZERS, PlannerSettings
-from controller.service import ServiceSettings
+from controller.service import ServiceConfig
 
 TICKMPC = [sys.executable, "-m", "controller.cli"]
 
@@ -170,7 +170,7 @@ def test_cli_defaults_are_the_dataclass_defaults() -> None:
     from controller.cli import common as cli
 
     assert cli.DEFAULTS == as_dict(Config())
-    assert cli.DEFAULT_CONTROL == ServiceSettings().control
+    assert cli.DEFAULT_CONTROL == ServiceConfig().control
     help_text = subprocess.run([*TICKMPC, "run", "--help"], capture_output=True, text=True,
                                timeout=120, env={"COLUMNS": "200", "PATH": ""}).stdout  # fmt: skip
     assert f"(default: {PlannerSettings().horizon})" in help_text

@@ -17,7 +17,7 @@ import zmq
 
 from controller.service import MPCService
 from controller.service.control import request
-from controller.service.settings import ServiceSettings
+from controller.service.settings import ServiceConfig
 from sim_bridge import protocol as p
 from sim_bridge.curve import CurveClient, make_key_pair
 from sim_bridge.handshake import served_mechanism
@@ -71,7 +71,7 @@ def _secured(tmp_path: Path, model: bool) -> Iterator[Secured]:
     if model:
         publish_cartpole(tmp_path / "models")
     ports = [free_port() for _ in range(3)]
-    settings = ServiceSettings(
+    settings = ServiceConfig(
         endpoint=f"tcp://0.0.0.0:{ports[0]}", control=f"tcp://0.0.0.0:{ports[1]}",
         telemetry=f"tcp://0.0.0.0:{ports[2]}", allow_remote=True,
         keys=keys / "service.key_secret", clients=clients, models=tmp_path / "models",
@@ -216,11 +216,11 @@ def test_a_key_added_while_serving_is_accepted(secured: Secured) -> None:
 
 def test_beyond_loopback_needs_keys_and_keys_need_clients(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="endpoint: binding beyond loopback needs CurveZMQ"):
-        ServiceSettings(endpoint="tcp://0.0.0.0:5555", allow_remote=True)
+        ServiceConfig(endpoint="tcp://0.0.0.0:5555", allow_remote=True)
     with pytest.raises(ValueError, match="keys and clients go together"):
-        ServiceSettings(keys=tmp_path / "service.key_secret")
+        ServiceConfig(keys=tmp_path / "service.key_secret")
     with pytest.raises(ValueError, match="not a CurveZMQ key pair file"):
-        MPCService(CARTPOLE, ServiceSettings(keys=tmp_path / "nope", clients=tmp_path))
+        MPCService(CARTPOLE, ServiceConfig(keys=tmp_path / "nope", clients=tmp_path))
 
 
 def test_tickmpc_keys_makes_a_pair_and_keeps_the_secret_private(tmp_path: Path) -> None:

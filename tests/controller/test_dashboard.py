@@ -24,7 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from controller.dashboard import browser
-from controller.dashboard.server import DashboardSettings
+from controller.dashboard.server import DashboardConfig
 from controller.service.control import request
 from sim_bridge.link import BridgeLink
 from tests.controller.service_fixtures import (
@@ -276,7 +276,7 @@ def test_beyond_loopback_needs_the_option_and_a_token(live: Live) -> None:
                              ("0.0.0.0", "short", "at least 16"),
                              ("example.com", "x" * 16, "not loopback")):  # fmt: skip
         with pytest.raises(ValueError, match=why):
-            DashboardSettings("c", "t", host=host, token=token, allow_remote=host != "example.com")
+            DashboardConfig("c", "t", host=host, token=token, allow_remote=host != "example.com")
     process, url = start_dashboard(*args, "--host", "0.0.0.0", "--allow-remote")
     try:
         token = re.search(r"\?token=(\S+)", url)

@@ -24,7 +24,7 @@ from controller.planners.base import IterationCost
 from controller.planners.batch import PlanRequest, plan_together
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.rollout.settings import RolloutSettings
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from controller.service.control import request
 from controller.tasks import get_task
 from models.policy.export import PolicyRuntime
@@ -362,7 +362,7 @@ def test_a_new_episode_arriving_mid_plan_starts_cold_after_the_plan_in_flight(
     publish_cartpole(tmp_path / "models")
     long_plan = PlannerSettings(planner="cem", horizon=15, population=400, iterations=40,
                                 budget_ms=60_000.0)  # fmt: skip
-    service = MPCService(CARTPOLE, ServiceSettings(
+    service = MPCService(CARTPOLE, ServiceConfig(
         endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK, models=tmp_path / "models",
         store=tmp_path / "store", stale_after_s=60.0), long_plan)  # fmt: skip
     service.start()

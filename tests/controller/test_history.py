@@ -19,7 +19,7 @@ import pytest
 import torch
 import zmq
 
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from controller.service.control import request
 from controller.service.history import REJECTIONS_KEPT, VERSIONS_KEPT, History
 from controller.service.model_watch import ModelWatcher, PolicyWatcher
@@ -29,7 +29,7 @@ from models.export import ModelMetadata, export_ensemble, write_with_metadata
 from models.policy.export import PolicyDirectory
 from models.policy.sac import SAC, SACConfig
 from models.registry import ModelDirectory
-from models.runtime import RuntimeOptions, read_model
+from models.runtime import RuntimeConfig, read_model
 from sim_bridge import protocol as p
 from sim_bridge.hardware import BridgeSettings
 from sim_bridge.link import BridgeLink
@@ -217,7 +217,7 @@ def test_history_refuses_a_field_it_does_not_take(served: Running) -> None:
 
 
 def test_a_service_without_a_task_yet_answers_history(tmp_path: Path) -> None:
-    service = MPCService(None, ServiceSettings(endpoint=LOOPBACK, control=LOOPBACK,
+    service = MPCService(None, ServiceConfig(endpoint=LOOPBACK, control=LOOPBACK,
                                                telemetry=LOOPBACK, models=tmp_path / "models"),
                          FAST)  # fmt: skip
     service.start()
@@ -308,7 +308,7 @@ def test_a_model_refused_alone_and_with_the_policy_is_refused_for_its_own_fault(
     )  # fmt: skip
     policies = PolicyWatcher(models, CARTPOLE)
     policies.load_now()
-    watcher = ModelWatcher(models, CARTPOLE, RuntimeOptions(), policies=policies)
+    watcher = ModelWatcher(models, CARTPOLE, RuntimeConfig(), policies=policies)
     watcher.load_now()
     taken = watcher.take()
     assert taken is not None and taken[0] == 1 and taken[1].policy_version == 1
@@ -346,7 +346,7 @@ def test_a_model_that_fails_alone_is_not_refused_for_the_policys_fault(tmp_path:
     directory = ModelDirectory(models)
     export_ensemble(broken, directory.path_of(1), member_batched=True)
     directory.mark_latest(1)
-    watcher = ModelWatcher(models, CARTPOLE, RuntimeOptions(), policies=policy_watcher)
+    watcher = ModelWatcher(models, CARTPOLE, RuntimeConfig(), policies=policy_watcher)
     watcher.load_now()
     assert watcher.take() is None
     own, sep, composed = watcher.rejected[1].partition("; with policy p1: ")

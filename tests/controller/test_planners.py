@@ -280,7 +280,7 @@ def test_each_optimizer_takes_only_its_own_options() -> None:
     back = icem.changed(planner="cem")  # the options CEM shares with iCEM are kept
     assert back.options.elite_fraction == 0.2 and "noise_beta" not in back.to_dict()
     assert PlannerSettings().changed(icem.to_dict()) == icem  # the flat form round-trips
-    with pytest.raises(ValueError, match="takes MPPIOptions"):
+    with pytest.raises(ValueError, match="takes MPPISettings"):
         PlannerSettings(planner="mppi", options=icem.options)
 
 

@@ -23,7 +23,7 @@ from controller.tasks.export import task_reward_graph
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble, write_with_metadata
 from models.policy.export import read_policy
-from models.runtime import RuntimeOptions
+from models.runtime import RuntimeConfig
 from tests.controller.policy_models import (
     INVERTED,
     OBS,
@@ -64,7 +64,7 @@ def test_policy_candidates_reproduce_the_policys_closed_loop_return(
         policy_files.pendulum,
         PENDULUM,
         policy_path=policy_files.policy,
-        options=RuntimeOptions(rollout_slices=slices),
+        options=RuntimeConfig(rollout_slices=slices),
         device_random=device_random,
     )
     n, h, p, discount = 12, 15, 4, 0.95  # 48 particle rows: 3 slices of 16
@@ -371,7 +371,7 @@ def learned(policy_files: PolicyFiles) -> Path:
 def test_the_plain_path_is_unchanged_by_a_loaded_policy(
     policy_files: PolicyFiles, learned: Path, propagation: str
 ) -> None:
-    options = RuntimeOptions(rollout_slices=2)
+    options = RuntimeConfig(rollout_slices=2)
     plain = RolloutEvaluator(learned, PENDULUM, options=options)
     loaded = RolloutEvaluator(learned, PENDULUM, options=options, policy_path=policy_files.policy)
     settings = RolloutSettings(particles=4, propagation=propagation, policy_noise=0.7)

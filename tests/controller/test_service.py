@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from controller.service.control import parse_assignments, request
 from models.registry import ModelDirectory
 from models.store import TransitionReader
@@ -232,7 +232,7 @@ def test_the_newest_state_is_planned_and_stale_ones_are_counted(tmp_path: Path) 
     publish_cartpole(tmp_path / "models")
     service = MPCService(
         CARTPOLE,
-        ServiceSettings(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
+        ServiceConfig(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
                         models=tmp_path / "models", store=tmp_path / "store"),
         FAST,
     )  # fmt: skip
@@ -348,6 +348,6 @@ def test_a_forgotten_robot_that_comes_back_goes_on_counting_its_episodes(tmp_pat
 
 def test_binding_beyond_loopback_needs_an_explicit_option(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="allow_remote"):
-        ServiceSettings(endpoint="tcp://0.0.0.0:5555")
-    ServiceSettings(endpoint="tcp://0.0.0.0:5555", allow_remote=True, keys=tmp_path / "k",
+        ServiceConfig(endpoint="tcp://0.0.0.0:5555")
+    ServiceConfig(endpoint="tcp://0.0.0.0:5555", allow_remote=True, keys=tmp_path / "k",
                     clients=tmp_path)  # fmt: skip  # and CurveZMQ: tests/controller/test_curve.py

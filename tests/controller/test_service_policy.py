@@ -26,9 +26,9 @@ from controller.planners import (
     Planner,
     PlannerSettings,
     PolicyActor,
-    PolicyOptions,
+    PolicySettings,
 )
-from controller.planners.optimizers.cem import CEMOptions
+from controller.planners.optimizers.cem import CEMSettings
 from controller.rollout.evaluator import RolloutEvaluator
 from controller.service.control import request
 from models.policy.export import PolicyDirectory, PolicyRuntime
@@ -269,31 +269,31 @@ def test_the_drawn_action_is_tanh_of_the_policys_gaussian_within_the_bounds(
 def test_policy_options_and_settings_refuse_what_would_not_act() -> None:
     assert list(OPTIMIZERS) == ["random", "cem", "icem", "mppi"]
     assert PLANNERS == ("random", "cem", "icem", "mppi", "policy")
-    assert OPTIONS["policy"] is PolicyOptions and OPTIONS["cem"] is CEMOptions
+    assert OPTIONS["policy"] is PolicySettings and OPTIONS["cem"] is CEMSettings
     for bad in (1, "false", None):
         with pytest.raises(ValueError, match="explore must be true or false"):
-            PolicyOptions(explore=bad)  # type: ignore[arg-type]
+            PolicySettings(explore=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="explore must be true or false"):
         PlannerSettings().changed(planner="policy", explore="yes")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['noise_beta'\] for planner"):
         PlannerSettings().changed(planner="policy", noise_beta=2.0)
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['explore'\] for planner 'cem'"):
         PlannerSettings(planner="policy").changed(planner="cem", explore=False)
-    with pytest.raises(ValueError, match="planner 'policy' takes PolicyOptions, got CEMOptions"):
-        PlannerSettings(planner="policy", options=CEMOptions())
+    with pytest.raises(ValueError, match="planner 'policy' takes PolicySettings, got CEMSettings"):
+        PlannerSettings(planner="policy", options=CEMSettings())
     with pytest.raises(ValueError, match="planner must be one of"):
         PlannerSettings().changed(planner="pid")
     policy = PlannerSettings().changed(planner="policy", horizon=30)
-    assert policy.options == PolicyOptions() and policy.to_dict()["explore"] is True
+    assert policy.options == PolicySettings() and policy.to_dict()["explore"] is True
     back = policy.changed(planner="cem")
-    assert back.options == CEMOptions() and back.horizon == 30
+    assert back.options == CEMSettings() and back.horizon == 30
 
 
 def test_a_config_file_switches_to_the_policy_and_back(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     Config().save(path)  # every CEM option, which a switch to the policy leaves behind
     to_policy = Config.load(path, {"planner": {"planner": "policy", "explore": False}})
-    assert to_policy.planner.options == PolicyOptions(explore=False)
+    assert to_policy.planner.options == PolicySettings(explore=False)
     to_policy.save(path)
     back = Config.load(path, {"planner": {"planner": "icem"}})  # and drops explore
     assert back.planner.planner == "icem" and "explore" not in back.planner.to_dict()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from controller.service.control import request
 from models.store import TransitionReader
 from sim_bridge import protocol as p
@@ -82,7 +82,7 @@ def test_serve_auto_drives_and_records_a_robot_no_task_was_written_for(tmp_path:
 def test_a_learned_reward_needs_a_robot_that_reports_it(tmp_path: Path) -> None:
     service = MPCService(
         CARTPOLE.learned(reward=True),
-        ServiceSettings(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
+        ServiceConfig(endpoint=LOOPBACK, control=LOOPBACK, telemetry=LOOPBACK,
                         store=tmp_path / "store"),
         FAST,
     )  # fmt: skip

@@ -37,7 +37,7 @@ def test_the_configs_of_models_refuse_out_of_range_values_by_name() -> None:
     from models.ensemble import EnsembleShape
     from models.learner import LearnerConfig
     from models.policy.learner import PolicyLearnerConfig
-    from models.runtime import RuntimeOptions
+    from models.runtime import RuntimeConfig
     from models.train import TrainConfig
 
     with pytest.raises(ValueError, match=r"max_epochs must be an integer in \[1, 100000\]"):
@@ -53,4 +53,4 @@ def test_the_configs_of_models_refuse_out_of_range_values_by_name() -> None:
     with pytest.raises(ValueError, match=r"real_ratio must be a number in \[0.0, 1.0\]"):
         PolicyLearnerConfig(real_ratio=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"chunk_rows must be an integer in \[0, "):
-        RuntimeOptions(chunk_rows=-1)
+        RuntimeConfig(chunk_rows=-1)

@@ -17,7 +17,7 @@ import torch
 from models.ensemble import EnsembleConfig, GaussianEnsemble
 from models.export import ModelFileError, export_ensemble
 from models.registry import ModelDirectory
-from models.runtime import OnnxEnsemble, RuntimeOptions
+from models.runtime import OnnxEnsemble, RuntimeConfig
 
 CFG = EnsembleConfig(
     obs_dim=4,
@@ -65,7 +65,7 @@ def test_member_batched_export_and_reward_outputs(tmp_path: Path) -> None:
     cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=2, hidden_units=16, predict_reward=True)
     model = _model(cfg)
     export_ensemble(model, tmp_path / "m.onnx", member_batched=True)
-    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeOptions(chunk_rows=2))
+    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeConfig(chunk_rows=2))
     obs = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
     act = np.ones((2, 5, 1), np.float32)
     got = runtime.predict(obs, act)
@@ -200,10 +200,10 @@ def test_runtime_options_validated_and_cpu_fallback(
     exported: tuple[GaussianEnsemble, Path],
 ) -> None:
     with pytest.raises(ValueError, match="device must be one of"):
-        RuntimeOptions(device="tpu")
+        RuntimeConfig(device="tpu")
     with pytest.raises(ValueError, match="intra_op_threads"):
-        RuntimeOptions(intra_op_threads=-1)
-    runtime = OnnxEnsemble(exported[1], options=RuntimeOptions(device="auto", intra_op_threads=1))
+        RuntimeConfig(intra_op_threads=-1)
+    runtime = OnnxEnsemble(exported[1], options=RuntimeConfig(device="auto", intra_op_threads=1))
     assert runtime.providers[-1] == "CPUExecutionProvider"
 
 
@@ -285,8 +285,8 @@ print("loads", loads)
 
 def test_chunked_prediction_matches_one_call(exported: tuple[GaussianEnsemble, Path]) -> None:
     path = exported[1]
-    whole = OnnxEnsemble(path, options=RuntimeOptions(chunk_rows=0))
-    chunked = OnnxEnsemble(path, options=RuntimeOptions(chunk_rows=7))
+    whole = OnnxEnsemble(path, options=RuntimeConfig(chunk_rows=0))
+    chunked = OnnxEnsemble(path, options=RuntimeConfig(chunk_rows=7))
     rng = np.random.default_rng(5)
     obs = rng.normal(size=(50, 4)).astype(np.float32)
     act = rng.normal(size=(50, 2)).astype(np.float32)
@@ -294,7 +294,7 @@ def test_chunked_prediction_matches_one_call(exported: tuple[GaussianEnsemble, P
         assert a.shape == b.shape == (3, 50, 4)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="chunk_rows"):
-        RuntimeOptions(chunk_rows=-1)
+        RuntimeConfig(chunk_rows=-1)
 
 
 FULL = EnsembleConfig(
@@ -361,7 +361,7 @@ def test_done_without_reward_has_three_outputs(tmp_path: Path) -> None:
     cfg = EnsembleConfig(obs_dim=3, act_dim=1, members=2, hidden_units=16, predict_done=True)
     model = _model(cfg)
     export_ensemble(model, tmp_path / "m.onnx", member_batched=True)
-    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeOptions(chunk_rows=4))
+    runtime = OnnxEnsemble(tmp_path / "m.onnx", options=RuntimeConfig(chunk_rows=4))
     obs = np.random.default_rng(1).normal(size=(2, 9, 3)).astype(np.float32)
     act = np.zeros((2, 9, 1), np.float32)
     got = runtime.predict_named(obs, act)

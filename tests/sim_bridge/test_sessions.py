@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.service import MPCService, ServiceSettings
+from controller.service import MPCService, ServiceConfig
 from sim_bridge.hardware import BridgeSettings, HardwareBridge, Reading
 from sim_bridge.link import RobotSpec
 from tests.controller.service_fixtures import (
@@ -67,7 +67,7 @@ def start_at(root: Path, endpoint: str) -> Running:
     """A service like ``start_service``'s whose robot endpoint is ``endpoint``."""
     service = MPCService(
         CARTPOLE,
-        ServiceSettings(endpoint=endpoint, control=LOOPBACK, telemetry=LOOPBACK,
+        ServiceConfig(endpoint=endpoint, control=LOOPBACK, telemetry=LOOPBACK,
                         models=root / "models", store=root / "store", stale_after_s=STALE_S),
         FAST,
     )  # fmt: skip

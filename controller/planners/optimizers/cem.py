@@ -10,13 +10,13 @@ import numpy as np
 from controller.checks import check_choice
 from controller.planners.noise import TRUNCATION, gaussian_candidates, truncated_candidates
 from controller.planners.optimizers.base import WarmStart
-from controller.planners.optimizers.elites import EliteGaussian, EliteOptions
+from controller.planners.optimizers.elites import EliteGaussian, EliteSettings
 
 BOUNDS = ("clip", "truncate")
 
 
 @dataclass(frozen=True)
-class CEMOptions(EliteOptions):
+class CEMSettings(EliteSettings):
     """CEM's own options."""
 
     bounds: str = "truncate"
@@ -44,10 +44,10 @@ class CEM:
         iterations: int,
         low: np.ndarray,
         high: np.ndarray,
-        options: CEMOptions | None = None,
+        options: CEMSettings | None = None,
     ) -> None:
         self.n, self.iterations = population, iterations
-        self.o = CEMOptions() if options is None else options
+        self.o = CEMSettings() if options is None else options
         self.low, self.high = low, high
         self.search = EliteGaussian(self.o, low, high)
 

@@ -15,7 +15,7 @@ from controller.planners.optimizers.base import WarmStart
 
 
 @dataclass(frozen=True)
-class EliteOptions:
+class EliteSettings:
     """What CEM and iCEM share: the elite refit and the sampling std. Action-scale values are
     fractions of each action dimension's half range, so one value suits every task."""
 
@@ -54,7 +54,7 @@ class EliteGaussian:
     mean and a std per step and action dimension, restarted by every plan from its warm start
     (``begin``) and moved toward each iteration's elites (``refit``)."""
 
-    def __init__(self, options: EliteOptions, low: np.ndarray, high: np.ndarray) -> None:
+    def __init__(self, options: EliteSettings, low: np.ndarray, high: np.ndarray) -> None:
         self.low, self.high = low, high
         self.alpha = options.alpha
         half = (high - low) / 2.0

@@ -16,11 +16,11 @@ import numpy as np
 from controller.checks import check_number
 from controller.planners.noise import colored_candidates
 from controller.planners.optimizers.base import WarmStart
-from controller.planners.optimizers.elites import EliteGaussian, EliteOptions
+from controller.planners.optimizers.elites import EliteGaussian, EliteSettings
 
 
 @dataclass(frozen=True)
-class ICEMOptions(EliteOptions):
+class ICEMSettings(EliteSettings):
     """iCEM's own options (candidates are always clipped to the bounds)."""
 
     noise_beta: float = 2.0
@@ -54,10 +54,10 @@ class ICEM:
         iterations: int,
         low: np.ndarray,
         high: np.ndarray,
-        options: ICEMOptions | None = None,
+        options: ICEMSettings | None = None,
     ) -> None:
         self.n, self.iterations = population, iterations
-        self.o = ICEMOptions() if options is None else options
+        self.o = ICEMSettings() if options is None else options
         self.low, self.high = low, high
         self.search = EliteGaussian(self.o, low, high)
         self.n_elites = self.o.elites(population)

@@ -14,7 +14,7 @@ from controller.planners.optimizers.base import WarmStart
 
 
 @dataclass(frozen=True)
-class MPPIOptions:
+class MPPISettings:
     """MPPI's own options."""
 
     temperature: float = 1.0
@@ -43,10 +43,10 @@ class MPPI:
         iterations: int,
         low: np.ndarray,
         high: np.ndarray,
-        options: MPPIOptions | None = None,
+        options: MPPISettings | None = None,
     ) -> None:
         self.n, self.iterations = population, iterations
-        self.o = MPPIOptions() if options is None else options
+        self.o = MPPISettings() if options is None else options
         self.low, self.high = low, high
         self.sigma = self.o.noise_std * (high - low) / 2.0
 

@@ -13,7 +13,7 @@ from controller.planners.optimizers.base import WarmStart
 
 
 @dataclass(frozen=True)
-class RandomOptions:
+class RandomSettings:
     """Random shooting has no options of its own."""
 
 
@@ -32,7 +32,7 @@ class RandomShooting:
         iterations: int,
         low: np.ndarray,
         high: np.ndarray,
-        options: RandomOptions | None = None,
+        options: RandomSettings | None = None,
     ) -> None:
         self.n, self.iterations = population, iterations
         self.low, self.high = low, high

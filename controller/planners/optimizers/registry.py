@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from controller.planners.optimizers.base import Optimizer
-from controller.planners.optimizers.cem import CEM, CEMOptions
-from controller.planners.optimizers.icem import ICEM, ICEMOptions
-from controller.planners.optimizers.mppi import MPPI, MPPIOptions
-from controller.planners.optimizers.random_shooting import RandomOptions, RandomShooting
+from controller.planners.optimizers.cem import CEM, CEMSettings
+from controller.planners.optimizers.icem import ICEM, ICEMSettings
+from controller.planners.optimizers.mppi import MPPI, MPPISettings
+from controller.planners.optimizers.random_shooting import RandomSettings, RandomShooting
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class OptimizerEntry:
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
     {
-        "random": OptimizerEntry(RandomShooting, RandomOptions),
-        "cem": OptimizerEntry(CEM, CEMOptions),
-        "icem": OptimizerEntry(ICEM, ICEMOptions),
-        "mppi": OptimizerEntry(MPPI, MPPIOptions),
+        "random": OptimizerEntry(RandomShooting, RandomSettings),
+        "cem": OptimizerEntry(CEM, CEMSettings),
+        "icem": OptimizerEntry(ICEM, ICEMSettings),
+        "mppi": OptimizerEntry(MPPI, MPPISettings),
     }
 )
