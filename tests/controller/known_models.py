@@ -3,6 +3,9 @@ path as learned ensembles, so planner tests do not depend on learning."""
 
 from __future__ import annotations
 
+import functools
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +45,7 @@ class AnalyticPendulum(nn.Module):
 
 def export_pendulum(path: Path, members: int = 5) -> Path:
     """Export the analytic pendulum as a member-batched model file at ``path``."""
-    export_ensemble(
-        AnalyticPendulum(members), path, member_batched=True, extra={"kind": "analytic"}
-    )
-    return path
+    return _write_atomically(path, _exported("pendulum", members))
 
 
 class AnalyticCartpole(nn.Module):
@@ -97,9 +97,26 @@ class AnalyticCartpole(nn.Module):
 
 def export_cartpole(path: Path, members: int = 5) -> Path:
     """Export the analytic cartpole as a member-batched model file at ``path``."""
-    export_ensemble(
-        AnalyticCartpole(members), path, member_batched=True, extra={"kind": "analytic"}
-    )
+    return _write_atomically(path, _exported("cartpole", members))
+
+
+@functools.cache
+def _exported(system: str, members: int) -> bytes:
+    """The model file of ``system``, exported once per test process: an export traces and
+    checks the graph (5-10 s for the cartpole's RK4), and the file is the same every time
+    but for its creation time."""
+    model = {"pendulum": AnalyticPendulum, "cartpole": AnalyticCartpole}[system](members)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{system}.onnx"
+        export_ensemble(model, path, member_batched=True, extra={"kind": "analytic"})
+        return path.read_bytes()
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
+    """``data`` at ``path`` as an export writes it: whole or not at all (a watcher may look)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
     return path
 
 
