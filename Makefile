@@ -5,7 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-quick clean system-deps browser
+.PHONY: run test lint typecheck unit unit-fast bench-quick clean system-deps browser
+
+# Test processes (pytest-xdist): the suite waits on subprocesses, sockets and the wall clock as
+# much as it computes, so two workers on two cores take it from ~12 to ~8 minutes (measured).
+# Tests are independent: every socket, store and run directory is a test's own.
+TEST_WORKERS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +51,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP) system-deps browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The suite without the tests marked slow (whole `tickmpc run` loops, model training).
+unit-fast: $(STAMP) system-deps browser
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 bench-quick: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done

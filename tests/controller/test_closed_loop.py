@@ -27,6 +27,8 @@ from models.runtime import OnnxEnsemble
 from models.store import TransitionReader
 from sim_bridge import lifeline
 
+pytestmark = pytest.mark.slow  # whole `tickmpc run` processes: 12-66 s a test
+
 EPISODES, STEPS = 4, 200
 MARGIN = 20.0
 """The default run (CEM H25 N200 x3, 3x200 model) at episode 4 returned 163, 81, 170, 70 and 37

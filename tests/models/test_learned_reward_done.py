@@ -19,6 +19,8 @@ from models.runtime import OnnxEnsemble
 from models.train import TrainConfig, TrainReport, train_ensemble
 from sim_bridge.random_data import RandomRollouts, collect_random
 
+pytestmark = pytest.mark.slow  # trains reward and termination models on MuJoCo rollouts
+
 
 @dataclass(frozen=True)
 class Learned:

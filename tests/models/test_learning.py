@@ -27,6 +27,8 @@ from models.runtime import OnnxEnsemble
 from models.train import TrainConfig, TrainReport, train_ensemble
 from sim_bridge.random_data import collect_random
 
+pytestmark = pytest.mark.slow  # trains an ensemble on MuJoCo data
+
 ENV = "InvertedPendulum-v5"
 
 
