@@ -16,12 +16,15 @@ control loop pays one uncontended lock release and acquire per hook.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sim_bridge.link import BridgeLink
+
+log = logging.getLogger(__name__)
 
 
 class KeepAlive:
@@ -35,6 +38,9 @@ class KeepAlive:
         self._holder = threading.Lock()
         """Whoever holds it may use the link: the bridge's thread, but while it is away."""
         self._holder.acquire()
+        self._held = True
+        """Whether the bridge's thread holds ``_holder`` (a signal may interrupt a hand-over:
+        ``close`` must not release what it does not hold)."""
         self._closed = threading.Event()
         self._failure: BaseException | None = None
         """What the keeper's use of the link raised (a Refused WELCOME), for the bridge."""
@@ -57,12 +63,20 @@ class KeepAlive:
         return self._away
 
     def _lend(self) -> None:
+        self._held = False
         self._holder.release()
 
-    def _take_back(self) -> None:
+    def _take_back(self, raising: bool) -> None:
+        """Hold the link again; raise what the keeper's use of it raised, unless the hook is
+        raising already (its own error is the one to see; the keeper's is logged)."""
         self._holder.acquire()
+        self._held = True
         if self._failure is not None:
             failure, self._failure = self._failure, None
+            if raising:
+                log.warning("keeping %s's session alive failed too: %r", self.link.spec.robot,
+                            failure)  # fmt: skip
+                return
             raise failure
 
     def close(self) -> None:
@@ -70,9 +84,16 @@ class KeepAlive:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._holder.release()  # a keeper waiting for the link sees it closed and leaves
+        if self._held:  # a keeper waiting for the link sees it closed and leaves
+            self._held = False
+            self._holder.release()
         self._thread.join()
         self._holder.acquire()
+        self._held = True
+        if self._failure is not None:  # from the last hook, not raised by a take back
+            log.warning("keeping %s's session alive failed: %r", self.link.spec.robot,
+                        self._failure)  # fmt: skip
+            self._failure = None
 
     def _keep(self) -> None:
         while not self._closed.is_set():
@@ -108,5 +129,5 @@ class _Away:
     def __enter__(self) -> None:
         self._keeper._lend()
 
-    def __exit__(self, *exc: object) -> None:
-        self._keeper._take_back()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self._keeper._take_back(raising=kind is not None)

@@ -94,12 +94,12 @@ class Fleet:
         elif (session := self._forgotten.pop(hello.robot, None)) is not None:
             log.info("robot %s is back", hello.robot)
             session.reconnected(identity, hello)
-            self._tune(session, self.defaults, reseed=False)
+            # As a new robot starts, but for what it did: its counts and episode numbers.
+            session.settings = self.defaults
+            session.planner = self._planner(evaluator, session.stream)
+            session.rng = np.random.default_rng([self.defaults.seed, session.stream])
         else:
             stream = zlib.crc32(hello.robot.encode())
-            planner = None
-            if evaluator is not None:
-                planner = Planner(evaluator, self.defaults, stream)
             session = RobotSession(
                 identity=identity,
                 robot=hello.robot,
@@ -107,7 +107,7 @@ class Fleet:
                 lockstep=hello["mode"] == "lockstep",
                 control_period=float(hello["control_period"]),
                 settings=self.defaults,
-                planner=planner,
+                planner=self._planner(evaluator, stream),
                 rng=np.random.default_rng([self.defaults.seed, stream]),
                 stream=stream,
             )
@@ -122,7 +122,10 @@ class Fleet:
                 log.warning("robot %s silent for %.1f s: forgotten", session.robot,
                             now - session.last_heard)  # fmt: skip
                 del self._sessions[identity]
-                session.pending = None
+                # What it did is kept, not what planning for it holds (the planner keeps its
+                # model version's ONNX sessions alive): it comes back as a new robot would.
+                session.pending = session.last_state = session.last_transition = None
+                session.planner = None
                 self._forgotten[session.robot] = session
                 self.forgotten += 1
                 if len(self._forgotten) > FORGOTTEN_KEPT:
@@ -130,11 +133,15 @@ class Fleet:
 
     def serve_model(self, evaluator: RolloutEvaluator) -> None:
         """Plan over ``evaluator`` from each robot's next plan on (a new model version)."""
-        for session in [*self._sessions.values(), *self._forgotten.values()]:
+        for session in self._sessions.values():
             if session.planner is None:
                 session.planner = Planner(evaluator, session.settings, session.stream)
             else:
                 session.planner.set_evaluator(evaluator)
+
+    def _planner(self, evaluator: RolloutEvaluator | None, stream: int) -> Planner | None:
+        """A planner with the default settings (None before the first model: it explores)."""
+        return None if evaluator is None else Planner(evaluator, self.defaults, stream)
 
     # --- live settings -----------------------------------------------------------------------
     def apply(self, changes: dict[str, Any], robot: str | None = None) -> PlannerSettings:

@@ -293,10 +293,16 @@ class MPCService:
         except (ValueError, RuntimeError, OSError) as exc:  # RuntimeError: a corrupt store
             raise p.ProtocolError("mismatch", f"cannot serve this robot's HELLO as the task: "
                                   f"{exc}", seq=hello.seq, robot=hello.robot) from None  # fmt: skip
+        try:
+            self._serve(served)
+        except Exception as exc:  # its models could not be read: nothing stays served
+            served.close()
+            self.served = self._answerer = None
+            raise p.ProtocolError("mismatch", f"cannot serve this robot's HELLO as the task: "
+                                  f"{exc}", seq=hello.seq, robot=hello.robot) from None  # fmt: skip
         log.info("serving the task of robot %s's HELLO: %s, obs %d, act %d, period %g s, "
                  "reward and termination learned", hello.robot, task.name, task.obs_dim,
                  task.act_dim, task.control_period)  # fmt: skip
-        self._serve(served)
         return served
 
     def _check_settings(self, settings: PlannerSettings) -> None:
