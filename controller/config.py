@@ -274,8 +274,8 @@ def _typed(hint: Any, value: Any, name: str) -> Any:
         if value is None:
             return None
         (hint,) = [a for a in args if a is not type(None)] or [Any]
-    if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if hint is bool:
+        check_bool(name, value)
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if hint is float:

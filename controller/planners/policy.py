@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from controller.checks import check_bool
+
 POLICY = "policy"
 """The planner setting under which the service acts with the policy."""
 EDGE = 1e-6
@@ -36,8 +38,7 @@ class PolicySettings:
     the mean action, for evaluation."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.explore, bool):
-            raise ValueError(f"explore must be true or false, got {self.explore!r}")
+        check_bool("explore", self.explore)
 
 
 class Policy(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.checks import check_choice, check_int, check_number
+from controller.checks import check_bool, check_choice, check_int, check_number
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 MAX_PARTICLES = 1000
@@ -59,8 +59,7 @@ class RolloutSettings:
         check_int("particles", self.particles, 1, MAX_PARTICLES)
         check_choice("propagation", self.propagation, PROPAGATIONS)
         for name in ("sample", "policy_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         check_number("discount", self.discount, 0.0, 1.0, low_open=True)
         check_number("disagreement_penalty", self.disagreement_penalty, 0.0, MAX_PENALTY)
         check_number("risk", self.risk, 0.0, 100.0)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -171,8 +171,8 @@ class Answerer:
         answer = Answer.of_plan(plan, batch)
         if plan.fallback and (acted := self._act(run.session, run.msg["obs"], False)) is not None:
             action, predicted = acted
-            answer = Answer(action, POLICY, 0, plan.iterations, predicted, plan.deadline_miss,
-                            plan.fallback, plan.nonfinite, plan.rows, batch)  # fmt: skip
+            answer = replace(answer, action=action, planner=POLICY, horizon=0,
+                             predicted_return=predicted)  # fmt: skip
         self._send(run.session, run.msg, run.start, answer)
 
     def _send(self, session: RobotSession, msg: p.Message, start: float, answer: Answer) -> None:

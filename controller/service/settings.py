@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from controller.checks import check_number
+from controller.checks import check_bool, check_number
 from models.runtime import RuntimeConfig
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -80,7 +80,6 @@ class ServiceConfig:
                 "files); make key pairs with tickmpc keys"
             )
         for name in ("durable", "batched"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         check_number("stale_after_s", self.stale_after_s, 0.0, 3600.0, low_open=True)
         check_number("model_poll_s", self.model_poll_s, 0.0, 3600.0, low_open=True)
